@@ -1,0 +1,94 @@
+"""The small interface every memory source implements.
+
+A source gives the walker physical reads and the vCPU registers a walk needs. Dumps of PV guests
+hold machine frames (MFNs) in their page tables; such a source also offers a frame translator
+(MFN -> PFN) that the walker applies to every frame it follows.
+
+Failure modes, once for all sources: opening raises :class:`~gdb_xenpte.errors.DumpFormatError`
+(bad or truncated file) or :class:`~gdb_xenpte.errors.SourceError`; :meth:`PhysSource.read` raises
+:class:`~gdb_xenpte.errors.UnreadableMemory` for any byte it cannot provide. Sources never write to
+the target or the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence, Tuple
+
+__all__ = ["PhysSource", "VcpuRegs"]
+
+
+@dataclass(frozen=True)
+class VcpuRegs:
+    """Registers of one vCPU as a source knows them; ``None`` means unknown.
+
+    :param index: vCPU number within the source.
+    :param cr3: for PV dumps the *machine* address (MFN << 12) of the top-level table, already
+        decoded from Xen's CR3 encoding; otherwise the raw CR3.
+    :param cr4: the CR4 the source reports. For Xen PV dumps this is the *guest-visible* CR4
+        (``ctrlreg[4]``), not the hardware value: see ``cr4_is_guest_view``.
+    :param long_mode: True/False when the source can tell (e.g. QEMU's CS.L flag), else None.
+    """
+
+    index: int
+    cr0: Optional[int] = None
+    cr2: Optional[int] = None
+    cr3: Optional[int] = None
+    cr4: Optional[int] = None
+    efer: Optional[int] = None
+    pkru: Optional[int] = None
+    pkrs: Optional[int] = None
+    rflags: Optional[int] = None
+    rip: Optional[int] = None
+    cs: Optional[int] = None
+    long_mode: Optional[bool] = None
+    online: bool = True
+    cr4_is_guest_view: bool = False
+    user_cr3: Optional[int] = None  # PV64 ctrlreg[1]: the guest's user page table (machine addr)
+    notes: Tuple[str, ...] = ()  # e.g. ("EFER not in dump: inferred",)
+
+
+class PhysSource:
+    """Base class of memory sources. Subclasses fill in the attributes and override ``read``.
+
+    Attributes:
+        name: short description shown in headers, e.g. ``"QEMU ELF dump guest.elf"``.
+        domain: ``"hvm"``, ``"pv64"``, ``"pv32"`` when the source can tell, else ``None``.
+        xen_version: ``(major, minor)`` when the source carries it (xl dump-core), else ``None``.
+        translate_frame: ``None`` when page-table frames are this source's physical frames;
+            otherwise a function MFN -> PFN returning ``None`` for a frame not in the source.
+    """
+
+    name: str = "memory"
+    domain: Optional[str] = None
+    xen_version: Optional[Tuple[int, int]] = None
+    translate_frame: Optional[Callable[[int], Optional[int]]] = None
+
+    def read(self, paddr: int, size: int) -> bytes:
+        """Return ``size`` bytes at physical address ``paddr`` (bytes, PFN space for PV dumps).
+
+        :raises UnreadableMemory: if any byte is outside what the source holds.
+        """
+        raise NotImplementedError
+
+    def ranges(self) -> Sequence[Tuple[int, int]]:
+        """Return the readable physical ranges as sorted ``(start, end)`` pairs, end exclusive."""
+        raise NotImplementedError
+
+    def vcpus(self) -> List[VcpuRegs]:
+        """Return the vCPUs whose registers the source knows (possibly empty)."""
+        return []
+
+    def describe(self) -> str:
+        """Return one line saying what this source is and how it reads memory."""
+        return self.name
+
+    def close(self) -> None:
+        """Release files and restore any target state the source changed."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

@@ -1,0 +1,23 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="gdb_xenpte",
+    version="0.1.0",
+    description="GDB extension: walk x86 guest page tables and explain every entry, Xen-aware",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["gdb_xenpte", "gdb_xenpte.*", "scripts", "scripts.*"]),
+    package_data={"gdb_xenpte": ["data/*"]},
+    install_requires=[
+        "tabulate>=0.8",
+        "pygdbmi>=0.10",
+        "pyelftools>=0.29",
+    ],
+    extras_require={
+        "fast": ["numpy>=1.21"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "jsonschema>=4", "numpy>=1.21"],
+        "compress": ["python-lzo>=1.14", "python-snappy>=0.6"],
+    },
+    entry_points={"console_scripts": []},
+)
