@@ -1,0 +1,141 @@
+"""Plain result types of a walk: what the walker finds and what the verdicts say.
+
+These are the only shapes the glue, the renderers and the batch tools consume. All addresses are
+bytes; ``pa``/``table_pa`` are in the source's physical space (PFN space for PV dumps, after MFN->PFN
+translation); raw entries are exactly as read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, FrozenSet, Optional, Tuple
+
+__all__ = ["ACCESS_KEYS", "Effective", "EntryRef", "Mapping", "Step", "Trace", "Verdict"]
+
+# Verdict keys, in output order: who (guest kernel / guest user) x access kind.
+ACCESS_KEYS = ("kernel_read", "kernel_write", "kernel_exec", "user_read", "user_write", "user_exec")
+
+
+@dataclass(frozen=True)
+class EntryRef:
+    """One paging-structure entry on the path to a mapping.
+
+    :param level: level name (``pml5``, ``pml4``, ``pdpt``, ``pd``, ``pt``).
+    :param index: index of the entry in its table.
+    :param table_pa: physical address of the table holding the entry.
+    :param raw: the entry's raw value.
+    :param frame: the frame (machine frame for PV) the entry points at, shifted to an address.
+    """
+
+    level: str
+    index: int
+    table_pa: int
+    raw: int
+
+
+@dataclass(frozen=True)
+class Effective:
+    """Rights after combining every level (SDM Vol. 3A §4.6.1).
+
+    :param user: U/S=1 at every level (a user-mode address).
+    :param write: R/W=1 at every level.
+    :param exec: no XD at any level while EFER.NXE=1.
+    """
+
+    user: bool
+    write: bool
+    exec: bool
+
+    def rwx(self) -> str:
+        return "R" + ("W" if self.write else "-") + ("X" if self.exec else "-") + (
+            " U" if self.user else " S")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether one access succeeds, and every reason it faults.
+
+    :param ok: True when the access succeeds under every unknown (AC, PKRU) value it depends on.
+    :param reasons: fault reasons, e.g. ``("SMAP",)``; a reason that holds only for some value of
+        an unknown carries it in brackets, e.g. ``"SMAP[AC=0]"``.
+    """
+
+    ok: bool
+    reasons: Tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return "ok" if self.ok else "fault:" + ",".join(self.reasons)
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One present leaf (or a coalesced run of equal leaves): a VA range and what it means.
+
+    :param va: first virtual address (canonical).
+    :param pa: first physical address (PFN space); ``None`` when the frame is not in the source.
+    :param size: bytes of VA covered (a multiple of ``page_size`` when coalesced).
+    :param page_size: bytes per page (4 KiB, 2/4 MiB, 1 GiB).
+    :param level: the leaf's level name.
+    :param entries: the path, top to leaf, for the first page of the range.
+    :param flags: architectural bits set in the leaf, named ``P RW US PWT PCD A D PS G PAT NX``.
+    :param effective: rights combined across levels.
+    :param pkey: protection key in bits 62:59 of the leaf (None where the mode has no key field).
+    :param xen_bits: names of Xen-owned bits set in the leaf (e.g. ``_PAGE_GUEST_KERNEL``).
+    :param rsvd: reserved-bit violations on the path (each a short text); any makes every access
+        raise #PF with RSVD.
+    :param memtype: memory type through IA32_PAT (``WB``, ``UC`` ...).
+    :param count: leaves in this record (1 unless coalesced).
+    :param verdicts: access-kind key (see ``ACCESS_KEYS``) -> verdict, once judged.
+    :param notes: extra per-mapping remarks (e.g. "frame not in dump", "alias of pml4[258]").
+    """
+
+    va: int
+    pa: Optional[int]
+    size: int
+    page_size: int
+    level: str
+    entries: Tuple[EntryRef, ...]
+    flags: FrozenSet[str]
+    effective: Effective
+    pkey: Optional[int] = None
+    xen_bits: Tuple[str, ...] = ()
+    rsvd: Tuple[str, ...] = ()
+    memtype: str = "WB"
+    count: int = 1
+    verdicts: Dict[str, Verdict] = field(default_factory=dict)
+    notes: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Step:
+    """One level of a single-address trace.
+
+    :param entry_pa: physical address of the entry read.
+    :param bits: ``(name, value, meaning)`` for every field of the entry.
+    :param effective: rights combined down to and including this level.
+    :param rule: why the walk continued or stopped at this level.
+    """
+
+    level: str
+    index: int
+    table_pa: int
+    entry_pa: int
+    raw: int
+    bits: Tuple[Tuple[str, int, str], ...]
+    effective: Effective
+    rule: str
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A single-address walk: every level visited and the outcome.
+
+    :param mapping: the mapping found, or None when the walk stopped early.
+    :param stop: why the walk ended (``"leaf"``, ``"not present"``, ``"reserved bit"``,
+        ``"unreadable"``, ``"not in dump"``, ``"non-canonical"``).
+    """
+
+    va: int
+    steps: Tuple[Step, ...]
+    mapping: Optional[Mapping]
+    stop: str
