@@ -133,6 +133,9 @@ class PagingMode:
     :param entry_size: bytes per entry (4 or 8).
     :param va_bits: linear-address width translated (32, 48 or 57).
     :param table_align: alignment of the top table addressed by CR3 (PAE PDPT: 32 bytes).
+    :param ia32e: entries follow IA-32e (4/5-level) formats: protection keys in bits 62:59,
+        bits 58:52 ignored, R/W and U/S in every level. False for PAE's legacy formats, where
+        bits 62:MAXPHYADDR are reserved and PDPTEs carry no rights (SDM Tables 4-8..4-11).
     """
 
     name: str
@@ -140,6 +143,7 @@ class PagingMode:
     entry_size: int
     va_bits: int
     table_align: int = PAGE_SIZE
+    ia32e: bool = False
 
     @property
     def depth(self) -> int:
@@ -158,9 +162,17 @@ MODES: Dict[str, PagingMode] = {
                       8, 32, table_align=32),
     # §4.5: 4-level paging; 1-GByte pages at PDPT level.
     "4level": PagingMode("4-level", (Level("pml4", 39, 9), Level("pdpt", 30, 9, True),
-                                     Level("pd", 21, 9, True), Level("pt", 12, 9)), 8, 48),
+                                     Level("pd", 21, 9, True), Level("pt", 12, 9)), 8, 48,
+                         ia32e=True),
     # §4.5: 5-level paging (CR4.LA57=1).
     "5level": PagingMode("5-level", (Level("pml5", 48, 9), Level("pml4", 39, 9),
                                      Level("pdpt", 30, 9, True), Level("pd", 21, 9, True),
-                                     Level("pt", 12, 9)), 8, 57),
+                                     Level("pt", 12, 9)), 8, 57, ia32e=True),
+    # A 32-bit PV guest's own PAE tables as the hardware walks them: Xen runs the vCPU in long
+    # mode with slot 0 of a per-vCPU compat L4 pointing at the guest's L3, so the guest's L3/L2/L1
+    # are IA-32e PDPT/PD/PT entries over a 4 GiB space (xen-pte-abi.md §7, real-targets.md).
+    "pv32": PagingMode("PV32 (compat, from the guest L3)", (Level("pdpt", 30, 2, True),
+                                                          Level("pd", 21, 9, True),
+                                                          Level("pt", 12, 9)), 8, 32,
+                       ia32e=True),
 }

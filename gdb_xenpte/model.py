@@ -55,16 +55,17 @@ class Effective:
 class Verdict:
     """Whether one access succeeds, and every reason it faults.
 
-    :param ok: True when the access succeeds under every unknown (AC, PKRU) value it depends on.
+    :param ok: True: the access succeeds; False: it faults whatever the unknowns (AC, PKRU,
+        PKRS) are; None: it faults only for some values of an unknown.
     :param reasons: fault reasons, e.g. ``("SMAP",)``; a reason that holds only for some value of
         an unknown carries it in brackets, e.g. ``"SMAP[AC=0]"``.
     """
 
-    ok: bool
+    ok: Optional[bool]
     reasons: Tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        return "ok" if self.ok else "fault:" + ",".join(self.reasons)
+        return "fault:" + ",".join(self.reasons) if self.reasons else "ok"
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,10 @@ class Mapping:
     :param count: leaves in this record (1 unless coalesced).
     :param verdicts: access-kind key (see ``ACCESS_KEYS``) -> verdict, once judged.
     :param notes: extra per-mapping remarks (e.g. "frame not in dump", "alias of pml4[258]").
+    :param kind: ``"page"`` for a real leaf; ``"rsvd"`` for a present entry that raises #PF RSVD
+        instead of mapping (e.g. PS=1 in a PML4E); ``"unreadable"`` when the next table cannot be
+        read; ``"not-in-dump"`` when the next table's frame is not in the source. Non-page records
+        cover the whole span of the entry that could not be followed (``size``), ``pa`` None.
     """
 
     va: int
@@ -104,6 +109,11 @@ class Mapping:
     count: int = 1
     verdicts: Dict[str, Verdict] = field(default_factory=dict)
     notes: Tuple[str, ...] = ()
+    kind: str = "page"
+
+    @property
+    def end(self) -> int:
+        return self.va + self.size
 
 
 @dataclass(frozen=True)
