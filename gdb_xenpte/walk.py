@@ -129,6 +129,7 @@ class Walker:
         self.time_budget = time_budget
         self.stats = WalkStats()
         self._tables: Dict[Tuple[int, int], object] = {}
+        self._pages: Dict[Tuple[int, int], object] = {}
         self._attr_cache: Dict[tuple, tuple] = {}
         self._translate = getattr(source, "translate_frame", None)
         self._va_mask = (1 << self.mode.va_bits) - 1
@@ -164,15 +165,20 @@ class Walker:
             return hit
         rule = self.rules[depth]
         size = (1 << rule.index_bits) * rule.entry_size
-        try:
-            data = self.source.read(table_pa, size)
-            if len(data) != size:
-                raise UnreadableMemory(self.source.name, table_pa, f"short read ({len(data)} bytes)")
+        data = self._pages.get((table_pa, size))
+        if data is None:
+            # A page seen at several depths (self-maps, Xen's linear slot) is read only once.
+            try:
+                data = self.source.read(table_pa, size)
+                if len(data) != size:
+                    raise UnreadableMemory(self.source.name, table_pa,
+                                           f"short read ({len(data)} of {size} bytes)")
+            except XenpteError as err:
+                data = err
+                self.stats.unreadable.append((table_pa, str(err)))
             self.stats.tables_read += 1
-            hit = decode_table(data, rule)
-        except XenpteError as err:
-            self.stats.unreadable.append((table_pa, str(err)))
-            hit = err
+            self._pages[(table_pa, size)] = data
+        hit = data if isinstance(data, XenpteError) else decode_table(data, rule)
         self._tables[key] = hit
         return hit
 
@@ -341,7 +347,10 @@ class Walker:
         hi = (self._va_mask + 1) if end is None else (((end - 1) & self._va_mask) + 1)
         if hi <= lo:
             return
+        # Each walk reads the target afresh (a live guest may have changed since the last one).
         self.stats = WalkStats()
+        self._pages.clear()
+        self._tables.clear()
         t0 = time.monotonic()
         self._deadline = t0 + self.time_budget
         root_ctx = _Ctx(True, True, False, (), (), ())
