@@ -1,0 +1,71 @@
+"""Load gdb_xenpte into gdb, or print the gdb line that does.
+
+In gdb: ``source /path/to/site-packages/gdb_xenpte/gdb_load.py``. gdb embeds its own Python (on
+Debian /usr/bin/python3), which need not be the Python that ``pip install`` used, so this file
+puts the directory it was installed into (and, for a venv made with ``--system-site-packages``,
+the base interpreter's site-packages) on gdb's ``sys.path``, then registers the commands.
+
+As the console script ``xen-pte-gdbinit``: print that ``source`` line, e.g.
+``xen-pte-gdbinit >> ~/.gdbinit``.
+
+Failure modes: in gdb, a missing dependency (tabulate) stops loading with one ``gdb.GdbError``
+line naming the directory searched; nothing is registered then.
+"""
+
+import os
+import sys
+
+__all__ = ["gdbinit_line", "main"]
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SITE = os.path.dirname(HERE)  # the site-packages (or source tree) holding the package
+
+
+def gdbinit_line() -> str:
+    """The gdb command that loads the extension from where this file is installed."""
+    return f"source {os.path.join(HERE, 'gdb_load.py')}"
+
+
+def main(argv=None) -> int:
+    """Console script: print the line to add to ~/.gdbinit (or give to gdb with -ix/-ex)."""
+    print(gdbinit_line())
+    return 0
+
+
+def _base_site_dirs(site: str):
+    """site-packages of a venv's base interpreter when the venv includes system packages."""
+    prefix = os.path.dirname(os.path.dirname(os.path.dirname(site)))  # venv/lib/pythonX.Y/site-packages
+    cfg = os.path.join(prefix, "pyvenv.cfg")
+    try:
+        with open(cfg) as f:
+            conf = dict(line.split("=", 1) for line in f if "=" in line)
+    except OSError:
+        return []
+    conf = {k.strip(): v.strip() for k, v in conf.items()}
+    if conf.get("include-system-site-packages", "").lower() != "true" or "home" not in conf:
+        return []
+    base = os.path.dirname(conf["home"])  # home = <base prefix>/bin
+    pyver = os.path.basename(os.path.dirname(site))
+    return [os.path.join(base, "lib", pyver, "site-packages")]
+
+
+def _load() -> None:
+    import gdb  # only inside gdb
+    for path in reversed([SITE] + _base_site_dirs(SITE)):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    try:
+        import tabulate  # noqa: F401  (the one dependency the glue needs)
+    except ImportError:
+        raise gdb.GdbError(f"gdb_xenpte: 'tabulate' is not importable by gdb's Python "
+                           f"{sys.version.split()[0]} (searched {SITE}); install gdb_xenpte "
+                           f"with its dependencies into one environment") from None
+    from gdb_xenpte.gdbcmd import register
+    register()
+
+
+if __name__ == "__main__":
+    if "gdb" in sys.modules:  # sourced by gdb, which has imported its own module already
+        _load()
+    else:
+        sys.exit(main())

@@ -1,0 +1,197 @@
+"""What every command needs before calling the engine: a source, a CPU state, a Xen view.
+
+Options shared by the commands are declared here once (``add_*_options``); :func:`open_source`
+and :func:`setup` turn parsed options plus ``set xen-pte`` parameters into engine inputs. The
+order of precedence is always: command option, then parameter, then what the source says, then
+the engine's default.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import gdb
+
+from ..cpu import CpuState
+from ..errors import OptionError
+from ..sources.base import PhysSource, VcpuRegs
+from ..verdicts import Judge
+from . import params
+from .args import GdbArgumentParser, address, choice_of, int_in, raw_spec
+from .live import open_live_source
+
+__all__ = ["Setup", "add_cpu_options", "add_source_options", "add_xen_options", "open_source",
+           "setup"]
+
+DOMAINS = ("hvm", "pv64", "pv32")
+# Privilege the guest kernel runs at: HVM ring 0, 32-bit PV ring 1, 64-bit PV ring 3.
+_KERNEL_CPL = {"hvm": 0, "pv32": 1, "pv64": 3}
+
+
+def add_source_options(p: GdbArgumentParser) -> None:
+    g = p.add_argument_group("source (default: the live target)")
+    g.add_argument("--core", metavar="FILE",
+                   help="walk a dump (QEMU ELF, kdump-compressed, xl dump-core) without making it "
+                        "gdb's target")
+    g.add_argument("--raw", metavar="FILE@BASE", type=raw_spec,
+                   help="walk a raw memory image whose first byte is guest-physical BASE")
+    g.add_argument("--vcpu", metavar="N", type=int_in(0, 4095),
+                   help="take registers from vCPU N (default: the selected thread, or vCPU 0 of "
+                        "a dump)")
+    g.add_argument("--direct-map", metavar="BASE", type=address,
+                   help="live targets without physical access: read tables through the guest "
+                        "direct map at VA BASE (PV: frames translated through Xen's M2P)")
+
+
+def add_cpu_options(p: GdbArgumentParser, registers: bool = True) -> None:
+    g = p.add_argument_group("CPU state (overrides what the source reports)")
+    if registers:
+        for reg, what in (("cr0", "CR0"), ("cr3", "CR3 (PV: machine address of the L4/L3)"),
+                          ("cr4", "guest CR4 (Xen PV: the guest-visible value)"),
+                          ("efer", "IA32_EFER"), ("pkru", "PKRU for user-page key verdicts"),
+                          ("pkrs", "IA32_PKRS for supervisor-page key verdicts")):
+            g.add_argument(f"--{reg}", metavar="VALUE", type=address, help=f"use VALUE as {what}")
+    g.add_argument("--maxphyaddr", metavar="N", type=int_in(32, 52),
+                   help="physical-address width in bits (default: set xen-pte maxphyaddr, else 52)")
+    g.add_argument("--ac", metavar="0|1", type=choice_of("0", "1"),
+                   help="EFLAGS.AC for SMAP verdicts (default: unknown, both outcomes)")
+
+
+def add_xen_options(p: GdbArgumentParser) -> None:
+    g = p.add_argument_group("Xen")
+    g.add_argument("--domain", metavar="hvm|pv64|pv32", type=choice_of(*DOMAINS),
+                   help="kind of domain (default: from the source, else set xen-pte domain, "
+                        "else hvm)")
+    g.add_argument("--xen", metavar="VERSION",
+                   help="Xen version MAJOR.MINOR whose PTE ABI and CR4 policy apply")
+    g.add_argument("--xen-debug", action="store_true", default=None,
+                   help="Xen is a debug build")
+    g.add_argument("--smep", metavar="on|off|hvm", type=choice_of("on", "off", "hvm"),
+                   help="Xen's smep= boot option (default: Xen's default)")
+    g.add_argument("--smap", metavar="on|off|hvm", type=choice_of("on", "off", "hvm"),
+                   help="Xen's smap= boot option (default: Xen's default)")
+
+
+def open_source(args: argparse.Namespace) -> PhysSource:
+    """Open the source the options name: a dump, a raw image, or the live target.
+
+    :raises XenpteError: if the file is bad or there is no usable target.
+    """
+    if args.core and args.raw:
+        raise OptionError("give --core or --raw, not both")
+    if args.core:
+        return _dump_opener()(args.core)
+    if args.raw:
+        return _raw_opener()(*args.raw)
+    src = open_live_source(direct_map=args.direct_map, domain=_first(args.domain,
+                           params.value("domain")), fast=bool(params.value("fast-path")),
+                           pkru=None)
+    thread = gdb.selected_thread()
+    src.current_vcpu = thread.num - 1 if thread is not None else 0
+    return src
+
+
+def _dump_opener():
+    try:
+        from ..sources.open import open_dump
+    except ImportError:  # the dump readers land separately; say so instead of a traceback
+        raise OptionError("--core: this build has no dump readers (gdb_xenpte.sources.open)")
+    return open_dump
+
+
+def _raw_opener():
+    try:
+        from ..sources.raw import RawSource
+    except ImportError:
+        raise OptionError("--raw: this build has no raw-image reader (gdb_xenpte.sources.raw)")
+    return RawSource
+
+
+@dataclass
+class Setup:
+    """Engine inputs for one command run.
+
+    :param cpu: the CPU state with the *effective* CR4 (what the hardware runs the guest with).
+    :param guest_cr4: the CR4 the registers or options gave (for PV: the guest's view).
+    """
+
+    source: PhysSource
+    cpu: CpuState
+    guest_cr4: int
+    effective_cr4: int
+    domain: str
+    xen_version: Optional[str]
+    xen_debug: bool
+    judge: Judge
+    xen_view: object = None
+    mode: Optional[str] = None
+    notes: List[str] = field(default_factory=list)
+
+
+def _first(*values):
+    return next((v for v in values if v is not None), None)
+
+
+def pick_vcpu(source: PhysSource, index: Optional[int]) -> Optional[VcpuRegs]:
+    """The vCPU the options name, the default one, or None when the source knows no registers."""
+    vcpus = source.vcpus()
+    if index is None:
+        index = getattr(source, "current_vcpu", 0)
+        if not vcpus:
+            return None
+    for v in vcpus:
+        if v.index == index:
+            return v
+    known = ", ".join(str(v.index) for v in vcpus) or "none"
+    raise OptionError(f"vCPU {index} does not exist in {source.name} (vCPUs: {known})")
+
+
+def setup(args: argparse.Namespace, source: PhysSource) -> Setup:
+    """Combine options, parameters and the source's registers into engine inputs.
+
+    :raises OptionError: if no CR3 is known, or a value is inconsistent.
+    """
+    regs = pick_vcpu(source, getattr(args, "vcpu", None)) or VcpuRegs(-1)
+    opt = lambda name: getattr(args, name, None)
+    cr3 = _first(opt("cr3"), regs.cr3)
+    if cr3 is None:
+        raise OptionError(f"{source.name} gives no CR3: give --cr3 VALUE")
+    cr4 = _first(opt("cr4"), regs.cr4, 0)
+    domain = _first(opt("domain"), params.value("domain"), source.domain, "hvm")
+    version = _first(opt("xen"), params.value("xen-version"),
+                     ".".join(map(str, source.xen_version)) if source.xen_version else None)
+    debug = bool(_first(opt("xen_debug"), params.value("xen-debug")))
+    ac = _first(opt("ac"), params.value("ac"))
+    cpu = CpuState(
+        cr0=_first(opt("cr0"), regs.cr0, CpuState.cr0), cr3=cr3, cr4=cr4,
+        efer=_first(opt("efer"), regs.efer),
+        pkru=_first(opt("pkru"), params.value("pkru"), regs.pkru),
+        pkrs=_first(opt("pkrs"), params.value("pkrs"), regs.pkrs),
+        ac=None if ac is None else int(ac),
+        maxphyaddr=_first(opt("maxphyaddr"), params.value("maxphyaddr"), 52),
+        long_mode=regs.long_mode)
+    notes = list(regs.notes)
+    effective, xen_view, mode = cr4, None, None
+    xen = _xen_module()
+    if xen is not None:
+        effective, xen_view, mode, more = xen.glue_view(
+            domain=domain, version=version, debug=debug, guest_cr4=cr4,
+            cr4_is_guest_view=regs.cr4_is_guest_view,
+            smep=_first(opt("smep"), params.value("smep")),
+            smap=_first(opt("smap"), params.value("smap")))
+        notes += list(more)
+    cpu = cpu.with_(cr4=effective)
+    judge = Judge(cpu.cr0, effective, _KERNEL_CPL[domain], cpu.ac, cpu.pkru, cpu.pkrs)
+    return Setup(source, cpu, cr4, effective, domain, version, debug, judge, xen_view, mode,
+                 notes)
+
+
+def _xen_module():
+    """The Xen policy module once it exists (the glue runs without it: no Xen annotations)."""
+    try:
+        from .. import xen
+    except ImportError:
+        return None
+    return xen if hasattr(xen, "glue_view") else None

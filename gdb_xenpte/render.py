@@ -1,0 +1,250 @@
+"""Turn walk results into text tables (tabulate) and JSON Lines records.
+
+The only module that formats results. It takes the plain :mod:`gdb_xenpte.model` types and returns
+strings or dicts; it never prints, so gdb's pager, a file or a test can take the output. Colours are
+ANSI SGR sequences, emitted only when the caller says so (the gdb glue asks gdb's ``style enabled``,
+which batch mode turns off).
+
+JSON records follow ``gdb_xenpte/data/xen-pte-walk.schema.json``: a ``header``, then ``mapping``
+records, then a ``summary``. Addresses and raw entries are ``"0x..."`` strings; sizes are integers.
+
+Failure modes: none of its own; a missing optional value renders as ``-`` (text) or ``null`` (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Iterable, List, Mapping as TMapping, Optional, Sequence, Tuple
+
+from tabulate import tabulate
+
+from .model import ACCESS_KEYS, Mapping, Trace, Verdict
+
+__all__ = [
+    "FLAG_ORDER",
+    "RecordCounter",
+    "Style",
+    "dumps",
+    "header_record",
+    "human_size",
+    "mapping_record",
+    "mapping_table",
+    "summary_record",
+    "summary_text",
+    "trace_record",
+    "trace_text",
+    "verdict_summary",
+]
+
+# The leaf's architectural flag names, in bit order, as the JSON schema spells them.
+FLAG_ORDER = ("P", "RW", "US", "PWT", "PCD", "A", "D", "PS", "G", "PAT", "NX")
+# Short column labels for verdict keys: k/u = guest kernel/user, r/w/x = access kind.
+_SHORT = dict(zip(ACCESS_KEYS, ("kr", "kw", "kx", "ur", "uw", "ux")))
+
+
+class Style:
+    """ANSI colours, or nothing when ``enabled`` is False (batch mode, ``set style enabled off``)."""
+
+    _CODES = {"bad": "31;1", "warn": "33", "user": "36", "kernel": "35", "dim": "2", "head": "1"}
+
+    def __init__(self, enabled: bool = False):
+        self.enabled = enabled
+
+    def __call__(self, kind: str, text: str) -> str:
+        if not self.enabled or not text:
+            return text
+        return f"\x1b[{self._CODES[kind]}m{text}\x1b[0m"
+
+
+def hexa(value: Optional[int]) -> Optional[str]:
+    """``"0x..."`` for an address or raw value, None stays None."""
+    return None if value is None else f"{value:#x}"
+
+
+def human_size(n: int) -> str:
+    """Bytes as ``4K``/``2M``/``1G``/``12K`` (exact multiples only, else bytes)."""
+    for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return f"{n}B"
+
+
+def verdict_summary(verdicts: TMapping[str, Verdict]) -> str:
+    """One short text for a mapping's verdicts: ``ok`` or the faulting kinds, e.g. ``kx:SMEP``."""
+    if not verdicts:
+        return "-"
+    faults = [f"{_SHORT[k]}:{','.join(verdicts[k].reasons)}"
+              for k in ACCESS_KEYS if k in verdicts and not verdicts[k].ok]
+    return " ".join(faults) if faults else "ok"
+
+
+def _rights(m: Mapping, style: Style) -> str:
+    text = m.effective.rwx()
+    if m.effective.write and m.effective.exec:
+        return style("bad", text)
+    return style("user" if m.effective.user else "kernel", text)
+
+
+def _va_range(m: Mapping) -> str:
+    return f"{m.va:#018x}-{m.va + m.size - 1:#018x}"
+
+
+def _pa_range(m: Mapping) -> str:
+    if m.pa is None:
+        return "not in source"
+    if m.count > 1 and m.size != m.page_size:
+        return f"{m.pa:#x}-{m.pa + m.size - 1:#x}"
+    return f"{m.pa:#x}"
+
+
+def mapping_table(mappings: Iterable[Mapping], style: Style = Style()) -> List[str]:
+    """Return the lines of a table of mappings (header first), one row per (coalesced) mapping.
+
+    Columns: VA range, PA (range), size, page size, effective rights, pkey, Xen bits, verdicts.
+    """
+    rows = []
+    for m in mappings:
+        verdict = verdict_summary(m.verdicts)
+        xen = " ".join(m.xen_bits) or "-"
+        rows.append([
+            _va_range(m), _pa_range(m), human_size(m.size), human_size(m.page_size),
+            _rights(m, style), "-" if m.pkey is None else m.pkey,
+            style("warn", xen) if m.xen_bits else xen,
+            style("bad", verdict) if verdict not in ("ok", "-") else verdict,
+        ])
+    head = ["VA range", "PA", "size", "page", "rights", "pkey", "Xen bits", "verdicts"]
+    return tabulate(rows, headers=head, tablefmt="simple", disable_numparse=True).splitlines()
+
+
+def trace_text(trace: Trace, style: Style = Style()) -> List[str]:
+    """Return the lines of a single-address trace: one block per level, then the outcome."""
+    lines = [style("head", f"VA {trace.va:#x}")]
+    for s in trace.steps:
+        lines.append(f"  {s.level}[{s.index}] at {s.entry_pa:#x} (table {s.table_pa:#x}) = "
+                     f"{s.raw:#018x}   effective so far: {s.effective.rwx()}")
+        rows = [[name, hex(value) if name == "frame" or value > 9 else value, meaning]
+                for name, value, meaning in s.bits]
+        lines += ["      " + ln for ln in tabulate(rows, tablefmt="plain",
+                                                     disable_numparse=True).splitlines()]
+        lines.append(f"      -> {s.rule}")
+    m = trace.mapping
+    if m is None:
+        lines.append(style("bad", f"  stop: {trace.stop}"))
+        return lines
+    pa = "not in source" if m.pa is None else f"{m.pa + (trace.va - m.va):#x}"
+    lines.append(f"  maps {human_size(m.page_size)} page: VA {trace.va:#x} -> PA {pa}, "
+                 f"{m.effective.rwx()}, pkey {'-' if m.pkey is None else m.pkey}, "
+                 f"memtype {m.memtype}")
+    if m.xen_bits:
+        lines.append("  Xen bits: " + style("warn", " ".join(m.xen_bits)))
+    for r in m.rsvd:
+        lines.append("  " + style("bad", "reserved: " + r))
+    for k in ACCESS_KEYS:
+        if k in m.verdicts:
+            v = str(m.verdicts[k])
+            lines.append(f"  {k:<13} {style('bad', v) if v != 'ok' else v}")
+    lines += [f"  note: {n}" for n in m.notes]
+    return lines
+
+
+def header_record(cpu: Any, effective_cr4: int, mode: str, domain: Optional[str],
+                  xen_version: Optional[str], xen_debug: bool, source: str,
+                  notes: Sequence[str] = ()) -> Dict[str, Any]:
+    """Return the ``header`` record: the registers and policy a walk ran under.
+
+    :param cpu: a :class:`~gdb_xenpte.cpu.CpuState` (its ``cr4`` is the effective CR4; the
+        guest-visible one, when different, is passed as ``effective_cr4``'s companion in notes).
+    """
+    return {
+        "type": "header", "cr0": hexa(cpu.cr0), "cr3": hexa(cpu.cr3), "cr4": hexa(cpu.cr4),
+        "efer": hexa(cpu.efer), "effective_cr4": hexa(effective_cr4), "mode": mode,
+        "domain": domain, "xen": {"version": xen_version, "debug": bool(xen_debug)},
+        "source": source, "pkru": hexa(cpu.pkru), "pkrs": hexa(cpu.pkrs),
+        "maxphyaddr": cpu.maxphyaddr, "notes": list(notes),
+    }
+
+
+def mapping_record(m: Mapping) -> Dict[str, Any]:
+    """Return the ``mapping`` record of one (coalesced) mapping."""
+    return {
+        "type": "mapping", "kind": getattr(m, "kind", "page"), "va": hexa(m.va), "pa": hexa(m.pa), "size": m.size,
+        "page_size": m.page_size, "level": m.level, "count": m.count,
+        "entries": [{"level": e.level, "index": e.index, "table_pa": hexa(e.table_pa),
+                     "raw": hexa(e.raw)} for e in m.entries],
+        "flags": [f for f in FLAG_ORDER if f in m.flags],
+        "effective": {"user": m.effective.user, "write": m.effective.write,
+                      "exec": m.effective.exec},
+        "pkey": m.pkey, "xen_bits": list(m.xen_bits), "rsvd": list(m.rsvd),
+        "memtype": m.memtype,
+        "verdicts": {k: str(m.verdicts[k]) for k in ACCESS_KEYS if k in m.verdicts},
+        "notes": list(m.notes),
+    }
+
+
+class RecordCounter:
+    """Counts what a walk emitted, for the ``summary`` record."""
+
+    def __init__(self):
+        self.mappings = 0
+        self.pages = 0
+        self.bytes = 0
+        self.faulting = 0
+
+    def add(self, m: Mapping) -> None:
+        self.mappings += 1
+        self.pages += m.count
+        self.bytes += m.size
+        self.faulting += any(not v.ok for v in m.verdicts.values())
+
+
+def summary_record(counter: RecordCounter, budget_hit: bool,
+                   unreadable: Sequence[Tuple[int, str]] = (), interrupted: bool = False,
+                   **extra: Any) -> Dict[str, Any]:
+    """Return the ``summary`` record.
+
+    :param unreadable: ``(physical address, reason)`` of tables the walk could not read.
+    :param budget_hit: True when ``--limit`` stopped the walk early.
+    """
+    rec = {
+        "type": "summary",
+        "counts": {"mappings": counter.mappings, "pages": counter.pages,
+                   "bytes": counter.bytes, "faulting": counter.faulting},
+        "budget_hit": bool(budget_hit), "interrupted": bool(interrupted),
+        "unreadable": [{"pa": hexa(pa), "reason": why} for pa, why in unreadable],
+    }
+    rec.update(extra)
+    return rec
+
+
+def trace_record(trace: Trace) -> Dict[str, Any]:
+    """Return the ``trace`` record of a single-address walk: every level visited."""
+    return {
+        "type": "trace", "va": hexa(trace.va), "stop": trace.stop,
+        "steps": [{"level": s.level, "index": s.index, "table_pa": hexa(s.table_pa),
+                   "entry_pa": hexa(s.entry_pa), "raw": hexa(s.raw),
+                   "bits": [{"name": n, "value": v, "meaning": t} for n, v, t in s.bits],
+                   "effective": {"user": s.effective.user, "write": s.effective.write,
+                                 "exec": s.effective.exec},
+                   "rule": s.rule} for s in trace.steps],
+    }
+
+
+def summary_text(counter: RecordCounter, stats: Any, limited: bool, interrupted: bool) -> str:
+    """The closing line of a text walk: counts, and why it stopped early if it did."""
+    parts = [f"{counter.mappings} mappings", f"{counter.pages} pages",
+             f"{human_size(counter.bytes) if counter.bytes else '0B'} mapped",
+             f"{counter.faulting} with faulting accesses"]
+    if getattr(stats, "unreadable", None):
+        parts.append(f"{len(stats.unreadable)} tables unreadable")
+    if limited:
+        parts.append("stopped at --limit")
+    if getattr(stats, "budget_hit", None):
+        parts.append(f"stopped: {stats.budget_hit}")
+    if interrupted:
+        parts.append("interrupted")
+    return "; ".join(parts) + "."
+
+
+def dumps(record: Dict[str, Any]) -> str:
+    """One JSON Lines line (no trailing newline), keys in insertion order."""
+    return json.dumps(record, separators=(",", ":"))
