@@ -1,0 +1,92 @@
+"""pyelftools behind one door: open an ELF dump and turn every parser failure into our error.
+
+pyelftools parses lazily and, on hostile input, can raise its own ``ELFError`` family, construct
+errors, or plain ``struct``/``ValueError``/``IndexError`` exceptions. The ELF-based readers call it
+only inside :func:`elf_errors`, so callers see a :class:`~gdb_xenpte.errors.DumpFormatError` that
+names the file and what was being parsed.
+"""
+
+from __future__ import annotations
+
+import struct
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+from elftools.common.exceptions import ELFError
+from elftools.construct import ConstructError
+from elftools.elf.elffile import ELFFile
+
+from ..errors import DumpFormatError
+from .filemap import MappedFile
+
+__all__ = ["EM_386", "EM_X86_64", "ET_CORE", "elf_errors", "open_elf", "probe_elf_core"]
+
+ET_CORE = 4
+EM_386 = 3
+EM_X86_64 = 62
+MACHINES = {EM_386: "EM_386", EM_X86_64: "EM_X86_64"}
+
+_PARSER_ERRORS = (ELFError, ConstructError, struct.error, ValueError, KeyError, IndexError,
+                  UnicodeDecodeError, OverflowError, EOFError)
+
+
+@contextmanager
+def elf_errors(what: str, stage: str) -> Iterator[None]:
+    """Re-raise pyelftools failures inside the block as :class:`DumpFormatError`.
+
+    :param what: the file name.
+    :param stage: what was being parsed, e.g. ``"program header 3"``.
+    """
+    try:
+        yield
+    except _PARSER_ERRORS as err:
+        raise DumpFormatError(what, f"corrupt ELF {stage}: {err}") from None
+
+
+def probe_elf_core(head: bytes) -> Optional[dict]:
+    """Return the few ELF header fields format probing needs, or None if ``head`` is no x86 core.
+
+    :param head: the first bytes of the file (at least 64).
+    :returns: ``{"class": 32|64, "machine": int, "phnum": int, "shnum": int}``.
+    """
+    if len(head) < 52 or head[:4] != b"\x7fELF" or head[5] != 1:  # little-endian only
+        return None
+    elf_class = {1: 32, 2: 64}.get(head[4])
+    if elf_class is None:
+        return None
+    e_type, e_machine = struct.unpack_from("<HH", head, 16)
+    if e_type != ET_CORE or e_machine not in MACHINES:
+        return None
+    if elf_class == 64:
+        if len(head) < 64:
+            return None
+        phnum, _shentsize, shnum = struct.unpack_from("<HHH", head, 56)
+    else:
+        phnum, _shentsize, shnum = struct.unpack_from("<HHH", head, 44)
+    return {"class": elf_class, "machine": e_machine, "phnum": phnum, "shnum": shnum}
+
+
+def open_elf(file: MappedFile) -> ELFFile:
+    """Parse the ELF header of ``file`` with pyelftools and check it is an x86 core dump.
+
+    :raises DumpFormatError: if the header is truncated, not ELF, not ``ET_CORE``, or not x86.
+    """
+    file.check_range(0, 52, "ELF header")
+    head = file.head(64)
+    if head[:4] != b"\x7fELF":
+        raise DumpFormatError(file.name, f"no ELF magic at file offset 0 (found {head[:4]!r})")
+    with elf_errors(file.name, "header"):
+        file.fh.seek(0)
+        elf = ELFFile(file.fh)
+        header = elf.header
+        e_type, e_machine = header["e_type"], header["e_machine"]
+    if e_type != "ET_CORE":
+        raise DumpFormatError(file.name, f"ELF e_type {e_type} at file offset 0x10: expected "
+                                         "ET_CORE (a core dump)")
+    if e_machine not in ("EM_X86_64", "EM_386"):
+        raise DumpFormatError(file.name, f"ELF e_machine {e_machine} at file offset 0x12: "
+                                         "expected an x86 guest (EM_X86_64 or EM_386)")
+    if elf.little_endian is not True:
+        raise DumpFormatError(file.name, "big-endian ELF at file offset 5: x86 dumps are "
+                                         "little-endian")
+    return elf

@@ -1,0 +1,148 @@
+"""QEMU ``dump-guest-memory`` ELF cores (taken without ``-p``): guest-physical memory + vCPU notes.
+
+Facts (QEMU ``dump/dump.c``, ``target/i386/arch_dump.c``; shared/reference/prior-art.md §9):
+
+* each ``PT_LOAD`` holds guest-physical memory at ``p_paddr``; QEMU writes ``p_vaddr = p_paddr``
+  (older QEMU: 0) for such segments, and ``p_filesz = 0`` or ``< p_memsz`` for memory it did not
+  store (``begin``/``length`` filters), which we report as "not in dump", never as zeros;
+* e_machine is EM_X86_64 iff CPU 0 had EFER.LMA when the dump was taken, else EM_386 (an ELF32 or,
+  with RAM above 4 GiB, ELF64 file);
+* vCPU registers come from the per-CPU ``QEMU`` notes (:mod:`.notes`); they carry CR0–CR4 and the
+  segments but no EFER;
+* with ``-p`` (paging) QEMU writes segments keyed by guest *virtual* address whose "physical"
+  addresses keep PTE bits 52–62 and whose lower-half VAs are mangled, so such segments are unusable
+  for a page-table walk. They are recognised by ``p_vaddr`` differing from ``p_paddr`` (and not 0).
+
+Failure modes: :class:`~gdb_xenpte.errors.DumpFormatError` when the file is truncated, not an x86
+ELF core, has overlapping or out-of-file segments, or holds only virtual (``-p``) segments;
+:class:`~gdb_xenpte.errors.UnreadableMemory` from :meth:`QemuElfSource.read` for addresses that no
+segment stores.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+from ..errors import DumpFormatError
+from .base import PhysSource, VcpuRegs
+from .elfutil import elf_errors, open_elf, probe_elf_core
+from .filemap import MappedFile
+from .notes import iter_notes, qemu_vcpus
+from .runs import RunMap
+
+__all__ = ["QemuElfSource"]
+
+
+def _is_physical_segment(vaddr: int, paddr: int) -> bool:
+    """True for a segment keyed by physical address (QEMU without ``-p``, or identity-mapped)."""
+    return vaddr == paddr or vaddr == 0
+
+
+class QemuElfSource(PhysSource):
+    """Physical memory and vCPU registers of a QEMU ELF guest-memory dump.
+
+    :param path: the dump file; opened read-only and mapped.
+    :raises DumpFormatError: see the module docstring.
+    """
+
+    format_name = "qemu-elf"
+
+    @classmethod
+    def probe(cls, head: bytes) -> bool:
+        """Return True if ``head`` (the first bytes of a file) starts an x86 ELF core with
+        program headers (an xl dump-core has none)."""
+        info = probe_elf_core(head)
+        return bool(info and info["phnum"])
+
+    def __init__(self, path: str):
+        self._file = MappedFile(path)
+        try:
+            self._open()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _open(self) -> None:
+        file = self._file
+        self.name = f"QEMU ELF dump {file.name}"
+        self.notes: Tuple[str, ...] = ()
+        elf = open_elf(file)
+        header = elf.header
+        with elf_errors(file.name, "header"):
+            phnum = elf.num_segments()
+        if phnum == 0:
+            raise DumpFormatError(file.name, "ELF core has no program headers (e_phnum 0 at "
+                                             "file offset 0x38/0x2c): no memory segments")
+        file.check_range(header["e_phoff"], phnum * header["e_phentsize"], "program header table")
+        self.elf_class = elf.elfclass
+        self.machine = header["e_machine"]
+        loads: List[Tuple[int, int, int, int, int, int]] = []
+        note_blobs: List[Tuple[bytes, int]] = []
+        for i in range(phnum):
+            with elf_errors(file.name, f"program header {i}"):
+                ph = elf.get_segment(i).header
+                p_type, offset, vaddr, paddr = ph["p_type"], ph["p_offset"], ph["p_vaddr"], ph["p_paddr"]
+                filesz, memsz = ph["p_filesz"], ph["p_memsz"]
+            if p_type == "PT_LOAD":
+                loads.append((i, offset, vaddr, paddr, filesz, memsz))
+            elif p_type == "PT_NOTE":
+                note_blobs.append((file.slice(offset, filesz, f"PT_NOTE segment {i}"), offset))
+        self._runs = self._build_runs(loads)
+        notes = [n for blob, off in note_blobs for n in iter_notes(blob, off, file.name)]
+        lma_hint = {"EM_X86_64": True, "EM_386": False}.get(self.machine)
+        self._vcpus = qemu_vcpus(notes, file.name, lma_hint)
+        if not self._vcpus:
+            self.notes += ("no QEMU CPU notes: registers unknown (give --cr3/--cr4)",)
+
+    def _build_runs(self, loads) -> RunMap:
+        file = self._file
+        physical = [seg for seg in loads if _is_physical_segment(seg[2], seg[3])]
+        virtual = len(loads) - len(physical)
+        if virtual and not physical:
+            i, _off, vaddr, paddr = loads[0][:4]
+            raise DumpFormatError(
+                file.name,
+                f"every PT_LOAD is keyed by guest virtual address (e.g. program header {i}: "
+                f"p_vaddr {vaddr:#x}, p_paddr {paddr:#x}): this is a 'dump-guest-memory -p' dump. "
+                "QEMU (up to 9.x) builds it from the guest's own page tables, drops entries with "
+                "bits 52-62 set and mangles lower-half addresses, so it cannot be walked; take the "
+                "dump again without -p")
+        if virtual:
+            self.notes += (f"{virtual} PT_LOAD segment(s) keyed by virtual address (-p) ignored; "
+                           f"{len(physical)} physical segment(s) used",)
+        runs = RunMap(file, file.name)
+        short = 0
+        for i, offset, _vaddr, paddr, filesz, memsz in physical:
+            if filesz > memsz:
+                raise DumpFormatError(
+                    file.name, f"program header {i}: p_filesz {filesz:#x} exceeds p_memsz "
+                               f"{memsz:#x}")
+            if filesz < memsz:
+                short += 1
+            runs.add(paddr, offset, filesz, f"PT_LOAD (program header {i})")
+        runs.finish()
+        if short:
+            self.notes += (f"{short} segment(s) store less than they span (p_filesz < p_memsz): "
+                           "the rest is not in the dump",)
+        return runs
+
+    def read(self, paddr: int, size: int) -> bytes:
+        """Return ``size`` bytes of guest-physical memory at ``paddr``.
+
+        :raises UnreadableMemory: for any byte no segment stores.
+        """
+        return self._runs.read(paddr, size)
+
+    def ranges(self) -> Sequence[Tuple[int, int]]:
+        return self._runs.ranges()
+
+    def vcpus(self) -> List[VcpuRegs]:
+        return list(self._vcpus)
+
+    def describe(self) -> str:
+        text = (f"{self.name}: ELF{self.elf_class} {self.machine}, {len(self._runs)} physical "
+                f"segment(s), {len(self._vcpus)} vCPU(s)")
+        return "; ".join((text,) + self.notes)
+
+    def close(self) -> None:
+        self._file.close()
