@@ -8,7 +8,8 @@ PKG = pathlib.Path(__file__).resolve().parents[2] / "gdb_xenpte"
 
 def _engine_modules():
     for path in sorted(PKG.rglob("*.py")):
-        if "gdbcmd" in path.parts:
+        # The glue: the command layer and the loader file gdb sources.
+        if "gdbcmd" in path.parts or path.name == "gdb_load.py":
             continue
         yield path
 
