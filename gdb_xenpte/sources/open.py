@@ -1,0 +1,81 @@
+"""Open a dump by probing its format, or as the format the user names.
+
+Probing reads the first 4 KiB and asks each reader's ``probe(head)`` in :data:`READERS` order:
+kdump (plain or flattened) first (signatures at offset 0), then xl dump-core (ELF, sections only),
+then QEMU ELF (ELF with program headers). Raw images have no signature and are only opened on
+request (``fmt="raw"`` with a base address).
+
+Failure modes: :class:`~gdb_xenpte.errors.OptionError` for an unknown ``fmt`` or a vCPU index the
+source does not have; :class:`~gdb_xenpte.errors.DumpFormatError` when no reader recognises the file
+or the chosen reader rejects it; :class:`~gdb_xenpte.errors.SourceError` if it cannot be opened.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Type
+
+from ..errors import DumpFormatError, OptionError
+from .base import PhysSource, VcpuRegs
+from .filemap import MappedFile
+from .kdump import KdumpSource
+from .qemu_elf import QemuElfSource
+from .raw import RawSource
+from .xc_core import XcCoreSource
+
+__all__ = ["FORMATS", "READERS", "detect_format", "open_dump", "pick_vcpu"]
+
+READERS = (KdumpSource, XcCoreSource, QemuElfSource)
+FORMATS: Dict[str, Type[PhysSource]] = {r.format_name: r for r in READERS + (RawSource,)}
+PROBE_BYTES = 4096
+
+
+def detect_format(path: str) -> str:
+    """Return the format name of the dump at ``path`` (a key of :data:`FORMATS`).
+
+    :raises DumpFormatError: if no reader recognises it.
+    """
+    file = MappedFile(path)
+    try:
+        head = file.head(PROBE_BYTES)
+        for reader in READERS:
+            if reader.probe(head):
+                return reader.format_name
+        raise DumpFormatError(file.name, f"not a recognised dump: the first bytes {head[:8]!r} "
+                                         "match no QEMU ELF, kdump or xl dump-core header; for a "
+                                         "raw memory image use --raw FILE@BASE")
+    finally:
+        file.close()
+
+
+def open_dump(path: str, fmt: Optional[str] = None, base: int = 0) -> PhysSource:
+    """Open a dump file as a memory source.
+
+    :param path: the dump file.
+    :param fmt: force a format (``"kdump"``, ``"xc-core"``, ``"qemu-elf"``, ``"raw"``); probe if
+        None.
+    :param base: guest-physical address of a raw image's first byte (``fmt="raw"`` only).
+    :returns: an open source; close it (or use it as a context manager) when done.
+    :raises OptionError: for an unknown ``fmt``.
+    :raises DumpFormatError: if the file is not (a valid file) of that format.
+    """
+    if fmt is None:
+        fmt = detect_format(path)
+    reader = FORMATS.get(fmt)
+    if reader is None:
+        raise OptionError(f"unknown dump format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if reader is RawSource:
+        return RawSource(path, base)
+    return reader(path)
+
+
+def pick_vcpu(source: PhysSource, index: int) -> VcpuRegs:
+    """Return vCPU ``index`` of ``source``.
+
+    :raises OptionError: naming the source and the vCPUs it has, if there is no such vCPU.
+    """
+    vcpus = source.vcpus()
+    for vcpu in vcpus:
+        if vcpu.index == index:
+            return vcpu
+    have = f"vCPUs 0..{len(vcpus) - 1}" if vcpus else "no vCPU registers"
+    raise OptionError(f"{source.name}: no vCPU {index}; the dump holds {have}")
