@@ -46,39 +46,43 @@ def _maxphyaddr(v: int) -> Optional[str]:
 
 PARAMETERS: Sequence[Spec] = (
     Spec("xen-version", gdb.PARAM_STRING, "auto", "the Xen version whose PTE ABI is assumed",
-         "Xen version (MAJOR.MINOR) whose bit meanings and CR4 policy apply; auto takes it\n"
-         "from the source (xl dump-core notes) or else assumes the newest version known.",
+         "Choose the Xen version (MAJOR.MINOR) whose bit meanings and CR4 policy apply.\n"
+         "auto takes it from the source (xl dump-core notes), else the newest version known.",
          check=_version),
     Spec("xen-debug", gdb.PARAM_BOOLEAN, False, "whether Xen is a debug build",
-         "Whether Xen is a debug build (changes the meaning of some software PTE bits)."),
+         "Say whether Xen is a debug build.\n"
+         "A debug build changes the meaning of some software PTE bits."),
     Spec("domain", gdb.PARAM_ENUM, "auto", "the kind of domain whose tables are walked",
-         "Kind of domain: hvm, pv64 or pv32; auto takes it from the source, else hvm.",
+         "Choose the kind of domain: hvm, pv64 or pv32.\nauto takes it from the source, else hvm.",
          choices=("auto", "hvm", "pv64", "pv32")),
     Spec("smep", gdb.PARAM_ENUM, "auto", "Xen's smep= boot option",
-         "Xen's smep= boot option (on, off, hvm); auto assumes Xen's default.",
+         "Give Xen's smep= boot option: on, off or hvm.\nauto assumes Xen's default.",
          choices=("auto", "on", "off", "hvm")),
     Spec("smap", gdb.PARAM_ENUM, "auto", "Xen's smap= boot option",
-         "Xen's smap= boot option (on, off, hvm); auto assumes Xen's default.",
+         "Give Xen's smap= boot option: on, off or hvm.\nauto assumes Xen's default.",
          choices=("auto", "on", "off", "hvm")),
     Spec("maxphyaddr", gdb.PARAM_ZUINTEGER, 0, "the CPU's physical-address width",
-         "Physical-address width in bits (CPUID.80000008H:EAX[7:0]); entry bits from it up to\n"
-         "51 are reserved. 0 means auto: from the source, else 52.", check=_maxphyaddr),
+         "Give the physical-address width in bits (CPUID.80000008H:EAX[7:0]).\n"
+         "Entry bits from it up to 51 are reserved. 0 means auto: from the source, else 52.",
+         check=_maxphyaddr),
     Spec("pkru", gdb.PARAM_STRING, "unknown", "the PKRU value used for verdicts",
-         "PKRU used for user-page protection-key verdicts; unknown reports both outcomes\n"
-         "(QEMU's gdbstub does not expose PKRU).", check=_register_value),
-    Spec("pkrs", gdb.PARAM_STRING, "unknown", "the IA32_PKRS value used for verdicts",
-         "IA32_PKRS used for supervisor-page protection-key verdicts; unknown reports both.",
+         "Give the PKRU used for user-page protection-key verdicts.\n"
+         "unknown reports both outcomes (QEMU's gdbstub does not expose PKRU).",
          check=_register_value),
+    Spec("pkrs", gdb.PARAM_STRING, "unknown", "the IA32_PKRS value used for verdicts",
+         "Give the IA32_PKRS used for supervisor-page protection-key verdicts.\n"
+         "unknown reports both outcomes.", check=_register_value),
     Spec("ac", gdb.PARAM_ENUM, "unknown", "EFLAGS.AC assumed for SMAP verdicts",
-         "EFLAGS.AC for explicit supervisor accesses to user pages (SMAP): 0, 1 or unknown\n"
-         "(both verdicts).", choices=("unknown", "0", "1")),
+         "Give EFLAGS.AC for explicit supervisor accesses to user pages (SMAP).\n"
+         "0, 1, or unknown for both verdicts.", choices=("unknown", "0", "1")),
     Spec("coalesce", gdb.PARAM_BOOLEAN, True, "whether walks merge equal neighbouring pages",
-         "Whether whole-space walks merge VA-contiguous pages with equal attributes into ranges."),
+         "Say whether walks merge neighbouring pages with equal attributes into ranges."),
     Spec("limit", gdb.PARAM_ZUINTEGER_UNLIMITED, -1, "the most mappings a walk prints",
-         "Most mappings a whole-space walk prints (unlimited for no limit)."),
+         "Give the most mappings a walk prints.\nunlimited means no limit."),
     Spec("fast-path", gdb.PARAM_BOOLEAN, True, "whether live QEMU reads may use /proc/PID/mem",
-         "Whether live QEMU reads may go through /proc/<qemu-pid>/mem at each RAM block's host\n"
-         "address (fast; needs ptrace rights) before falling back to the gdbstub's PhyMemMode."),
+         "Say whether live QEMU reads may use /proc/<qemu-pid>/mem.\n"
+         "The fast path reads each RAM block at its host address (needs ptrace rights); without\n"
+         "it, or when it fails, reads go through the gdbstub's PhyMemMode."),
 )
 
 _params: Dict[str, "XenPteParameter"] = {}

@@ -1,0 +1,44 @@
+"""Bad options, bad values and bad files: exactly one clear error line, never a traceback."""
+
+import pytest
+
+from gdbrun import run_gdb
+
+
+def _errors(res):
+    assert "Traceback" not in res.stderr and "Python Exception" not in res.stderr, res.stderr
+    return [ln for ln in res.stderr.splitlines() if ln.strip()]
+
+
+@pytest.mark.parametrize("command, expected", [
+    ("xen-pte-walk --bogus", "xen-pte-walk: unrecognized arguments: --bogus"),
+    ("xen-pte-walk --cor", "xen-pte-walk: unrecognized arguments: --cor"),  # no abbreviations
+    ("xen-pte-walk --pkey 16", "xen-pte-walk: argument --pkey: 16 is not in 0..15"),
+    ("xen-pte-walk --domain pv16",
+     "xen-pte-walk: argument --domain: 'pv16' is not one of hvm, pv64, pv32"),
+    ("xen-pte-walk --raw nobase", "xen-pte-walk: argument --raw: 'nobase' is not FILE@BASE "
+                                  "(e.g. mem.bin@0x0)"),
+    ("xen-pte-walk --verdict kernel-jump=ok",
+     "xen-pte-walk: argument --verdict: 'kernel-jump=ok' is not KIND=ok|fault[:REASON] with KIND "
+     "one of kernel-read, kernel-write, kernel-exec, user-read, user-write, user-exec"),
+    ("xen-pte-walk 1 2 3", "xen-pte-walk: give one ADDR or START END, not more"),
+    ("xen-pte-walk", "xen-pte-walk: no live target: connect with 'target remote HOST:PORT', "
+                     "or give --core FILE / --raw FILE@BASE"),
+])
+def test_one_line_per_error(command, expected):
+    assert _errors(run_gdb(command)) == [expected]
+
+
+def test_bad_expression_names_the_option():
+    (line,) = _errors(run_gdb("xen-pte-walk --cr3 no_such_symbol"))
+    assert line.startswith("xen-pte-walk: argument --cr3: 'no_such_symbol' is not an address")
+
+
+def test_error_stops_a_gdb_script(tmp_path):
+    # gdb sees a failed command (pwndbg swallowed these): a sourced script stops at the error.
+    script = tmp_path / "cmds.gdb"
+    script.write_text("xen-pte-walk --bogus\necho not-reached\\n\n")
+    res = run_gdb(f"source {script}")
+    assert "not-reached" not in res.stdout
+    assert _errors(res)[-1].endswith("xen-pte-walk: unrecognized arguments: --bogus")
+    assert res.returncode != 0
