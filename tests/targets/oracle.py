@@ -1,0 +1,216 @@
+"""Build, boot and read the verdict oracle guest (sources in ``tests/guests/oracle``).
+
+The guest builds page tables for every case the engine distinguishes, performs every access
+(read/write/exec at CPL0 with AC=0 and 1, and at CPL3) under a list of CR0/CR4/EFER/PKRU
+configurations, records whether the CPU faulted, and halts. This module builds it (nasm, gcc, ld,
+objcopy; cached under ``<repo>/.cache/oracle/<hash of sources and tools>``), boots it under QEMU
+with 4- or 5-level paging, and hands back the recorded table, the tables' root and a raw image of
+guest RAM to walk::
+
+    from tests.targets.oracle import boot_oracle
+
+    with boot_oracle(levels=5, workdir=tmp_path) as run:
+        run.cases         # [{"id", "name", "va", "leaf_level"}]
+        run.records       # [{"case_id", "kind", "cpl", "ac", "faulted", "vector", "error_code",
+                          #   "cr0", "cr4", "efer", "pkru", "va", "cr2", "rip"}]
+        run.header["cr3"], run.header["maxphyaddr"], run.header["vendor"]
+        run.ram_path      # pmemsave of all guest RAM (byte i = guest-physical address i)
+        run.vm            # the Qemu, still running (halted guest) until the block ends
+
+Failure modes: :class:`~tests.targets.qemu.QemuSetupError` when a build tool or QEMU is missing;
+:class:`OracleError` when the build fails, the guest reports FATAL, or its results are malformed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+from .qemu import Qemu, require_binary
+
+__all__ = ["KINDS", "OracleError", "OracleRun", "RAM_BYTES", "boot_oracle", "build_guest"]
+
+REPO = Path(__file__).resolve().parents[2]
+GUEST_DIR = REPO / "tests" / "guests" / "oracle"
+GUEST_SOURCES = ("boot.asm", "oracle.c", "oracle.h", "link.ld")
+RAM_BYTES = 32 << 20
+
+# Freestanding 64-bit code at 1 MiB: no SSE (the guest never enables it), no red zone (exceptions
+# push onto the current stack), no PIC/PIE, no stack protector or CET (no runtime behind them).
+CFLAGS = ("-m64", "-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-ffreestanding",
+          "-fno-builtin", "-fno-pic", "-fno-pie", "-mno-red-zone", "-mgeneral-regs-only",
+          "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-fcf-protection=none")
+LDFLAGS = ("-m", "elf_x86_64", "-nostdlib", "-no-pie", "-z", "max-page-size=4096",
+           "-z", "noexecstack", "--no-warn-rwx-segments")
+# Tool -> Debian package, for the setup error.
+BUILD_TOOLS = {"nasm": "nasm", "gcc": "gcc", "ld": "binutils", "objcopy": "binutils",
+               "nm": "binutils"}
+
+KINDS = ("read", "write", "exec")  # KIND_* in oracle.h
+VEC_COMPLETED = 0x81
+ORACLE_MAGIC = 0x4C4352414F545058
+ORACLE_VERSION = 1
+STATE_DONE = 2
+
+# struct oracle_header / oracle_case / oracle_record of oracle.h, field for field.
+_HEADER = struct.Struct("<QIIIIIIQQQQQQII16s")
+_HEADER_FIELDS = ("magic", "version", "state", "n_cases", "n_records", "n_configs", "maxphyaddr",
+                  "cases_pa", "records_pa", "cr3", "final_cr0", "final_cr4", "final_efer",
+                  "levels", "record_size", "vendor")
+_CASE = struct.Struct("<QIB3x48s")
+_RECORD = struct.Struct("<IBBBBQQQQIIQQ")
+_RECORD_FIELDS = ("case_id", "kind", "cpl", "ac", "vector", "va", "cr0", "cr4", "efer", "pkru",
+                  "error_code", "cr2", "rip")
+
+
+class OracleError(RuntimeError):
+    """The oracle guest could not be built or run, or its results are malformed."""
+
+
+def _tool_versions() -> bytes:
+    out = b""
+    for tool in ("nasm", "gcc", "ld"):
+        out += subprocess.run([tool, "--version" if tool != "nasm" else "-v"],
+                              capture_output=True).stdout.split(b"\n")[0]
+    return out
+
+
+def _run(argv: List[str], cwd: Path) -> None:
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode:
+        raise OracleError(f"building the oracle guest failed: {' '.join(argv)}\n"
+                          f"{proc.stdout}{proc.stderr}")
+
+
+def build_guest(cache_dir: Optional[Path] = None) -> Path:
+    """Build the guest (or reuse the cached build) and return the ELF32 image for ``-kernel``.
+
+    The cache key hashes the sources, the flags and the tool versions, so an edit rebuilds.
+
+    :raises QemuSetupError: if nasm, gcc or binutils is missing.
+    :raises OracleError: if a build step fails (its output is in the message).
+    """
+    for tool, package in BUILD_TOOLS.items():
+        require_binary(tool, package)
+    digest = hashlib.sha256()
+    for name in GUEST_SOURCES:
+        digest.update(name.encode() + b"\0" + (GUEST_DIR / name).read_bytes())
+    digest.update(repr((CFLAGS, LDFLAGS)).encode() + _tool_versions())
+    cache = Path(cache_dir) if cache_dir else REPO / ".cache" / "oracle"
+    out_dir = cache / digest.hexdigest()[:16]
+    elf = out_dir / "oracle.elf"
+    if elf.exists():
+        return elf
+    cache.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=cache))
+    try:
+        _run(["nasm", "-f", "elf64", "-Werror", "-o", "boot.o", str(GUEST_DIR / "boot.asm")], work)
+        _run(["gcc", *CFLAGS, "-c", "-o", "oracle.o", str(GUEST_DIR / "oracle.c")], work)
+        _run(["ld", *LDFLAGS, "-T", str(GUEST_DIR / "link.ld"), "-o", "oracle64.elf",
+              "boot.o", "oracle.o"], work)
+        # QEMU's multiboot loader refuses ELF64 images; the code sits below 4 GiB, so ELF32 works.
+        _run(["objcopy", "-O", "elf32-i386", "oracle64.elf", "oracle.elf"], work)
+        try:
+            os.rename(work, out_dir)  # atomic: a concurrent build of the same key just loses
+        except OSError:
+            if not elf.exists():
+                raise
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return elf
+
+
+def _symbol(elf: Path, name: str) -> int:
+    out = subprocess.run(["nm", str(elf)], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2] == name:
+            return int(parts[0], 16)
+    raise OracleError(f"symbol {name} not in {elf}")
+
+
+@dataclass
+class OracleRun:
+    """One completed run of the oracle guest.
+
+    :param levels: 4 or 5 (paging levels the guest ran with).
+    :param header: the results header (``cr3`` = root of the tables under test, ``maxphyaddr``,
+        ``vendor``, ``final_cr0/cr4/efer`` = registers left loaded at the halt, counts).
+    :param cases: the mappings under test, indexed by ``id``.
+    :param records: every access performed, in order.
+    :param ram_path: raw image of all guest RAM, taken after the halt.
+    :param boot_seconds: from QEMU's start to the guest's "done" line (boot + every probe).
+    """
+
+    levels: int
+    vm: Qemu
+    elf: Path
+    header: Dict[str, object]
+    cases: List[Dict[str, object]]
+    records: List[Dict[str, object]]
+    ram_path: Path
+    boot_seconds: float
+
+
+def _read_results(vm: Qemu, header_pa: int) -> tuple:
+    raw = vm.pmemsave(header_pa, _HEADER.size)
+    header = dict(zip(_HEADER_FIELDS, _HEADER.unpack(raw)))
+    header["vendor"] = header["vendor"].rstrip(b"\0").decode(errors="replace")
+    if header["magic"] != ORACLE_MAGIC or header["version"] != ORACLE_VERSION:
+        raise OracleError(f"oracle header at {header_pa:#x} has magic {header['magic']:#x} "
+                          f"version {header['version']}: guest and oracle.py disagree")
+    if header["record_size"] != _RECORD.size or header["state"] != STATE_DONE:
+        raise OracleError(f"oracle header: record size {header['record_size']}, "
+                          f"state {header['state']} (expected {_RECORD.size}, {STATE_DONE})")
+    raw = vm.pmemsave(header["cases_pa"], header["n_cases"] * _CASE.size)
+    cases = []
+    for va, case_id, leaf_level, name in _CASE.iter_unpack(raw):
+        cases.append({"id": case_id, "va": va, "leaf_level": leaf_level,
+                      "name": name.split(b"\0")[0].decode()})
+    raw = vm.pmemsave(header["records_pa"], header["n_records"] * _RECORD.size)
+    records = []
+    for values in _RECORD.iter_unpack(raw):
+        rec = dict(zip(_RECORD_FIELDS, values))
+        rec["kind"] = KINDS[rec["kind"]]
+        rec["faulted"] = rec["vector"] != VEC_COMPLETED
+        rec["case"] = cases[rec["case_id"]]["name"]
+        records.append(rec)
+    return header, cases, records
+
+
+@contextlib.contextmanager
+def boot_oracle(levels: int, workdir: Path, *, timeout: float = 60.0,
+                cache_dir: Optional[Path] = None) -> Iterator[OracleRun]:
+    """Boot the oracle guest with ``levels``-level paging, wait for it, read its results.
+
+    The guest stays up (halted) until the block ends, so gdb can attach to ``run.vm.gdb_port``;
+    then QEMU is killed by its pid, also when the block raises.
+
+    :raises OracleError: if the guest reports FATAL or its results are malformed.
+    :raises QemuError: if it does not finish within ``timeout`` seconds.
+    """
+    if levels not in (4, 5):
+        raise ValueError(f"levels must be 4 or 5, not {levels}")
+    elf = build_guest(cache_dir)
+    workdir = Path(workdir)
+    # LA57 can only be chosen before long mode is entered: the guest reads it from its command line.
+    args = ["-kernel", str(elf), "-append", "paging=5" if levels == 5 else "paging=4"]
+    with Qemu(args, memory=f"{RAM_BYTES >> 20}M", workdir=workdir) as vm:
+        match = vm.wait_for_serial(r"^ORACLE: (done|FATAL).*$", timeout)
+        boot_seconds = vm.seconds_since_start()
+        if match.group(1) == "FATAL":
+            raise OracleError(f"oracle guest ({levels}-level): {match.group(0)}")
+        header, cases, records = _read_results(vm, _symbol(elf, "oracle_results"))
+        if header["levels"] != levels:
+            raise OracleError(f"asked for {levels}-level paging, the guest ran {header['levels']}")
+        ram_path = vm.pmemsave_file(0, RAM_BYTES, workdir / "ram.bin")
+        yield OracleRun(levels, vm, elf, header, cases, records, ram_path, boot_seconds)
