@@ -31,16 +31,18 @@ _PARSER_ERRORS = (ELFError, ConstructError, struct.error, ValueError, KeyError, 
 
 
 @contextmanager
-def elf_errors(what: str, stage: str) -> Iterator[None]:
+def elf_errors(what: str, stage: str, offset: int) -> Iterator[None]:
     """Re-raise pyelftools failures inside the block as :class:`DumpFormatError`.
 
     :param what: the file name.
     :param stage: what was being parsed, e.g. ``"program header 3"``.
+    :param offset: file offset of that structure, for the message.
     """
     try:
         yield
     except _PARSER_ERRORS as err:
-        raise DumpFormatError(what, f"corrupt ELF {stage}: {err}") from None
+        raise DumpFormatError(what, f"corrupt ELF {stage} at file offset {offset:#x}: "
+                                    f"{err}") from None
 
 
 def probe_elf_core(head: bytes) -> Optional[dict]:
@@ -71,11 +73,15 @@ def open_elf(file: MappedFile) -> ELFFile:
 
     :raises DumpFormatError: if the header is truncated, not ELF, not ``ET_CORE``, or not x86.
     """
-    file.check_range(0, 52, "ELF header")
+    file.check_range(0, 16, "ELF identification")
     head = file.head(64)
     if head[:4] != b"\x7fELF":
         raise DumpFormatError(file.name, f"no ELF magic at file offset 0 (found {head[:4]!r})")
-    with elf_errors(file.name, "header"):
+    if head[4] not in (1, 2):
+        raise DumpFormatError(file.name, f"ELF class {head[4]} at file offset 0x4: expected 1 "
+                                         "(ELF32) or 2 (ELF64)")
+    file.check_range(0, 64 if head[4] == 2 else 52, "ELF header")
+    with elf_errors(file.name, "header", 0):
         file.fh.seek(0)
         elf = ELFFile(file.fh)
         header = elf.header

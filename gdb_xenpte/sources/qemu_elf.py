@@ -68,7 +68,7 @@ class QemuElfSource(PhysSource):
         self.notes: Tuple[str, ...] = ()
         elf = open_elf(file)
         header = elf.header
-        with elf_errors(file.name, "header"):
+        with elf_errors(file.name, "program header count", 0):
             phnum = elf.num_segments()
         if phnum == 0:
             raise DumpFormatError(file.name, "ELF core has no program headers (e_phnum 0 at "
@@ -79,7 +79,8 @@ class QemuElfSource(PhysSource):
         loads: List[Tuple[int, int, int, int, int, int]] = []
         note_blobs: List[Tuple[bytes, int]] = []
         for i in range(phnum):
-            with elf_errors(file.name, f"program header {i}"):
+            at = header["e_phoff"] + i * header["e_phentsize"]
+            with elf_errors(file.name, f"program header {i}", at):
                 ph = elf.get_segment(i).header
                 p_type, offset, vaddr, paddr = ph["p_type"], ph["p_offset"], ph["p_vaddr"], ph["p_paddr"]
                 filesz, memsz = ph["p_filesz"], ph["p_memsz"]

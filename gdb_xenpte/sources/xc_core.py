@@ -123,10 +123,12 @@ class XcCoreSource(PhysSource):
             raise DumpFormatError(file.name, "ELF class 32 at file offset 4: xl dump-core files "
                                              "are always ELF64")
         sections = self._sections(elf)
+        where = (f"among the {elf.num_sections()} section headers at file offset "
+                 f"{elf.header['e_shoff']:#x}")
         for required in (".note.Xen", ".xen_prstatus", ".xen_pages"):
             if required not in sections:
-                raise DumpFormatError(file.name, f"no {required} section: not an xl dump-core "
-                                                 "file, or a damaged one")
+                raise DumpFormatError(file.name, f"no {required} section {where}: not an xl "
+                                                 "dump-core file, or a damaged one")
         magic, nr_vcpus, nr_pages = self._read_notes(sections[".note.Xen"])
         machine = elf.header["e_machine"]
         if magic == XC_CORE_MAGIC_HVM:
@@ -136,7 +138,7 @@ class XcCoreSource(PhysSource):
         table = ".xen_pfn" if self.domain == "hvm" else ".xen_p2m"
         if table not in sections:
             raise DumpFormatError(file.name, f"{self.domain.upper()} dump (magic {magic:#x}) "
-                                             f"without its {table} section")
+                                             f"without its {table} section {where}")
         pages_off, pages_size, _ = sections[".xen_pages"]
         if pages_size < nr_pages * PAGE_SIZE:
             raise DumpFormatError(file.name, f".xen_pages at file offset {pages_off:#x} holds "
@@ -163,14 +165,15 @@ class XcCoreSource(PhysSource):
         """Return name -> (offset, size, entsize) for every section, checked against the file."""
         file = self._file
         header = elf.header
-        with elf_errors(file.name, "section header table"):
+        with elf_errors(file.name, "section header table", header["e_shoff"]):
             count = elf.num_sections()
         if count == 0:
             raise DumpFormatError(file.name, "ELF file has neither program nor section headers")
         file.check_range(header["e_shoff"], count * header["e_shentsize"], "section header table")
         out: Dict[str, Tuple[int, int, int]] = {}
         for i in range(1, count):
-            with elf_errors(file.name, f"section header {i}"):
+            at = header["e_shoff"] + i * header["e_shentsize"]
+            with elf_errors(file.name, f"section header {i}", at):
                 section = elf.get_section(i)
                 name = section.name
                 sh = section.header

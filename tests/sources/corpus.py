@@ -1,0 +1,88 @@
+"""One small valid image per dump format, for the corruption and fuzz tests.
+
+Each case knows how to write itself, which format to force, and which pages it holds, so a test
+can damage the file and then check that reading it yields either the right bytes or one of our
+errors, never anything else.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass
+from typing import Callable, Dict
+
+from gdb_xenpte.errors import UnreadableMemory, XenpteError
+from gdb_xenpte.sources.open import open_dump
+from samples import PAGE, VCPUS, page_bytes, sample_low_pages, sample_pages
+from writers import EM_386, Layout, write_kdump, write_qemu_elf, write_xc_core
+
+PV_PFNS = (0, 1, 2, 5)
+PV_P2M = {0: 0x1234, 1: 0x99, 2: 0x5000, 5: 0x77}
+
+
+@dataclass
+class Case:
+    name: str
+    fmt: str
+    pages: Dict[int, bytes]  # what a valid file yields (PFN space for PV)
+    write: Callable[[pathlib.Path], Layout]
+
+
+def _small_pages():
+    return {a: d for a, d in sample_pages().items() if a < 0x4000 or a == 1 << 32}
+
+
+def _pv_pages():
+    return {pfn * PAGE: page_bytes(pfn) for pfn in PV_PFNS}
+
+
+def _pv_vcpus():
+    return [dict(cr3=0x5000 << 12, user_cr3=0x77 << 12), dict(cr3=0x99 << 12, online=False)]
+
+
+def cases():
+    small, low = _small_pages(), {a: d for a, d in sample_low_pages().items() if a < 0x4000}
+    pv = _pv_pages()
+    return [
+        Case("qemu-elf64", "qemu-elf", small, lambda p: write_qemu_elf(p, small, VCPUS)),
+        Case("qemu-elf32", "qemu-elf", low,
+             lambda p: write_qemu_elf(p, low, VCPUS, elf_class=32, machine=EM_386)),
+        Case("kdump", "kdump", small, lambda p: write_kdump(p, small, VCPUS)),
+        Case("kdump32", "kdump", low, lambda p: write_kdump(p, low, VCPUS, elf_class=32)),
+        Case("kdump-flat", "kdump", small,
+             lambda p: write_kdump(p, small, VCPUS, flattened=True, chunk=2 * PAGE)),
+        Case("xc-pv64", "xc-core", pv,
+             lambda p: write_xc_core(p, pv, _pv_vcpus(), kind="pv64", p2m=PV_P2M)),
+        Case("xc-pv32", "xc-core", pv,
+             lambda p: write_xc_core(p, pv, _pv_vcpus()[:1], kind="pv32", p2m=PV_P2M)),
+        Case("xc-hvm", "xc-core", low,
+             lambda p: write_xc_core(p, low, VCPUS, kind="hvm", shared_info=None)),
+    ]
+
+
+def exercise(path: pathlib.Path, case: Case, fmt=None) -> str:
+    """Open a possibly damaged file and use every part of the source.
+
+    :returns: ``"ok"`` if it opened, else the error message (only our errors may escape).
+    """
+    try:
+        src = open_dump(str(path), fmt=fmt)
+    except XenpteError as err:
+        return str(err)
+    with src:
+        src.describe()
+        src.vcpus()
+        for start, end in src.ranges():
+            assert start < end
+        for addr, data in case.pages.items():
+            try:
+                got = src.read(addr, PAGE)
+            except UnreadableMemory as err:
+                assert path.name in str(err) and err.paddr >= addr
+                continue
+            assert len(got) == PAGE
+        if src.translate_frame is not None:
+            for mfn in list(PV_P2M.values()) + [0, 0x4242]:
+                pfn = src.translate_frame(mfn)
+                assert pfn is None or isinstance(pfn, int)
+    return "ok"
