@@ -31,6 +31,7 @@ DEFAULT_ENTRY_BUDGET = 50_000_000
 DEFAULT_TIME_BUDGET = 300.0
 
 _A_D = 0x60
+_ATTR_CACHE_MAX = 65536
 
 
 def cr3_root(cr3: int, mode_key: str, cr4_pcide: bool, maxphyaddr: int) -> int:
@@ -235,6 +236,8 @@ class Walker:
         if self.judge is not None:
             verdicts = self.judge.judge(eff, pkey, has_rsvd or bool(rsvd_here), user_page_raw=raw)
         hit = (eff, frozenset(flags), pkey, xen_bits, mt, verdicts)
+        if len(self._attr_cache) >= _ATTR_CACHE_MAX:
+            self._attr_cache.clear()  # hostile tables: every entry distinct; keep memory flat
         self._attr_cache[key] = hit
         return hit
 
