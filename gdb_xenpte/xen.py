@@ -30,14 +30,14 @@ from .arch import CR4, PTE
 from .errors import OptionError
 
 __all__ = [
+    "Cr4",
     "DOMAIN_TYPES",
     "FACTS",
+    "Hardware",
+    "KernelProtections",
     "PV_CR4_GUEST_MASK",
     "PV_CR4_GUEST_VISIBLE_MASK",
     "XEN_CR4_PV32_BITS",
-    "Cr4",
-    "Hardware",
-    "KernelProtections",
     "XenFact",
     "XenPolicy",
     "cite",
