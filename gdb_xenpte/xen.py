@@ -12,7 +12,8 @@ Only a 64-bit (x86_64) hypervisor is modelled: the i386 Xen build, removed in 4.
 Versions are ``(major, minor, patch)``; Xen 3.0 to 4.22 are known, newer 4.x releases are taken
 to behave like 4.22 (source checked up to master ``c447b7308b13``, 2026-08). Point-release
 backports (e.g. XPTI in 4.6.x-4.10.x stable releases) are not modelled: a version selects the
-behaviour of its ``x.y.0`` release.
+behaviour of its ``x.y.0`` release. PV CR4 handling before 3.2 (731a2050ac) is modelled like
+3.2's; Xen had no SMEP, SMAP or PKE then, so no verdict depends on it.
 
 Failure modes: every function raises :class:`~gdb_xenpte.errors.OptionError`, with one line, for
 an unknown version string, a bad ``smep=``/``smap=`` value or one the version does not have, an
@@ -174,8 +175,7 @@ FACTS: Dict[str, XenFact] = {f.key: f for f in (
     # --- CR4 in PV context -------------------------------------------------------------------
     XenFact("pv_cr4_macro", "real CR4 = guest's CR4 view | Xen's PGE/PSE(/SMEP/SMAP/OSXSAVE/"
             "FSGSBASE) | TSD if vtsc, minus DE (pv_guest_cr4_to_real_cr4 macro)",
-            "xen/include/asm-x86/domain.h (at RELEASE-4.0.0 .. RELEASE-4.10.0)", "", (3, 0, 0),
-            (4, 10, 99)),
+            "xen/include/asm-x86/domain.h", "731a2050ac", (3, 2, 0), (4, 10, 99)),
     XenFact("pv_cr4_xpti", "pv_guest_cr4_to_real_cr4() takes PGE only without XPTI, PCIDE when "
             "the domain uses PCID", "xen/arch/x86/mm.c (at RELEASE-4.11.0)", "d543fa4093",
             (4, 11, 0), (4, 11, 99)),
@@ -202,8 +202,8 @@ FACTS: Dict[str, XenFact] = {f.key: f for f in (
     XenFact("pv_cr4_view_old", "a PV guest sees Xen's CR4 minus PGE/PSE/TSD/OSXSAVE/SMEP/SMAP/"
             "FSGSBASE/PCIDE, with its own TSD/DE/OSXSAVE (and FSGSBASE for 64-bit) "
             "(real_cr4_to_pv_guest_cr4, pv_guest_cr4_fixup); Xen's VMXE leaks into it",
-            "xen/include/asm-x86/domain.h, xen/arch/x86/domain.c (at RELEASE-4.11.0)", "",
-            (3, 0, 0), (4, 11, 99)),
+            "xen/include/asm-x86/domain.h, xen/arch/x86/domain.c (at RELEASE-4.11.0)",
+            "731a2050ac", (3, 2, 0), (4, 11, 99)),
     # --- CR4 in HVM context ------------------------------------------------------------------
     XenFact("hvm_cr4", "an HVM guest's own CR4 governs its page tables; hvm_set_cr4() raises #GP "
             "for bits outside hvm_cr4_guest_valid_bits(); LA57 is never valid",
@@ -259,6 +259,9 @@ def parse_version(text: Union[str, Tuple[int, ...]]) -> Version:
     :returns: a 3-tuple of ints.
     :raises OptionError: if it is not such a version.
     """
+    if isinstance(text, float):
+        # 4.10 and 4.1 are the same float: only strings and tuples say which was meant.
+        raise OptionError(f"ambiguous Xen version {text!r}: give it as a string, e.g. '4.10'")
     if isinstance(text, tuple):
         parts = tuple(text) + (0,) * (3 - len(text))
         if len(parts) != 3 or not all(isinstance(p, int) and p >= 0 for p in parts):
@@ -715,6 +718,9 @@ def _pv_cr4(policy: XenPolicy, guest_cr4: int, xen_cr4: Optional[int]) -> _Cr4Bu
             b.set(bit, False, f"not taken from Xen's CR4 ({why})")
     else:
         why = cite("pv_cr4_macro")
+        for bit in (CR4.PGE, CR4.PSE):
+            if x & bit:
+                b.set(bit, True, f"Xen's, ORed in by pv_guest_cr4_to_real_cr4 ({why})")
         if policy.xpti or policy.pcid:
             b.notes.append("xpti/pcid are not modelled before 4.11 (stable backports differ)")
     if v >= (4, 11, 0):
@@ -842,6 +848,11 @@ def effective_cr4(policy: XenPolicy, guest_cr4: Optional[int] = None,
                 if b.value & bit:
                     b.reasons[bit] += ("; still set in ring 1: Xen clears it for 32-bit PV "
                                        "guest code only since 4.7")
+    elif policy.domain == "pv64":
+        for bit in (CR4.SMEP, CR4.SMAP):
+            if b.value & bit:
+                b.reasons[bit] += ("; does not apply to the 64-bit PV kernel, which runs at CPL3 "
+                                   "(it keeps Xen off guest memory, all of which is U=1)")
     elif policy.domain == "pv32" and policy.has("pv32_cr4"):
         where = "guest user space (ring 3)" if context == "user" else "Xen"
         b.notes.append(f"SMEP/SMAP as in Xen's CR4 while {where} runs: Xen clears them only "

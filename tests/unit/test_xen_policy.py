@@ -52,7 +52,7 @@ def test_version_parsing(text, want):
     assert XenPolicy(text).version == want
 
 
-@pytest.mark.parametrize("text", ["foo", "", "5.0", "2.0", "3.7", "4", "4.x", "4.17.0.1"])
+@pytest.mark.parametrize("text", ["foo", "", "5.0", "2.0", "3.7", "4", "4.x", "4.17.0.1", 4.10])
 def test_bad_version_is_one_line_option_error(text):
     """An unknown version string is a user error: OptionError with one line."""
     with pytest.raises(OptionError) as err:
@@ -321,6 +321,19 @@ def test_pv64_kernel_not_subject():
     prot = kernel_protections(policy)
     assert prot.cpl == 3
     assert (prot.smep, prot.smap, prot.pke, prot.pks) == (False, False, False, False)
+    smep, = [ln for ln in effective_cr4(policy).explanation if ln.startswith("SMEP=")]
+    assert "CPL3" in smep
+
+
+def test_bad_context():
+    """Contexts are the guest kernel, guest user space, and Xen itself."""
+    with pytest.raises(OptionError):
+        effective_cr4(pv64("4.17"), context="ring0")
+
+
+def test_hvm_xen_context_is_xens_cr4():
+    """write_ptbase loads mmu_cr4_features for HVM and idle vCPUs (mm.c:522-548)."""
+    assert effective_cr4(hvm("4.17"), xen_cr4=TCG_XEN_CR4, context="xen").value == TCG_XEN_CR4
 
 
 def test_kernel_cpl():
@@ -421,6 +434,15 @@ def test_pv_fsgsbase_tsd_de():
         (CR4.TSD | CR4.DE) == CR4.TSD
     # Pre-4.12 macro: Xen's FSGSBASE for every PV guest (asm-x86/domain.h at RELEASE-4.10.0).
     assert effective_cr4(pv64("4.10"), xen_cr4=x).value & CR4.FSGSBASE
+
+
+def test_pv_pge_before_pv_make_cr4():
+    """<= 4.10: the macro ORs in Xen's PGE (asm-x86/domain.h at RELEASE-4.10.0); 4.11: PGE only
+    without XPTI (pv_guest_cr4_to_real_cr4 in mm.c at RELEASE-4.11.0, d543fa4093)."""
+    x = 0x1506E0
+    assert effective_cr4(pv64("4.10", xpti=True), xen_cr4=x).value & CR4.PGE
+    assert effective_cr4(pv64("4.11", xpti=True), xen_cr4=x).value & CR4.PGE == 0
+    assert effective_cr4(pv64("4.11"), xen_cr4=x).value & CR4.PGE
 
 
 def test_guest_visible_cr4():
