@@ -143,6 +143,7 @@ class OracleRun:
     """One completed run of the oracle guest.
 
     :param levels: 4 or 5 (paging levels the guest ran with).
+    :param cpu: the QEMU CPU model it ran on.
     :param header: the results header (``cr3`` = root of the tables under test, ``maxphyaddr``,
         ``vendor``, ``final_cr0/cr4/efer`` = registers left loaded at the halt, counts).
     :param cases: the mappings under test, indexed by ``id``.
@@ -152,6 +153,7 @@ class OracleRun:
     """
 
     levels: int
+    cpu: str
     vm: Qemu
     elf: Path
     header: Dict[str, object]
@@ -188,9 +190,13 @@ def _read_results(vm: Qemu, header_pa: int) -> tuple:
 
 
 @contextlib.contextmanager
-def boot_oracle(levels: int, workdir: Path, *, timeout: float = 60.0,
+def boot_oracle(levels: int, workdir: Path, *, cpu: str = "max", timeout: float = 60.0,
                 cache_dir: Optional[Path] = None) -> Iterator[OracleRun]:
     """Boot the oracle guest with ``levels``-level paging, wait for it, read its results.
+
+    :param cpu: QEMU CPU model; it must offer SMEP, SMAP, PKU and 1 GiB pages (and LA57 for 5
+        levels). ``max`` reports vendor AuthenticAMD under TCG; add ``,vendor=GenuineIntel`` for
+        Intel (the engine's reserved-bit rules differ by vendor).
 
     The guest stays up (halted) until the block ends, so gdb can attach to ``run.vm.gdb_port``;
     then QEMU is killed by its pid, also when the block raises.
@@ -204,7 +210,7 @@ def boot_oracle(levels: int, workdir: Path, *, timeout: float = 60.0,
     workdir = Path(workdir)
     # LA57 can only be chosen before long mode is entered: the guest reads it from its command line.
     args = ["-kernel", str(elf), "-append", "paging=5" if levels == 5 else "paging=4"]
-    with Qemu(args, memory=f"{RAM_BYTES >> 20}M", workdir=workdir) as vm:
+    with Qemu(args, memory=f"{RAM_BYTES >> 20}M", cpu=cpu, workdir=workdir) as vm:
         match = vm.wait_for_serial(r"^ORACLE: (done|FATAL).*$", timeout)
         boot_seconds = vm.seconds_since_start()
         if match.group(1) == "FATAL":
@@ -213,4 +219,4 @@ def boot_oracle(levels: int, workdir: Path, *, timeout: float = 60.0,
         if header["levels"] != levels:
             raise OracleError(f"asked for {levels}-level paging, the guest ran {header['levels']}")
         ram_path = vm.pmemsave_file(0, RAM_BYTES, workdir / "ram.bin")
-        yield OracleRun(levels, vm, elf, header, cases, records, ram_path, boot_seconds)
+        yield OracleRun(levels, cpu, vm, elf, header, cases, records, ram_path, boot_seconds)

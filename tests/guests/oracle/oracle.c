@@ -324,7 +324,9 @@ static const struct case_def cases[] = {
     {.name = "flags_1g", .leaf = LVL_PDPT,
      .set = {[LVL_PDPT] = PWT | PCD | ACC | DIRTY | G | PAT_LARGE}},
     {.name = "g_pml4", .leaf = LVL_PT, .set = {[LVL_PML4] = G}},
+    {.name = "g_pdpt_nonleaf", .leaf = LVL_PT, .set = {[LVL_PDPT] = G}},
     {.name = "g_pd_nonleaf", .leaf = LVL_PT, .set = {[LVL_PD] = G}},
+    {.name = "g_pml5", .leaf = LVL_PT, .needs_la57 = 1, .set = {[LVL_PML5] = G}},
 
     /* Protection keys (bits 62:59 of a leaf; apply to user-mode addresses only). */
     {.name = "pkey1_pt", .leaf = LVL_PT, .set = {[LVL_PT] = PKEY(1)}},
