@@ -210,7 +210,7 @@ FACTS: Dict[str, XenFact] = {f.key: f for f in (
             "xen/arch/x86/hvm/hvm.c:990-1022, 2463", "", (3, 0, 0)),
     XenFact("hvm_smep", "HVM guests may set SMEP", "xen/arch/x86/hvm/hvm.c", "89c9f78710",
             (4, 2, 0)),
-    XenFact("hvm_smap", "HVM guests may set SMAP", "xen/arch/x86/hvm/hvm.c", "dab11417da",
+    XenFact("hvm_smap", "HVM guests may set SMAP", "xen/arch/x86/hvm/hvm.c", "58658992c1",
             (4, 5, 0)),
     XenFact("hvm_pke", "HAP HVM guests may set PKE when the CPU has PKU (CPUID PKU is 'H')",
             "xen/arch/x86/hvm/hvm.c; xen/include/public/arch-x86/cpufeatureset.h:224",
@@ -463,9 +463,9 @@ def xen_bits(raw: int, level_name: str, policy: XenPolicy) -> Tuple[Tuple[int, s
                       f"Xen debug build: grant mapping ({cite(gnt_key)})"))
     if policy.domain == "pv64" and policy.has("guest_kernel") and raw & (1 << 52):
         if raw & (1 << PTE.G):
-            meaning = ("Xen: guest-kernel page, but G is set too: Xen warned 'Global bit is set "
-                       f"in kernel page' and left G, so this kernel mapping is global "
-                       f"({cite('guest_kernel_global')})")
+            meaning = ("Xen: guest-kernel page, but G is set too: Xen warns 'Global bit is set "
+                       "in kernel page' when an entry is written so, and leaves G: this kernel "
+                       f"mapping is global ({cite('guest_kernel_global')})")
         else:
             meaning = ("Xen: guest-kernel page (written with U=0; Xen forced U=1, no G) "
                        f"({cite('guest_kernel')})")

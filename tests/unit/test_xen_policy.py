@@ -395,7 +395,7 @@ def test_hvm_la57_never_and_guest_cr4_governs():
 
 
 def test_hvm_smep_smap_by_version():
-    """HVM SMEP from 89c9f78710 (4.2), SMAP from 4.5 (hvm.c)."""
+    """HVM SMEP from 89c9f78710 (4.2), SMAP from 58658992c1 (4.5) (hvm.c)."""
     guest = HVM_BASE | CR4.SMEP | CR4.SMAP
     assert effective_cr4(hvm("4.1"), guest_cr4=guest).value & (CR4.SMEP | CR4.SMAP) == 0
     assert effective_cr4(hvm("4.4"), guest_cr4=guest).value & (CR4.SMEP | CR4.SMAP) == CR4.SMEP
