@@ -8,8 +8,8 @@ the base interpreter's site-packages) on gdb's ``sys.path``, then registers the 
 As the console script ``xen-pte-gdbinit``: print that ``source`` line, e.g.
 ``xen-pte-gdbinit >> ~/.gdbinit``.
 
-Failure modes: in gdb, a missing dependency (tabulate) stops loading with one ``gdb.GdbError``
-line naming the directory searched; nothing is registered then.
+Failure modes: in gdb, a missing dependency (tabulate) stops loading with one error line naming
+the directory searched; nothing is registered then.
 """
 
 import os
@@ -57,9 +57,11 @@ def _load() -> None:
     try:
         import tabulate  # noqa: F401  (the one dependency the glue needs)
     except ImportError:
-        raise gdb.GdbError(f"gdb_xenpte: 'tabulate' is not importable by gdb's Python "
-                           f"{sys.version.split()[0]} (searched {SITE}); install gdb_xenpte "
-                           f"with its dependencies into one environment") from None
+        # gdb prints a traceback for any exception escaping a sourced file: write one line.
+        gdb.write(f"gdb_xenpte: 'tabulate' is not importable by gdb's Python "
+                  f"{sys.version.split()[0]} (searched {SITE}); install gdb_xenpte with its "
+                  f"dependencies into one environment; no commands loaded\n", gdb.STDERR)
+        return
     from gdb_xenpte.gdbcmd import register
     register()
 

@@ -147,20 +147,22 @@ def trace_text(trace: Trace, style: Style = Style()) -> List[str]:
     return lines
 
 
-def header_record(cpu: Any, effective_cr4: int, mode: str, domain: Optional[str],
-                  xen_version: Optional[str], xen_debug: bool, source: str,
+def header_record(cpu: Any, guest_cr4: int, effective_cr4: int, mode: str,
+                  domain: Optional[str], xen_version: Optional[str], xen_debug: bool, source: str,
                   notes: Sequence[str] = ()) -> Dict[str, Any]:
     """Return the ``header`` record: the registers and policy a walk ran under.
 
-    :param cpu: a :class:`~gdb_xenpte.cpu.CpuState` (its ``cr4`` is the effective CR4; the
-        guest-visible one, when different, is passed as ``effective_cr4``'s companion in notes).
+    :param cpu: a :class:`~gdb_xenpte.cpu.CpuState`.
+    :param guest_cr4: the CR4 the source or options gave (for Xen PV: the guest's view).
+    :param effective_cr4: the CR4 the hardware runs the domain with, which the walk used.
     """
     return {
-        "type": "header", "cr0": hexa(cpu.cr0), "cr3": hexa(cpu.cr3), "cr4": hexa(cpu.cr4),
+        "type": "header", "cr0": hexa(cpu.cr0), "cr3": hexa(cpu.cr3), "cr4": hexa(guest_cr4),
         "efer": hexa(cpu.efer), "effective_cr4": hexa(effective_cr4), "mode": mode,
         "domain": domain, "xen": {"version": xen_version, "debug": bool(xen_debug)},
         "source": source, "pkru": hexa(cpu.pkru), "pkrs": hexa(cpu.pkrs),
-        "maxphyaddr": cpu.maxphyaddr, "notes": list(notes),
+        "maxphyaddr": cpu.maxphyaddr,
+        "notes": [n[6:] if n.startswith("note: ") else n for n in notes],
     }
 
 

@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import gdb
 
-__all__ = ["GdbArgumentParser", "address", "choice_of", "int_in", "raw_spec", "verdict_spec"]
+__all__ = ["GdbArgumentParser", "address", "choice_of", "int_in", "verdict_spec"]
 
 
 class GdbArgumentParser(argparse.ArgumentParser):
@@ -82,17 +82,6 @@ def choice_of(*names: str):
         return text.lower()
     parse.choices = names
     return parse
-
-
-def raw_spec(text: str) -> Tuple[str, int]:
-    """``FILE@BASE`` of ``--raw``: the file and the guest-physical address of its first byte."""
-    path, at, base = text.rpartition("@")
-    if not at or not path:
-        raise argparse.ArgumentTypeError(f"'{text}' is not FILE@BASE (e.g. mem.bin@0x0)")
-    try:
-        return path, int(base, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{base}' in '{text}' is not an address") from None
 
 
 # --verdict KEY=WANT: KEY as the user writes it (kernel-read), WANT ok / fault / fault:REASON.

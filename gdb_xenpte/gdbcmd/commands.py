@@ -81,7 +81,7 @@ class XenPteWalkCommand(XenPteCommand):
         with open_source(args) as src:
             s = setup(args, src)
             walker = Walker(src, s.cpu, mode=s.mode, domain=s.xen_view, judge=s.judge)
-            header = render.header_record(s.cpu, s.effective_cr4, walker.mode.name, s.domain,
+            header = render.header_record(s.cpu, s.guest_cr4, s.effective_cr4, walker.mode.name, s.domain,
                                           s.xen_version, s.xen_debug, src.describe(),
                                           list(walker.notes) + s.notes)
             if len(args.addr) == 1:

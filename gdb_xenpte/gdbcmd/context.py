@@ -17,17 +17,20 @@ import gdb
 from ..cpu import CpuState
 from ..errors import OptionError
 from ..sources.base import PhysSource, VcpuRegs
+from ..sources.open import pick_vcpu
+from .. import xen
 from ..verdicts import Judge
 from . import params
-from .args import GdbArgumentParser, address, choice_of, int_in, raw_spec
+from .args import GdbArgumentParser, address, choice_of, int_in
 from .live import open_live_source
 
 __all__ = ["Setup", "add_cpu_options", "add_source_options", "add_xen_options", "open_source",
            "setup"]
 
-DOMAINS = ("hvm", "pv64", "pv32")
-# Privilege the guest kernel runs at: HVM ring 0, 32-bit PV ring 1, 64-bit PV ring 3.
-_KERNEL_CPL = {"hvm": 0, "pv32": 1, "pv64": 3}
+DOMAINS = xen.DOMAIN_TYPES
+# "auto" Xen version for a PV domain when neither options nor the source name one: the newest
+# release whose behaviour the facts table distinguishes.
+NEWEST_XEN = max(f.since for f in xen.FACTS.values())
 
 
 def add_source_options(p: GdbArgumentParser) -> None:
@@ -35,7 +38,7 @@ def add_source_options(p: GdbArgumentParser) -> None:
     g.add_argument("--core", metavar="FILE",
                    help="walk a dump (QEMU ELF, kdump-compressed, xl dump-core) without making it "
                         "gdb's target")
-    g.add_argument("--raw", metavar="FILE@BASE", type=raw_spec,
+    g.add_argument("--raw", metavar="FILE@BASE",
                    help="walk a raw memory image whose first byte is guest-physical BASE")
     g.add_argument("--vcpu", metavar="N", type=int_in(0, 4095),
                    help="take registers from vCPU N (default: the selected thread, or vCPU 0 of "
@@ -82,31 +85,17 @@ def open_source(args: argparse.Namespace) -> PhysSource:
     if args.core and args.raw:
         raise OptionError("give --core or --raw, not both")
     if args.core:
-        return _dump_opener()(args.core)
+        from ..sources.open import open_dump
+        return open_dump(args.core)
     if args.raw:
-        return _raw_opener()(*args.raw)
+        from ..sources.raw import RawSource, parse_raw_spec
+        return RawSource(*parse_raw_spec(args.raw))
     src = open_live_source(direct_map=args.direct_map, domain=_first(args.domain,
                            params.value("domain")), fast=bool(params.value("fast-path")),
                            pkru=None)
     thread = gdb.selected_thread()
     src.current_vcpu = thread.num - 1 if thread is not None else 0
     return src
-
-
-def _dump_opener():
-    try:
-        from ..sources.open import open_dump
-    except ImportError:  # the dump readers land separately; say so instead of a traceback
-        raise OptionError("--core: this build has no dump readers (gdb_xenpte.sources.open)")
-    return open_dump
-
-
-def _raw_opener():
-    try:
-        from ..sources.raw import RawSource
-    except ImportError:
-        raise OptionError("--raw: this build has no raw-image reader (gdb_xenpte.sources.raw)")
-    return RawSource
 
 
 @dataclass
@@ -134,18 +123,13 @@ def _first(*values):
     return next((v for v in values if v is not None), None)
 
 
-def pick_vcpu(source: PhysSource, index: Optional[int]) -> Optional[VcpuRegs]:
-    """The vCPU the options name, the default one, or None when the source knows no registers."""
-    vcpus = source.vcpus()
+def _vcpu(source: PhysSource, index: Optional[int]) -> VcpuRegs:
+    """The vCPU the options name, else the selected thread's (live) or vCPU 0 (dumps)."""
     if index is None:
+        if not source.vcpus():
+            return VcpuRegs(-1)  # no registers at all (raw image, gdbsx): options must say
         index = getattr(source, "current_vcpu", 0)
-        if not vcpus:
-            return None
-    for v in vcpus:
-        if v.index == index:
-            return v
-    known = ", ".join(str(v.index) for v in vcpus) or "none"
-    raise OptionError(f"vCPU {index} does not exist in {source.name} (vCPUs: {known})")
+    return pick_vcpu(source, index)
 
 
 def setup(args: argparse.Namespace, source: PhysSource) -> Setup:
@@ -153,7 +137,7 @@ def setup(args: argparse.Namespace, source: PhysSource) -> Setup:
 
     :raises OptionError: if no CR3 is known, or a value is inconsistent.
     """
-    regs = pick_vcpu(source, getattr(args, "vcpu", None)) or VcpuRegs(-1)
+    regs = _vcpu(source, getattr(args, "vcpu", None))
     opt = lambda name: getattr(args, name, None)
     cr3 = _first(opt("cr3"), regs.cr3)
     if cr3 is None:
@@ -174,24 +158,58 @@ def setup(args: argparse.Namespace, source: PhysSource) -> Setup:
         long_mode=regs.long_mode)
     notes = list(regs.notes)
     effective, xen_view, mode = cr4, None, None
-    xen = _xen_module()
-    if xen is not None:
-        effective, xen_view, mode, more = xen.glue_view(
-            domain=domain, version=version, debug=debug, guest_cr4=cr4,
-            cr4_is_guest_view=regs.cr4_is_guest_view,
-            smep=_first(opt("smep"), params.value("smep")),
-            smap=_first(opt("smap"), params.value("smap")))
-        notes += list(more)
+    if domain != "hvm" or version is not None:  # Xen is in the picture
+        policy = xen.XenPolicy(version or NEWEST_XEN, domain, debug,
+                               smep=_sm(_first(opt("smep"), params.value("smep"))),
+                               smap=_sm(_first(opt("smap"), params.value("smap"))))
+        if version is None:
+            notes.append(f"Xen version unknown: assuming the newest behaviour known "
+                         f"({policy.version[0]}.{policy.version[1]}+; give --xen VERSION)")
+        if regs.cr4_is_guest_view or opt("cr4") is not None or domain == "hvm":
+            derived = xen.effective_cr4(policy, cr4)
+            effective = derived.value
+            notes += [ln for ln in derived.explanation if ln.startswith("note: ")]
+        else:
+            notes.append("CR4 is the hardware value read from the vCPU (used as the effective CR4)")
+        if domain == "pv32" and regs.cr4_is_guest_view:
+            mode = "pv32"  # a dump's pv32 CR3 is the guest's own PAE L3
+        xen_view = XenView(policy)
     cpu = cpu.with_(cr4=effective)
-    judge = Judge(cpu.cr0, effective, _KERNEL_CPL[domain], cpu.ac, cpu.pkru, cpu.pkrs)
+    judge = Judge(cpu.cr0, effective, xen.kernel_cpl(domain), cpu.ac, cpu.pkru, cpu.pkrs)
     return Setup(source, cpu, cr4, effective, domain, version, debug, judge, xen_view, mode,
                  notes)
 
 
-def _xen_module():
-    """The Xen policy module once it exists (the glue runs without it: no Xen annotations)."""
-    try:
-        from .. import xen
-    except ImportError:
+def _sm(value: Optional[str]):
+    """smep=/smap= as XenPolicy takes it; None (auto) means Xen's default, which is on."""
+    return True if value is None else value
+
+
+class XenView:
+    """What the walker asks of the Xen policy, answered by :mod:`gdb_xenpte.xen` (delegation only).
+
+    Levels Xen does not validate (a PV32 guest's L4, 5-level tables) carry no Xen bits.
+    """
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def _bits(self, raw: int, level: str):
+        try:
+            return xen.xen_bits(raw, level, self.policy)
+        except OptionError:
+            return ()
+
+    def xen_bits(self, raw: int, level: str, leaf: bool):
+        return [name for _bit, name, _meaning in self._bits(raw, level)]
+
+    def explain_bits(self, raw: int, level: str, leaf: bool):
+        out = [(name, f"bit {bit}: {meaning}") for bit, name, meaning in self._bits(raw, level)]
+        try:
+            clash = xen.pkey_collision(raw, level, self.policy)
+        except OptionError:
+            clash = None
+        return out + ([("PKEY", clash)] if clash else [])
+
+    def slot_label(self, level: str, index: int):
         return None
-    return xen if hasattr(xen, "glue_view") else None

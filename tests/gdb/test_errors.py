@@ -16,8 +16,14 @@ def _errors(res):
     ("xen-pte-walk --pkey 16", "xen-pte-walk: argument --pkey: 16 is not in 0..15"),
     ("xen-pte-walk --domain pv16",
      "xen-pte-walk: argument --domain: 'pv16' is not one of hvm, pv64, pv32"),
-    ("xen-pte-walk --raw nobase", "xen-pte-walk: argument --raw: 'nobase' is not FILE@BASE "
-                                  "(e.g. mem.bin@0x0)"),
+    ("xen-pte-walk --raw mem.bin@zz", "xen-pte-walk: --raw mem.bin@zz: base address 'zz' is not "
+                                      "a number (expected FILE@BASE, e.g. guest.ram@0x0)"),
+    ("xen-pte-walk --raw /nonexistent@0", "xen-pte-walk: /nonexistent: cannot open: No such file "
+                                          "or directory"),
+    ("xen-pte-walk --core /nonexistent", "xen-pte-walk: /nonexistent: cannot open: No such file "
+                                         "or directory"),
+    ("xen-pte-walk --core /etc/hostname --raw x@0", "xen-pte-walk: give --core or --raw, not "
+                                                    "both"),
     ("xen-pte-walk --verdict kernel-jump=ok",
      "xen-pte-walk: argument --verdict: 'kernel-jump=ok' is not KIND=ok|fault[:REASON] with KIND "
      "one of kernel-read, kernel-write, kernel-exec, user-read, user-write, user-exec"),
@@ -42,3 +48,12 @@ def test_error_stops_a_gdb_script(tmp_path):
     assert "not-reached" not in res.stdout
     assert _errors(res)[-1].endswith("xen-pte-walk: unrecognized arguments: --bogus")
     assert res.returncode != 0
+
+
+@pytest.mark.parametrize("content", [b"garbage" * 100, b"\x7fELF\x02\x01\x01" + b"\0" * 9,
+                                     b"KDUMP   " + b"\0" * 8, b""])
+def test_bad_dump_files_are_one_line(tmp_path, content):
+    path = tmp_path / "bad.dump"
+    path.write_bytes(content)
+    (line,) = _errors(run_gdb(f"xen-pte-walk --core {path}"))
+    assert line.startswith("xen-pte-walk: ") and "bad.dump" in line, line
