@@ -26,8 +26,9 @@ EM_386 = 3
 EM_X86_64 = 62
 MACHINES = {EM_386: "EM_386", EM_X86_64: "EM_X86_64"}
 
+# OSError: pyelftools seeks to offsets taken from the file; a wild one fails the seek itself.
 _PARSER_ERRORS = (ELFError, ConstructError, struct.error, ValueError, KeyError, IndexError,
-                  UnicodeDecodeError, OverflowError, EOFError)
+                  UnicodeDecodeError, OverflowError, EOFError, OSError)
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from typing import Iterator, List, NamedTuple, Optional
 from ..errors import DumpFormatError
 from .base import VcpuRegs
 
-__all__ = ["Note", "iter_notes", "lma_hint_from_prstatus", "qemu_vcpus", "QEMU_CPU_STATE_SIZE"]
+__all__ = ["Note", "QEMU_CPU_STATE_SIZE", "iter_notes", "lma_hint_from_prstatus", "qemu_vcpus"]
 
 NOTE_HEADER = struct.Struct("<III")  # n_namesz, n_descsz, n_type
 

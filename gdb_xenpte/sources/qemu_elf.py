@@ -73,7 +73,12 @@ class QemuElfSource(PhysSource):
         if phnum == 0:
             raise DumpFormatError(file.name, "ELF core has no program headers (e_phnum 0 at "
                                              "file offset 0x38/0x2c): no memory segments")
-        file.check_range(header["e_phoff"], phnum * header["e_phentsize"], "program header table")
+        entsize = 56 if elf.elfclass == 64 else 32
+        if header["e_phentsize"] != entsize:
+            raise DumpFormatError(file.name, f"e_phentsize {header['e_phentsize']} at file offset "
+                                             f"{0x36 if entsize == 56 else 0x2a:#x}: ELF"
+                                             f"{elf.elfclass} program headers are {entsize} bytes")
+        file.check_range(header["e_phoff"], phnum * entsize, "program header table")
         self.elf_class = elf.elfclass
         self.machine = header["e_machine"]
         loads: List[Tuple[int, int, int, int, int, int]] = []

@@ -169,7 +169,19 @@ class XcCoreSource(PhysSource):
             count = elf.num_sections()
         if count == 0:
             raise DumpFormatError(file.name, "ELF file has neither program nor section headers")
+        if header["e_shentsize"] != 64:
+            raise DumpFormatError(file.name, f"e_shentsize {header['e_shentsize']} at file offset "
+                                             "0x3a: ELF64 section headers are 64 bytes")
         file.check_range(header["e_shoff"], count * header["e_shentsize"], "section header table")
+        # Check the name table before pyelftools seeks into it to name each section.
+        with elf_errors(file.name, "section header table", header["e_shoff"]):
+            shstrndx = elf.get_shstrndx()
+        if not 0 < shstrndx < count:
+            raise DumpFormatError(file.name, f"e_shstrndx {shstrndx} at file offset 0x3e: the file "
+                                             f"has {count} section headers")
+        names_at = header["e_shoff"] + shstrndx * header["e_shentsize"]
+        names_off, names_size = file.unpack("<QQ", names_at + 24, "section name table header")
+        file.check_range(names_off, names_size, f".shstrtab (section header at {names_at:#x})")
         out: Dict[str, Tuple[int, int, int]] = {}
         for i in range(1, count):
             at = header["e_shoff"] + i * header["e_shentsize"]
