@@ -28,7 +28,7 @@ from gdb_xenpte.sources.raw import RawSource
 from gdb_xenpte.verdicts import Judge
 from gdb_xenpte.walk import Walker
 from tests.gdb.gdbrun import run_gdb
-from tests.targets.gdb import connect_commands, read_registers
+from tests.targets.gdb import GdbMi, connect_commands, read_registers
 from tests.targets.oracle import boot_oracle
 from tests.targets.qemu import Qemu, QemuError, QemuSetupError
 
@@ -84,6 +84,13 @@ def test_gdb_reads_control_registers(run):
     assert regs["cr4"] == run.header["final_cr4"]
     assert regs["efer"] == run.header["final_efer"]
     assert bool(regs["cr4"] & CR4.LA57) == (run.levels == 5)
+
+
+def test_gdb_mi_session(oracle_runs):
+    run = oracle_runs["5level-amd"]
+    with GdbMi(run.vm.gdb_port) as gdb:
+        assert gdb.evaluate("$cr3") == run.header["cr3"]
+        assert "LA57" in gdb.cli("info registers cr4")
 
 
 def test_monitor_translates_a_case(run):

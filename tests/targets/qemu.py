@@ -3,7 +3,8 @@
 Every guest runs ``qemu-system-x86_64 -accel tcg`` with its gdbstub on a free loopback TCP port,
 its HMP monitor on a unix socket in a private temporary directory, and its first serial port
 written to a log file. Whatever happens in the test, the process is killed by its pid when the
-``with`` block ends (and, as a last resort, at interpreter exit).
+``with`` block ends (as a last resort at interpreter exit, and by the kernel if the test process
+is killed outright).
 
 How colleagues use it (boot once per pytest session, from a session-scoped fixture)::
 
@@ -31,6 +32,7 @@ tail of the serial log and QEMU's stderr).
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import re
 import shutil
@@ -123,6 +125,13 @@ class Monitor:
         self._sock.close()
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: have the kernel SIGKILL QEMU if the test process dies first
+    (pytest killed by a signal runs neither ``finally`` blocks nor atexit handlers)."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 # Guests still running, killed at interpreter exit if a with-block never got to do it.
 _LIVE: Set["Qemu"] = set()
 
@@ -190,17 +199,20 @@ class Qemu:
             stderr = open(self.workdir / "qemu.stderr", "wb")
             self.started_at = time.monotonic()
             self._proc = subprocess.Popen(self.command_line(), stdin=subprocess.DEVNULL,
-                                          stdout=stderr, stderr=stderr)
+                                          stdout=stderr, stderr=stderr,
+                                          preexec_fn=_die_with_parent)
             stderr.close()
             _LIVE.add(self)
             try:
                 self._monitor = self._connect_monitor()
                 return self
             except QemuError:
-                self.stop(remove_tmp=False)
-                if "bind" not in self.stderr_text() and "in use" not in self.stderr_text():
+                port_taken = "in use" in self.stderr_text() or "bind" in self.stderr_text()
+                self.stop(remove_tmp=not port_taken)
+                if not port_taken:
                     raise
-        raise QemuError(f"QEMU could not bind a gdb port three times: {self.stderr_text()}")
+        self.stop()
+        raise QemuError("QEMU could not bind a free gdb port in three attempts")
 
     def _connect_monitor(self) -> Monitor:
         deadline = time.monotonic() + self.start_timeout
