@@ -1,0 +1,176 @@
+"""The live QEMU source under the real gdb: PhyMemMode save/restore, the /proc fast path.
+
+One oracle guest (tests/guests/oracle: long mode, real page tables, halted) is booted for the
+module. QEMU's PhyMemMode is global gdbstub state that outlives a gdb session, so every test
+checks it from a *fresh* gdb afterwards: restored after a walk that succeeded, failed, or was
+interrupted (Ctrl-C arrives in Python as KeyboardInterrupt). The fast path must give the bytes
+QEMU's own ``pmemsave`` gives, and a live walk the records a walk of the RAM image gives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.gdb.gdbrun import DEPS, GDB, LOADER, ROOT, run_gdb
+from tests.targets.gdb import connect_commands
+from tests.targets.oracle import boot_oracle
+from tests.targets.qemu import Qemu
+
+pytestmark = pytest.mark.live
+
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory):
+    with boot_oracle(4, tmp_path_factory.mktemp("gdblive")) as run:
+        yield run
+
+
+def _regs(guest):
+    h = guest.header
+    return (f"--cr3 {h['cr3']:#x} --cr0 {h['final_cr0']:#x} --cr4 {h['final_cr4']:#x} "
+            f"--efer {h['final_efer']:#x} --maxphyaddr {h['maxphyaddr']}")
+
+
+def _live(guest, *commands, **kw):
+    return run_gdb(*connect_commands(guest.vm.gdb_port), *commands, **kw)
+
+
+def _mode(guest) -> str:
+    """PhyMemMode as QEMU has it now, asked by a fresh gdb."""
+    res = run_gdb(*connect_commands(guest.vm.gdb_port),
+                  "maintenance packet qqemu.PhyMemMode", load=False)
+    return res.stdout.rsplit('received: "', 1)[1].split('"')[0]
+
+
+def _set_mode(guest, mode: str) -> None:
+    run_gdb(*connect_commands(guest.vm.gdb_port), f"maintenance packet Qqemu.PhyMemMode:{mode}",
+            load=False)
+    assert _mode(guest) == mode
+
+
+SNIPPET = r'''
+import gdb, json, time
+from gdb_xenpte.gdbcmd.live import open_live_source
+out = {}
+for fast in (True, False):
+    src = open_live_source(fast=fast)
+    with src:
+        t = time.perf_counter()
+        data = b"".join(src.read(a, 4096) for a in range(0x100000, 0x100000 + (256 << 12), 4096))
+        per_page = (time.perf_counter() - t) / 256
+        low = src.read(0, 0x1000)
+    out["fast" if fast else "slow"] = {"path": src.path, "describe": src.describe(),
+        "pid": src.pid, "us_per_4k": per_page * 1e6, "data": data.hex(), "low": low.hex(),
+        "ranges": src.ranges()}
+    src.close()
+print(json.dumps(out))
+'''
+
+
+def test_fast_path_finds_qemu_from_the_connection_and_reads_identical_bytes(guest, tmp_path):
+    # A second QEMU runs meanwhile: the pid must come from gdb's connection, not from pgrep.
+    with Qemu(memory="32M", workdir=tmp_path) as other:
+        got = _snippet(guest)
+        assert other.pid != guest.vm.pid
+    fast, slow = got["fast"], got["slow"]
+    assert fast["path"] == f"/proc/{guest.vm.pid}/mem" and fast["pid"] == guest.vm.pid
+    assert "(fast path)" in fast["describe"]
+    assert slow["path"] == "PhyMemMode" and "disabled by --no-fast" in slow["describe"]
+    expected = guest.vm.pmemsave(0x100000, 256 << 12)
+    assert bytes.fromhex(fast["data"]) == expected
+    assert bytes.fromhex(slow["data"]) == expected
+    assert fast["low"] == slow["low"]
+    # RAM layout from `info mtree -f`: the first block starts at 0, the IOAPIC is no memory
+    assert fast["ranges"][0][0] == 0 and not any(s <= 0xFEC00000 < e for s, e in fast["ranges"])
+    print(f"\nper 4 KiB: /proc {fast['us_per_4k']:.1f} us, PhyMemMode {slow['us_per_4k']:.1f} us")
+    assert fast["us_per_4k"] < slow["us_per_4k"]
+    assert _mode(guest) == "0"
+
+
+def _snippet(guest):
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(SNIPPET)
+    try:
+        res = _live(guest, f"source {f.name}")
+    finally:
+        os.unlink(f.name)
+    assert res.returncode == 0, res.stderr
+    return json.loads([ln for ln in res.stdout.splitlines() if ln.startswith("{")][-1])
+
+
+def test_live_walk_equals_the_walk_of_the_ram_image(guest):
+    regs = _regs(guest)
+    live = _live(guest, f"xen-pte-walk --json {regs}").json_lines()
+    image = run_gdb(f"xen-pte-walk --json --raw {guest.ram_path}@0 {regs}").json_lines()
+    maps = lambda recs: [r for r in recs if r["type"] == "mapping"]
+    assert maps(live) and maps(live) == maps(image)
+    assert "/proc/" in live[0]["source"]
+    slow = _live(guest, "set xen-pte fast-path off", f"xen-pte-walk --json {regs}").json_lines()
+    assert maps(slow) == maps(live) and "PhyMemMode" in slow[0]["source"]
+    assert _mode(guest) == "0"
+
+
+@pytest.mark.parametrize("before", ["0", "1"])
+def test_mode_restored_after_success(guest, before):
+    _set_mode(guest, before)
+    try:
+        res = _live(guest, "set xen-pte fast-path off", f"xen-pte-walk {_regs(guest)}")
+        assert res.returncode == 0 and "mappings;" in res.stdout, res.stderr
+        assert _mode(guest) == before
+    finally:
+        _set_mode(guest, "0")
+
+
+def test_mode_restored_after_error(guest):
+    # A read fails with an unexpected error in the middle of the walk (after the mode switched).
+    res = _live(guest, "set xen-pte fast-path off",
+                "python from gdb_xenpte.gdbcmd import live as L; n = [0]; _r = L.GdbStub.read_memory",
+                "python exec('def _bad(self, a, s):\\n n[0] += 1\\n if n[0] == 3: raise "
+                "RuntimeError(\"boom\")\\n return _r(self, a, s)'); L.GdbStub.read_memory = _bad",
+                f"xen-pte-walk {_regs(guest)}")
+    assert "boom" in res.stderr
+    assert _mode(guest) == "0"
+
+
+def test_mode_restored_after_interrupt(guest):
+    res = _live(guest, "set xen-pte fast-path off",
+                "python from gdb_xenpte.gdbcmd import live as L; n = [0]; _r = L.GdbStub.read_memory",
+                "python exec('def _int(self, a, s):\\n n[0] += 1\\n if n[0] == 3: raise "
+                "KeyboardInterrupt\\n return _r(self, a, s)'); L.GdbStub.read_memory = _int",
+                f"xen-pte-walk --json {_regs(guest)}")
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("xen-pte-walk")]
+    assert errors == ["xen-pte-walk: interrupted"] and "Traceback" not in res.stderr
+    assert res.json_lines()[-1]["interrupted"] is True
+    assert _mode(guest) == "0"
+
+
+def test_mode_restored_after_a_real_sigint(guest):
+    # Walk over and over through PhyMemMode until SIGINT arrives, as Ctrl-C would send it.
+    argv = [GDB, "-batch", "-nx", "-iex", f"python import sys; sys.path[:0] = "
+            f"{[str(ROOT), str(DEPS)]!r}", "-ex", f"source {LOADER}"]
+    for c in connect_commands(guest.vm.gdb_port) + [
+            "set xen-pte fast-path off",
+            f"python [gdb.execute('xen-pte-walk --json {_regs(guest)}', to_string=True) "
+            "for _ in range(100000)]"]:
+        argv += ["-ex", c]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    time.sleep(3)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert "xen-pte-walk: interrupted" in err  # the walk stopped cleanly; the loop above it died
+    assert _mode(guest) == "0"
+
+
+def test_reads_outside_guest_ram_are_reported(guest):
+    res = _live(guest, f"xen-pte-walk {_regs(guest)} --cr3 0x80000000 0x1000")
+    assert "outside guest RAM at physical address 0x80000000" in res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
