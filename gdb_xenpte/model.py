@@ -88,6 +88,8 @@ class Mapping:
     :param count: leaves in this record (1 unless coalesced).
     :param verdicts: access-kind key (see ``ACCESS_KEYS``) -> verdict, once judged.
     :param notes: extra per-mapping remarks (e.g. "frame not in dump", "alias of pml4[258]").
+    :param disallowed: bits on the path that Xen's PV disallow masks refuse, e.g.
+        ``"pt[3]: bit 62 (_PAGE_GNTTAB)"`` (PV domains only).
     :param kind: ``"page"`` for a real leaf; ``"rsvd"`` for a present entry that raises #PF RSVD
         instead of mapping (e.g. PS=1 in a PML4E); ``"unreadable"`` when the next table cannot be
         read; ``"not-in-dump"`` when the next table's frame is not in the source. Non-page records
@@ -110,6 +112,7 @@ class Mapping:
     verdicts: Dict[str, Verdict] = field(default_factory=dict)
     notes: Tuple[str, ...] = ()
     kind: str = "page"
+    disallowed: Tuple[str, ...] = ()
 
     @property
     def end(self) -> int:

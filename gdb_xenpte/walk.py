@@ -85,6 +85,7 @@ class _Ctx:
     rsvd: Tuple[str, ...]
     path: Tuple[EntryRef, ...]
     notes: Tuple[str, ...]
+    disallowed: Tuple[str, ...] = ()
 
 
 class Walker:
@@ -197,12 +198,14 @@ class Walker:
         if rsvd:
             rs = rs + (f"{rule.name}[{index}]: {bits_text(rsvd)} reserved",)
         notes = ctx.notes
+        dis = ctx.disallowed
         if self.domain is not None:
             label = self.domain.slot_label(rule.name, index)
             if label:
                 notes = notes + (label,)
+            dis = dis + _disallowed_texts(self.domain, rule, index, raw)
         return _Ctx(user, write, nx, rs, ctx.path + (EntryRef(rule.name, index, table_pa, raw),),
-                    notes)
+                    notes, dis)
 
     def _attrs(self, rule: LevelRule, raw: int, ctx_key: tuple, rsvd_here: int):
         """Derived attributes of a leaf, cached by everything they depend on."""
@@ -229,13 +232,15 @@ class Walker:
             flags.add("NX")
         pkey = (raw >> 59) & 0xF if rule.has_pkey else None
         xen_bits: Tuple[str, ...] = ()
+        dis: Tuple[str, ...] = ()
         if self.domain is not None:
             xen_bits = tuple(self.domain.xen_bits(raw, rule.name, True))
+            dis = tuple((bit, name) for bit, name in self.domain.disallowed(raw, rule.name))
         mt = memory_type(raw, rule, self.cpu.pat)
         verdicts = {}
         if self.judge is not None:
             verdicts = self.judge.judge(eff, pkey, has_rsvd or bool(rsvd_here), user_page_raw=raw)
-        hit = (eff, frozenset(flags), pkey, xen_bits, mt, verdicts)
+        hit = (eff, frozenset(flags), pkey, xen_bits, mt, verdicts, dis)
         if len(self._attr_cache) >= _ATTR_CACHE_MAX:
             self._attr_cache.clear()  # hostile tables: every entry distinct; keep memory flat
         self._attr_cache[key] = hit
@@ -245,7 +250,7 @@ class Walker:
                       raw: int, rsvd: int, count: int, and_ad: int, pa: Optional[int],
                       notes: Tuple[str, ...] = ()) -> Mapping:
         ctx_key = (ctx.user, ctx.write, ctx.nx, bool(ctx.rsvd))
-        eff, flags, pkey, xen_bits, mt, verdicts = self._attrs(rule, raw, ctx_key, rsvd)
+        eff, flags, pkey, xen_bits, mt, verdicts, dis = self._attrs(rule, raw, ctx_key, rsvd)
         if and_ad & 0x20:
             flags = flags | {"A"}
         if and_ad & 0x40:
@@ -260,7 +265,9 @@ class Walker:
             page_size=rule.page_size, level=rule.name,
             entries=ctx.path + (EntryRef(rule.name, index, table_pa, raw),), flags=flags,
             effective=eff, pkey=pkey, xen_bits=xen_bits, rsvd=rs, memtype=mt, count=count,
-            verdicts=verdicts, notes=ctx.notes + notes)
+            verdicts=verdicts, notes=ctx.notes + notes,
+            disallowed=ctx.disallowed + tuple(f"{rule.name}[{index}]: bit {b} ({n})"
+                                              for b, n in dis))
 
     def _stop_record(self, kind: str, rule: LevelRule, ctx: _Ctx, va_lin: int, index: int,
                      table_pa: int, raw: int, rsvd: int, why: str) -> Mapping:
@@ -273,7 +280,8 @@ class Walker:
         return Mapping(
             va=self.canonical(va_lin), pa=None, size=rule.page_size, page_size=rule.page_size,
             level=rule.name, entries=child.path, flags=frozenset(), effective=eff,
-            rsvd=child.rsvd, count=0, verdicts=verdicts, notes=child.notes + (why,), kind=kind)
+            rsvd=child.rsvd, count=0, verdicts=verdicts, notes=child.notes + (why,), kind=kind,
+            disallowed=child.disallowed)
 
     # -- single address ---------------------------------------------------------------------
 
@@ -515,6 +523,11 @@ class Walker:
                    raw, rsv_l[s], e - s, and_ad, pa)
 
 
+def _disallowed_texts(domain, rule: LevelRule, index: int, raw: int) -> Tuple[str, ...]:
+    return tuple(f"{rule.name}[{index}]: bit {bit} ({name})"
+                 for bit, name in domain.disallowed(raw, rule.name))
+
+
 def _pse36_mask(rule: LevelRule) -> int:
     return ((1 << rule.pse36_bits) - 1) << 13 if rule.pse36_bits else 0
 
@@ -540,7 +553,8 @@ def _merge(a, b, phys: bool):
     if va2 != va + count * rule.page_size:
         return None
     mask = ~(rule.leaf_frame_mask | _A_D | _pse36_mask(rule))
-    if (raw2 & mask) != (raw & mask) or ctx.notes != _c2.notes or ctx.rsvd != _c2.rsvd:
+    if ((raw2 & mask) != (raw & mask) or ctx.notes != _c2.notes or ctx.rsvd != _c2.rsvd
+            or ctx.disallowed != _c2.disallowed):
         return None
     if (pa is None) != (pa2 is None):
         return None

@@ -50,6 +50,7 @@ __all__ = [
     "guest_visible_cr4",
     "kernel_cpl",
     "kernel_protections",
+    "l4_slot_label",
     "parse_version",
     "pkey_collision",
     "put_pte_flags",
@@ -215,6 +216,11 @@ FACTS: Dict[str, XenFact] = {f.key: f for f in (
     XenFact("hvm_pke", "HAP HVM guests may set PKE when the CPU has PKU (CPUID PKU is 'H')",
             "xen/arch/x86/hvm/hvm.c; xen/include/public/arch-x86/cpufeatureset.h:224",
             "673807ab5c", (4, 7, 0)),
+    # --- Xen's slots in PV L4 tables ----------------------------------------------------------
+    XenFact("xen_l4_slots", "every 64-bit PV guest L4 (and each 32-bit PV vCPU's compat L4) "
+            "carries Xen's own entries in slots 256-271 (init_xen_l4_slots); they point at Xen "
+            "frames, not the guest's", "xen/arch/x86/mm.c init_xen_l4_slots(); "
+            f"{_ASM}/config.h (virtual memory map)", "", (3, 0, 0)),
     XenFact("hvm_pks", "HAP HVM guests on VMX may set PKS when the CPU has PKS",
             "xen/arch/x86/hvm/hvm.c; xen/arch/x86/cpu-policy.c:~828-834", "1d60c20260",
             (4, 18, 0)),
@@ -977,3 +983,28 @@ def kernel_protections(policy: XenPolicy, guest_cr4: Optional[int] = None,
     notes = ("the HVM kernel runs at CPL0 under its own CR4",)
     return KernelProtections(cpl, on[CR4.SMEP], on[CR4.SMAP], on[CR4.PKE], on[CR4.PKS], cr4,
                              notes)
+
+
+# Xen's L4 slots, from the virtual memory map comment in config.h (x86_64, 4.x).
+_L4_SLOTS = {
+    256: "read-only M2P (guest-visible machine-to-phys table)",
+    257: "PCI MMCFG ioremap",
+    258: "linear page table (self-map of this L4)",
+    259: "shadow linear page table",
+    260: "per-domain mappings (GDT/LDT, XPTI)",
+    261: "M2P, vmap/fixmap, Xen text and frame table",
+}
+
+
+def l4_slot_label(index: int, policy: XenPolicy) -> Optional[str]:
+    """Name the Xen-owned slot ``index`` of a PV L4 table, or None for a guest slot.
+
+    :param index: L4 index (0..511).
+    :param policy: the domain (only PV L4s carry Xen slots; HVM tables hold nothing of Xen's).
+    :returns: a label such as ``"Xen L4 slot 258: linear page table ..."``.
+    """
+    if not policy.is_pv or not 256 <= index <= 271:
+        return None
+    what = _L4_SLOTS.get(index, "1:1 direct map of all memory")
+    return f"Xen L4 slot {index}: {what} ({cite('xen_l4_slots')})"
+

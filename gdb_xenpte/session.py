@@ -1,0 +1,212 @@
+"""From a source and the user's options to everything a walk needs: one place for every front end.
+
+:func:`prepare` picks the vCPU, merges option overrides with the registers the source reports,
+decides whether Xen is in the picture, derives the CR4 the hardware really runs the guest with
+(:func:`gdb_xenpte.xen.effective_cr4`), chooses who "the guest kernel" is (CPL0, ring 1 or CPL3)
+and returns a :class:`Session` that makes walkers and describes itself (the JSON header, the
+``xen-cr4`` explanation). The gdb commands, the batch tool and the what-if comparison all use it.
+
+Precedence, always: option, then what the source says, then the default.
+
+Failure modes: :class:`~gdb_xenpte.errors.OptionError` for a missing CR3, an unknown vCPU, a bad
+Xen version or option value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Optional, Union
+
+from . import xen
+from .arch import CR4, MODES
+from .cpu import CpuState, paging_mode
+from .errors import OptionError
+from .sources.base import PhysSource, VcpuRegs
+from .verdicts import Judge
+from .walk import Walker
+from .xenview import XenView
+
+__all__ = ["NEWEST_XEN", "Options", "Session", "pick_regs", "prepare"]
+
+# Xen version assumed for a PV domain when nothing names one: the newest behaviour the facts
+# table distinguishes (said in the notes).
+NEWEST_XEN = max(f.since for f in xen.FACTS.values())
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the user may override; ``None`` means "not given".
+
+    :param cr4: the guest's CR4 (for Xen PV: the guest-visible value).
+    :param smep: Xen's ``smep=`` option: True/False/"hvm" (also "on"/"off").
+    :param mode: force a paging mode (a key of :data:`gdb_xenpte.arch.MODES`).
+    """
+
+    vcpu: Optional[int] = None
+    cr0: Optional[int] = None
+    cr3: Optional[int] = None
+    cr4: Optional[int] = None
+    efer: Optional[int] = None
+    pkru: Optional[int] = None
+    pkrs: Optional[int] = None
+    ac: Optional[int] = None
+    maxphyaddr: Optional[int] = None
+    domain: Optional[str] = None
+    xen: Optional[str] = None
+    xen_debug: Optional[bool] = None
+    smep: Union[None, bool, str] = None
+    smap: Union[None, bool, str] = None
+    mode: Optional[str] = None
+
+    def with_(self, **changes) -> "Options":
+        return replace(self, **changes)
+
+
+def _first(*values):
+    return next((v for v in values if v is not None), None)
+
+
+def _sm(value) -> Union[bool, str]:
+    if value is None:
+        return True  # Xen's default: on where the hardware has it
+    if isinstance(value, str) and value.lower() in ("on", "off"):
+        return value.lower() == "on"
+    return value
+
+
+def pick_regs(source: PhysSource, index: Optional[int]) -> VcpuRegs:
+    """The vCPU ``index`` of the source (default: the source's current one, else 0).
+
+    :raises OptionError: if the source has vCPUs and none has that index.
+    """
+    vcpus = source.vcpus()
+    if not vcpus:
+        if index not in (None, 0):
+            raise OptionError(f"{source.name} has no vCPU registers, so no vCPU {index}")
+        return VcpuRegs(-1)  # raw images, gdbsx: registers must come from options
+    if index is None:
+        index = getattr(source, "current_vcpu", None)
+        if index is None:
+            index = vcpus[0].index
+    for regs in vcpus:
+        if regs.index == index:
+            return regs
+    known = ", ".join(str(r.index) for r in vcpus)
+    raise OptionError(f"{source.name} has no vCPU {index} (it has: {known})")
+
+
+@dataclass
+class Session:
+    """Inputs of one walk, and how they were derived.
+
+    :param cpu: CPU state whose ``cr4`` is the effective (hardware) CR4.
+    :param guest_cr4: the CR4 the registers or options gave (PV dumps: the guest's view).
+    :param cr4_explanation: one line per CR4 bit that matters, saying where it came from.
+    :param policy: the Xen policy, or None when Xen is not in the picture.
+    :param mode: paging-mode override for the walker (e.g. ``"pv32"``), or None.
+    """
+
+    source: PhysSource
+    regs: VcpuRegs
+    cpu: CpuState
+    guest_cr4: int
+    cr4_explanation: List[str]
+    domain: str
+    policy: Optional["xen.XenPolicy"]
+    judge: Judge
+    xen_view: Optional[XenView]
+    mode: Optional[str]
+    kernel_notes: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def effective_cr4(self) -> int:
+        return self.cpu.cr4
+
+    def walker(self, **kw) -> Walker:
+        """A :class:`~gdb_xenpte.walk.Walker` for this session (``kw``: budgets, root)."""
+        return Walker(self.source, self.cpu, mode=self.mode, domain=self.xen_view,
+                      judge=self.judge, **kw)
+
+    def header(self) -> Dict[str, object]:
+        """The JSON header record's fields (addresses as hex strings)."""
+        choice = paging_mode(self.cpu)
+        mode = self.mode or next(k for k, v in MODES.items() if v is choice.mode)
+        hx = lambda v: None if v is None else f"{v:#x}"
+        return {
+            "type": "header",
+            "source": self.source.describe(),
+            "vcpu": self.regs.index if self.regs.index >= 0 else None,
+            "cr0": hx(self.cpu.cr0), "cr3": hx(self.cpu.cr3), "cr4": hx(self.guest_cr4),
+            "efer": hx(self.cpu.efer), "effective_cr4": hx(self.cpu.cr4),
+            "pkru": hx(self.cpu.pkru), "pkrs": hx(self.cpu.pkrs), "ac": self.cpu.ac,
+            "mode": mode, "domain": self.domain, "kernel_cpl": self.judge.kernel_cpl,
+            "xen": None if self.policy is None else {
+                "version": ".".join(map(str, self.policy.version[:2])),
+                "debug": self.policy.debug},
+            "notes": list(self.notes) + list(choice.notes),
+        }
+
+
+def prepare(source: PhysSource, opts: Options = Options()) -> Session:
+    """Combine options and the source's registers into a :class:`Session`.
+
+    :raises OptionError: if no CR3 is known or an option value is inconsistent.
+    """
+    regs = pick_regs(source, opts.vcpu)
+    cr3 = _first(opts.cr3, regs.cr3)
+    if cr3 is None:
+        raise OptionError(f"{source.name} gives no CR3: give --cr3 VALUE")
+    guest_cr4 = _first(opts.cr4, regs.cr4)
+    notes = list(regs.notes)
+    if guest_cr4 is None:
+        notes.append("CR4 unknown: taken as 0 (give --cr4)")
+        guest_cr4 = 0
+    domain = _first(opts.domain, source.domain, "hvm")
+    if domain not in xen.DOMAIN_TYPES:
+        raise OptionError(f"unknown domain type {domain!r} (use one of "
+                          f"{', '.join(xen.DOMAIN_TYPES)})")
+    version = _first(opts.xen, ".".join(map(str, source.xen_version))
+                     if source.xen_version else None)
+    cpu = CpuState(
+        cr0=_first(opts.cr0, regs.cr0, CpuState.cr0), cr3=cr3, cr4=guest_cr4,
+        efer=_first(opts.efer, regs.efer), pkru=_first(opts.pkru, regs.pkru),
+        pkrs=_first(opts.pkrs, regs.pkrs), ac=opts.ac,
+        maxphyaddr=_first(opts.maxphyaddr, getattr(source, "maxphyaddr", None), 52),
+        long_mode=regs.long_mode)
+    policy = None
+    xen_view = None
+    mode = opts.mode
+    effective = guest_cr4
+    explanation = [f"CR4={guest_cr4:#x}: the guest's own CR4 governs (no Xen in the picture)"]
+    kernel_notes: List[str] = []
+    if domain != "hvm" or version is not None:
+        if version is None:
+            version = ".".join(map(str, NEWEST_XEN[:2]))
+            notes.append(f"Xen version unknown: assuming {version} (give --xen VERSION)")
+        policy = xen.XenPolicy(version, domain, bool(opts.xen_debug), smep=_sm(opts.smep),
+                               smap=_sm(opts.smap))
+        if domain == "hvm":
+            derived = xen.effective_cr4(policy, guest_cr4)
+        elif regs.cr4_is_guest_view or opts.cr4 is not None:
+            derived = xen.effective_cr4(policy, guest_cr4)
+        else:
+            # A live CPU's CR4 is Xen's own (stopped in Xen) or already the PV context's: derive
+            # the guest-context value from it either way.
+            derived = xen.effective_cr4(policy, None, xen_cr4=guest_cr4)
+            notes.append(f"CR4 {guest_cr4:#x} was read from the CPU; the PV context's CR4 is "
+                         f"derived from it as Xen would")
+        effective = derived.value
+        explanation = list(derived.explanation)
+        kernel_notes = list(xen.kernel_protections(
+            policy, guest_cr4 if domain == "hvm" or regs.cr4_is_guest_view else None,
+            None if domain == "hvm" or regs.cr4_is_guest_view else guest_cr4).notes)
+        if mode is None and domain == "pv32" and regs.cr4_is_guest_view:
+            mode = "pv32"  # a dump's PV32 CR3 names the guest's own PAE L3
+        xen_view = XenView(policy, root_is_xen_l4=mode != "pv32")
+    cpu = cpu.with_(cr4=effective)
+    judge = Judge(cpu.cr0, effective, xen.kernel_cpl(domain), cpu.ac, cpu.pkru, cpu.pkrs)
+    if cpu.ac is None and effective & CR4.SMAP:
+        notes.append("EFLAGS.AC unknown: SMAP verdicts say 'unless AC=1' (give --ac)")
+    return Session(source, regs, cpu, guest_cr4, explanation, domain, policy, judge, xen_view,
+                   mode, kernel_notes, notes)
