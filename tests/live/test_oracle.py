@@ -123,8 +123,8 @@ def test_missing_qemu_is_a_setup_error(monkeypatch, tmp_path):
 
 # ---- verdict == observed ----------------------------------------------------------------------
 
-def _config_key(rec) -> Tuple[int, int, int, int, int]:
-    return rec["cr0"], rec["cr4"], rec["efer"], rec["pkru"], rec["ac"]
+def _config_key(rec) -> Tuple[int, int, int, int, int, int]:
+    return rec["cr0"], rec["cr4"], rec["efer"], rec["pkru"], rec["pkrs"], rec["ac"]
 
 
 def _judge_all(run) -> List[Tuple[dict, object]]:
@@ -135,10 +135,11 @@ def _judge_all(run) -> List[Tuple[dict, object]]:
         by_config[_config_key(rec)].append(rec)
     out = []
     with RawSource(str(run.ram_path)) as source:
-        for (cr0, cr4, efer, pkru, ac), recs in by_config.items():
-            cpu = CpuState(cr0=cr0, cr3=run.header["cr3"], cr4=cr4, efer=efer, pkru=pkru, ac=ac,
-                           maxphyaddr=run.header["maxphyaddr"], vendor=vendor)
-            walker = Walker(source, cpu, judge=Judge(cr0, cr4, kernel_cpl=0, ac=ac, pkru=pkru))
+        for (cr0, cr4, efer, pkru, pkrs, ac), recs in by_config.items():
+            cpu = CpuState(cr0=cr0, cr3=run.header["cr3"], cr4=cr4, efer=efer, pkru=pkru,
+                           pkrs=pkrs, ac=ac, maxphyaddr=run.header["maxphyaddr"], vendor=vendor)
+            judge = Judge(cr0, cr4, kernel_cpl=0, ac=ac, pkru=pkru, pkrs=pkrs)
+            walker = Walker(source, cpu, judge=judge)
             traces = {}
             for rec in recs:
                 va = run.cases[rec["case_id"]]["va"]
@@ -164,7 +165,7 @@ def _describe(rec, why) -> str:
                 else "no fault")
     return (f"{rec['case']:<24} va={rec['va']:#018x} {rec['kind']:<5} cpl={rec['cpl']} "
             f"ac={rec['ac']} cr0={rec['cr0']:#x} cr4={rec['cr4']:#x} efer={rec['efer']:#x} "
-            f"pkru={rec['pkru']:#x}: CPU {observed}; engine {why}")
+            f"pkru={rec['pkru']:#x} pkrs={rec['pkrs']:#x}: CPU {observed}; engine {why}")
 
 
 @pytest.fixture(scope="session")
@@ -222,7 +223,10 @@ def test_cases_cover_every_distinction(run):
     for rec in run.records:
         faulted[rec["case"]].add(rec["faulted"])
     both = {name for name, outcomes in faulted.items() if outcomes == {True, False}}
-    for prefix in ("us0_", "ro_", "nx_", "pkey1_", "user_rw_", "bit62_", "avl"):
+    prefixes = ["us0_", "ro_", "nx_", "pkey1_", "user_rw_", "bit62_", "avl"]
+    if run.header["has_pks"]:
+        prefixes.append("pkey2_sup_")  # faults only through IA32_PKRS
+    for prefix in prefixes:
         assert any(name.startswith(prefix) for name in both), prefix
     always = {name for name, outcomes in faulted.items() if outcomes == {True}}
     assert {"rsvd45_pt", "rsvd_ps_pml4", "rsvd_align13_2m", "np_pt"} <= always

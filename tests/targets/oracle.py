@@ -12,8 +12,8 @@ guest RAM to walk::
     with boot_oracle(levels=5, workdir=tmp_path) as run:
         run.cases         # [{"id", "name", "va", "leaf_level"}]
         run.records       # [{"case_id", "kind", "cpl", "ac", "faulted", "vector", "error_code",
-                          #   "cr0", "cr4", "efer", "pkru", "va", "cr2", "rip"}]
-        run.header["cr3"], run.header["maxphyaddr"], run.header["vendor"]
+                          #   "cr0", "cr4", "efer", "pkru", "pkrs", "va", "cr2", "rip"}]
+        run.header["cr3"], run.header["maxphyaddr"], run.header["vendor"], run.header["has_pks"]
         run.ram_path      # pmemsave of all guest RAM (byte i = guest-physical address i)
         run.vm            # the Qemu, still running (halted guest) until the block ends
 
@@ -57,18 +57,18 @@ BUILD_TOOLS = {"nasm": "nasm", "gcc": "gcc", "ld": "binutils", "objcopy": "binut
 KINDS = ("read", "write", "exec")  # KIND_* in oracle.h
 VEC_COMPLETED = 0x81
 ORACLE_MAGIC = 0x4C4352414F545058
-ORACLE_VERSION = 1
+ORACLE_VERSION = 2
 STATE_DONE = 2
 
 # struct oracle_header / oracle_case / oracle_record of oracle.h, field for field.
-_HEADER = struct.Struct("<QIIIIIIQQQQQQII16s")
+_HEADER = struct.Struct("<QIIIIIIQQQQQQII16sII")
 _HEADER_FIELDS = ("magic", "version", "state", "n_cases", "n_records", "n_configs", "maxphyaddr",
                   "cases_pa", "records_pa", "cr3", "final_cr0", "final_cr4", "final_efer",
-                  "levels", "record_size", "vendor")
+                  "levels", "record_size", "vendor", "has_pks", "reserved")
 _CASE = struct.Struct("<QIB3x48s")
-_RECORD = struct.Struct("<IBBBBQQQQIIQQ")
+_RECORD = struct.Struct("<IBBBBQQQQIIQQII")
 _RECORD_FIELDS = ("case_id", "kind", "cpl", "ac", "vector", "va", "cr0", "cr4", "efer", "pkru",
-                  "error_code", "cr2", "rip")
+                  "error_code", "cr2", "rip", "pkrs", "reserved")
 
 
 class OracleError(RuntimeError):

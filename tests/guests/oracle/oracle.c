@@ -34,6 +34,8 @@
 #define CR4_SMEP (1ull << 20)
 #define CR4_SMAP (1ull << 21)
 #define CR4_PKE (1ull << 22)
+#define CR4_PKS (1ull << 24)
+#define MSR_PKRS 0x6E1u
 #define MSR_EFER 0xC0000080u
 #define EFER_NXE (1ull << 11)
 
@@ -41,7 +43,7 @@
 #define SIZE_2M (1ull << 21)
 #define IDMAP_BYTES (16ull << 20)
 #define POOL_PAGES 512
-#define MAX_RECORDS 20000
+#define MAX_RECORDS 32768
 #define SERIAL 0x3f8
 
 /* ---- CPU access helpers ---------------------------------------------------------------- */
@@ -138,7 +140,7 @@ struct oracle_header oracle_results = {
 static struct oracle_case case_table[256];
 static struct oracle_record records[MAX_RECORDS];
 
-_Static_assert(sizeof(struct oracle_record) == 64, "record layout is a file format");
+_Static_assert(sizeof(struct oracle_record) == 72, "record layout is a file format");
 _Static_assert(sizeof(struct oracle_case) == 64, "case layout is a file format");
 
 static void fail(const char *why) __attribute__((noreturn));
@@ -337,6 +339,11 @@ static const struct case_def cases[] = {
     {.name = "pkey1_us0_pml4", .leaf = LVL_PT, .set = {[LVL_PT] = PKEY(1)}, .clear = {[LVL_PML4] = US}},
     {.name = "pkey1_ro_pt", .leaf = LVL_PT, .set = {[LVL_PT] = PKEY(1)}, .clear = {[LVL_PT] = RW}},
     {.name = "pkey2_nx_pt", .leaf = LVL_PT, .set = {[LVL_PT] = PKEY(2) | NX}},
+    {.name = "pkey2_sup_2m", .leaf = LVL_PD, .set = {[LVL_PD] = PKEY(2)}, .clear = {[LVL_PD] = US}},
+    {.name = "pkey3_sup_1g", .leaf = LVL_PDPT, .set = {[LVL_PDPT] = PKEY(3)},
+     .clear = {[LVL_PDPT] = US}},
+    {.name = "pkey1_sup_ro_pt", .leaf = LVL_PT, .set = {[LVL_PT] = PKEY(1)},
+     .clear = {[LVL_PT] = US | RW}},
 
     /* Reserved bits: MAXPHYADDR (40 under -cpu max) up to 51, PS where no page can be mapped,
      * and the low address bits of a large page that must be zero. */
@@ -402,45 +409,59 @@ static u64 build_case(u64 *root, const struct case_def *c, int slot, int levels)
 struct config {
     u8 wp, smep, smap, pke, nxe;
     u32 pkru;
+    u8 pks;   /* CR4.PKS: keys for supervisor-mode addresses, from IA32_PKRS */
+    u32 pkrs;
 };
 
 /* PKRU: bit 2k is AD (access disable) and bit 2k+1 WD (write disable) of key k. */
 #define AD(k) (1u << (2 * (k)))
 #define WD(k) (1u << (2 * (k) + 1))
 
+/* Field order: WP, SMEP, SMAP, PKE, NXE, PKRU; the _PKS form adds CR4.PKS=1 and IA32_PKRS. */
+#define CFG(wp, smep, smap, pke, nxe, pkru) {wp, smep, smap, pke, nxe, pkru, 0, 0}
+#define CFG_PKS(wp, smep, smap, pke, nxe, pkru, pkrs) {wp, smep, smap, pke, nxe, pkru, 1, pkrs}
+
 static const struct config configs[] = {
     /* Every WP x SMEP x SMAP combination, NX on, keys off. */
-    {0, 0, 0, 0, 1, 0}, {0, 0, 1, 0, 1, 0}, {0, 1, 0, 0, 1, 0}, {0, 1, 1, 0, 1, 0},
-    {1, 0, 0, 0, 1, 0}, {1, 0, 1, 0, 1, 0}, {1, 1, 0, 0, 1, 0}, {1, 1, 1, 0, 1, 0},
+    CFG(0, 0, 0, 0, 1, 0), CFG(0, 0, 1, 0, 1, 0), CFG(0, 1, 0, 0, 1, 0), CFG(0, 1, 1, 0, 1, 0),
+    CFG(1, 0, 0, 0, 1, 0), CFG(1, 0, 1, 0, 1, 0), CFG(1, 1, 0, 0, 1, 0), CFG(1, 1, 1, 0, 1, 0),
     /* EFER.NXE=0: XD becomes a reserved bit. */
-    {1, 1, 1, 0, 0, 0}, {0, 0, 0, 0, 0, 0},
+    CFG(1, 1, 1, 0, 0, 0), CFG(0, 0, 0, 0, 0, 0),
     /* Protection keys with several PKRU values. */
-    {1, 1, 1, 1, 1, 0},
-    {1, 1, 1, 1, 1, AD(1) | WD(2)},
-    {1, 1, 1, 1, 1, WD(1) | AD(2) | WD(3)},
-    {0, 0, 0, 1, 1, WD(1) | AD(2) | WD(3)},
-    {1, 0, 1, 1, 1, AD(0) | WD(8) | AD(3) | AD(15)},
-    {1, 1, 0, 1, 1, 0x55555554u}, /* AD for every key but 0 */
-    {1, 0, 0, 1, 1, 0xAAAAAAAAu}, /* WD for every key */
-    {0, 1, 1, 1, 1, 0xAAAAAAAAu},
-    {1, 1, 1, 1, 0, AD(1) | WD(2)},
+    CFG(1, 1, 1, 1, 1, 0),
+    CFG(1, 1, 1, 1, 1, AD(1) | WD(2)),
+    CFG(1, 1, 1, 1, 1, WD(1) | AD(2) | WD(3)),
+    CFG(0, 0, 0, 1, 1, WD(1) | AD(2) | WD(3)),
+    CFG(1, 0, 1, 1, 1, AD(0) | WD(8) | AD(3) | AD(15)),
+    CFG(1, 1, 0, 1, 1, 0x55555554u), /* AD for every key but 0 */
+    CFG(1, 0, 0, 1, 1, 0xAAAAAAAAu), /* WD for every key */
+    CFG(0, 1, 1, 1, 1, 0xAAAAAAAAu),
+    CFG(1, 1, 1, 1, 0, AD(1) | WD(2)),
+    /* Supervisor protection keys (run only if the CPU has PKS), with and without user keys. */
+    CFG_PKS(1, 1, 1, 0, 1, 0, AD(1) | WD(2)),
+    CFG_PKS(0, 1, 1, 0, 1, 0, WD(1) | AD(2) | WD(3)),
+    CFG_PKS(1, 0, 0, 1, 1, AD(1), WD(1) | AD(3)),
+    CFG_PKS(1, 1, 1, 1, 1, WD(1), 0x55555554u),
 };
 #define NCONFIGS ((int)(sizeof(configs) / sizeof(configs[0])))
 
 /* The configuration left loaded when the guest halts (what gdb then reads). */
-static const struct config final_config = {1, 1, 1, 1, 1, AD(1) | WD(2)};
+static const struct config final_config = CFG(1, 1, 1, 1, 1, AD(1) | WD(2));
 
 static void apply_config(const struct config *cfg)
 {
     u64 cr0 = read_cr0() & ~CR0_WP;
     write_cr0(cr0 | (cfg->wp ? CR0_WP : 0));
-    u64 cr4 = read_cr4() & ~(CR4_SMEP | CR4_SMAP | CR4_PKE);
-    cr4 |= (cfg->smep ? CR4_SMEP : 0) | (cfg->smap ? CR4_SMAP : 0) | (cfg->pke ? CR4_PKE : 0);
+    u64 cr4 = read_cr4() & ~(CR4_SMEP | CR4_SMAP | CR4_PKE | CR4_PKS);
+    cr4 |= (cfg->smep ? CR4_SMEP : 0) | (cfg->smap ? CR4_SMAP : 0) | (cfg->pke ? CR4_PKE : 0) |
+           (cfg->pks ? CR4_PKS : 0);
     write_cr4(cr4);
     u64 efer = rdmsr(MSR_EFER) & ~EFER_NXE;
     wrmsr(MSR_EFER, efer | (cfg->nxe ? EFER_NXE : 0));
     if (cfg->pke)
         wrpkru(cfg->pkru); /* WRPKRU raises #UD while CR4.PKE=0 */
+    if (cfg->pks)
+        wrmsr(MSR_PKRS, cfg->pkrs);
     write_cr3(read_cr3()); /* flush non-global translations */
 }
 
@@ -455,6 +476,7 @@ static void require_features(u32 *maxphyaddr)
     vendor[1] = d;
     vendor[2] = c;
     cpuid(7, 0, &a, &b, &c, &d);
+    oracle_results.has_pks = !!(c & (1u << 31));
     if (!(b & (1u << 7)))
         fail("the CPU lacks SMEP (use -cpu max)");
     if (!(b & (1u << 20)))
@@ -505,14 +527,16 @@ void oracle_main(u32 la57, u32 multiboot_info)
     write_cr3((u64)root);
 
     oracle_results.n_cases = (u32)n;
-    oracle_results.n_configs = NCONFIGS;
     oracle_results.cases_pa = (u64)case_table;
     oracle_results.records_pa = (u64)records;
     oracle_results.cr3 = (u64)root;
 
-    u32 nrec = 0;
+    u32 nrec = 0, nconfigs = 0;
     for (int k = 0; k < NCONFIGS; k++) {
         const struct config *cfg = &configs[k];
+        if (cfg->pks && !oracle_results.has_pks)
+            continue;
+        nconfigs++;
         apply_config(cfg);
         u64 cr0 = read_cr0(), cr4 = read_cr4(), efer = rdmsr(MSR_EFER);
         for (int i = 0; i < n; i++) {
@@ -534,6 +558,7 @@ void oracle_main(u32 la57, u32 multiboot_info)
                     r->cr4 = cr4;
                     r->efer = efer;
                     r->pkru = cfg->pkru;
+                    r->pkrs = cfg->pkrs;
                     r->error_code = (u32)trap_error;
                     r->cr2 = r->vector == 14 ? trap_cr2 : 0;
                     r->rip = r->vector == VEC_COMPLETED ? 0 : trap_rip;
@@ -542,6 +567,7 @@ void oracle_main(u32 la57, u32 multiboot_info)
         }
         oracle_results.n_records = nrec;
     }
+    oracle_results.n_configs = nconfigs;
 
     apply_config(&final_config);
     oracle_results.final_cr0 = read_cr0();
@@ -551,7 +577,7 @@ void oracle_main(u32 la57, u32 multiboot_info)
     puts_serial("ORACLE: done cases=");
     put_dec((u64)n);
     puts_serial(" configs=");
-    put_dec(NCONFIGS);
+    put_dec(nconfigs);
     puts_serial(" records=");
     put_dec(nrec);
     putc_serial('\n');

@@ -14,7 +14,7 @@ typedef unsigned int u32;
 typedef unsigned long long u64;
 
 #define ORACLE_MAGIC 0x4c4352414f545058ull /* "XPTORACL" in little-endian bytes */
-#define ORACLE_VERSION 1
+#define ORACLE_VERSION 2
 
 /* Header state: the host polls the serial line, this is the in-memory confirmation. */
 #define STATE_RUNNING 1
@@ -54,7 +54,7 @@ struct oracle_case {
     char name[48];   /* NUL-terminated case name */
 };
 
-/* One access the guest performed (64 bytes). */
+/* One access the guest performed (72 bytes). */
 struct oracle_record {
     u32 case_id;
     u8 kind;         /* KIND_* */
@@ -69,6 +69,8 @@ struct oracle_record {
     u32 error_code;  /* exception error code, 0 when none */
     u64 cr2;         /* CR2 after a #PF, else 0 */
     u64 rip;         /* RIP of the faulting instruction, else 0 */
+    u32 pkrs;        /* IA32_PKRS as last written (meaningful while CR4.PKS=1) */
+    u32 reserved;
 };
 
 /* The results header at symbol `oracle_results` (identity-mapped: its VA is its PA). */
@@ -89,6 +91,8 @@ struct oracle_header {
     u32 levels;          /* 4 or 5 */
     u32 record_size;     /* sizeof(struct oracle_record), checked by the host */
     char vendor[16];     /* CPUID.0 vendor string */
+    u32 has_pks;         /* CPUID.(EAX=7,ECX=0):ECX[31]: the PKS configurations were run */
+    u32 reserved;
 };
 
 #endif
