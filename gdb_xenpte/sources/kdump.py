@@ -132,6 +132,10 @@ class KdumpSource(PhysSource):
         kind = "flattened kdump" if self.flattened else "kdump"
         self.name = f"{kind} {file.name}"
         sig = view.slice(0, 8, "kdump signature")
+        if self.flattened and sig[:4] == b"\x7fELF":
+            raise DumpFormatError(file.name, "flattened ELF dump (makedumpfile -E -F): reassemble "
+                                             "it first with 'makedumpfile -R out.elf < FILE' "
+                                             "(the ELF header starts at offset 0 of the stream)")
         if sig not in SIGNATURES:
             raise DumpFormatError(file.name, f"signature {sig!r} at offset 0: expected 'KDUMP   '"
                                              " or 'DISKDUMP'")
@@ -219,8 +223,9 @@ class KdumpSource(PhysSource):
             return cached
         paddr = pfn * self.block_size
         what = self._file.name
-        if pfn >= self.max_mapnr or not self._is_dumped(pfn):
-            in_ram = pfn < len(self._bitmap_ram) * 8 and self._bitmap_ram[pfn >> 3] >> (pfn & 7) & 1
+        if pfn < 0 or pfn >= self.max_mapnr or not self._is_dumped(pfn):
+            ram = self._bitmap_ram
+            in_ram = 0 <= pfn < len(ram) * 8 and ram[pfn >> 3] >> (pfn & 7) & 1
             raise UnreadableMemory(what, paddr, "page excluded from the dump" if in_ram
                                    else "not in dump")
         index = self._descriptor_index(pfn)
@@ -228,8 +233,10 @@ class KdumpSource(PhysSource):
         offset, size, flags, _pf = DESCRIPTOR.unpack(
             self._view.slice(desc_at, DESCRIPTOR.size, "page descriptor"))
         where = f"page data (descriptor at offset {desc_at:#x}: offset {offset:#x}, size {size})"
-        if offset + size > self._view.size or size > 2 * self.block_size:
+        if offset + size > self._view.size:
             raise UnreadableMemory(what, paddr, f"{where} lies outside the file")
+        if size > 2 * self.block_size:
+            raise UnreadableMemory(what, paddr, f"{where} is larger than any stored page can be")
         data = self._view.slice(offset, size, where)
         if flags & (COMPRESS_ZLIB | COMPRESS_LZO | COMPRESS_SNAPPY | COMPRESS_ZSTD):
             method, decompress, package = _decompressor(flags)

@@ -87,8 +87,9 @@ class QemuElfSource(PhysSource):
             at = header["e_phoff"] + i * header["e_phentsize"]
             with elf_errors(file.name, f"program header {i}", at):
                 ph = elf.get_segment(i).header
-                p_type, offset, vaddr, paddr = ph["p_type"], ph["p_offset"], ph["p_vaddr"], ph["p_paddr"]
-                filesz, memsz = ph["p_filesz"], ph["p_memsz"]
+                p_type, offset = ph["p_type"], ph["p_offset"]
+                vaddr, paddr, filesz, memsz = (ph["p_vaddr"], ph["p_paddr"], ph["p_filesz"],
+                                               ph["p_memsz"])
             if p_type == "PT_LOAD":
                 loads.append((i, offset, vaddr, paddr, filesz, memsz))
             elif p_type == "PT_NOTE":

@@ -209,11 +209,13 @@ class XcCoreSource(PhysSource):
         magic, nr_vcpus, nr_pages, page_size = struct.unpack_from("<4Q", header.desc)
         if magic not in (XC_CORE_MAGIC, XC_CORE_MAGIC_HVM):
             raise DumpFormatError(file.name, f"dump-core magic {magic:#x} at file offset "
-                                             f"{header.desc_offset:#x}: expected {XC_CORE_MAGIC:#x} "
-                                             f"(PV) or {XC_CORE_MAGIC_HVM:#x} (HVM)")
+                                             f"{header.desc_offset:#x}: expected "
+                                             f"{XC_CORE_MAGIC:#x} (PV) or {XC_CORE_MAGIC_HVM:#x} "
+                                             "(HVM)")
         if page_size != PAGE_SIZE:
             raise DumpFormatError(file.name, f"page size {page_size} at file offset "
-                                             f"{header.desc_offset + 24:#x}: only 4096 is supported")
+                                             f"{header.desc_offset + 24:#x}: only 4096 is "
+                                             "supported")
         version = notes.get(NOTE_XEN_VERSION)
         if version is not None and len(version.desc) >= 16:
             self.xen_version = struct.unpack_from("<QQ", version.desc)
@@ -241,7 +243,8 @@ class XcCoreSource(PhysSource):
                                  f"{off + stored * entry_size:#x} points past .xen_pages, which "
                                  f"holds {stored} pages (at {pages_off:#x})")
         if entries < nr_pages:
-            self.notes += (f"{name} lists {entries} of {nr_pages} pages: the rest are unaddressable",)
+            self.notes += (f"{name} lists {entries} of {nr_pages} pages: the rest are "
+                           "unaddressable",)
         return _u64_array(self._file.slice(off, entries * entry_size, name))
 
     def _index_pfn_table(self, table, pages_off: int, stored: int, nr_pages: int) -> None:

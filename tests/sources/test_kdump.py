@@ -127,3 +127,22 @@ def test_flattened_later_records_win_and_holes_read_zero(tmp_path):
     assert view.slice(0, 36, "all") == (b"DD" + b"AAA" + b"C" * 10 + b"\0" * 5 + b"B" * 6
                                          + b"E" * 10)
     file.close()
+
+
+def test_negative_address_is_unreadable(tmp_path):
+    path = tmp_path / "g.kdump"
+    write_kdump(path, sample_pages(), VCPUS)
+    with KdumpSource(str(path)) as src:
+        with pytest.raises(UnreadableMemory):
+            src.read(-PAGE, 8)
+
+
+def test_flattened_elf_gets_a_hint(tmp_path):
+    out = bytearray(b"makedumpfile".ljust(16, b"\0") + struct.pack(">qq", 1, 1))
+    out += bytes(4096 - len(out))
+    out += struct.pack(">qq", 0, 64) + b"\x7fELF" + bytes(60) + struct.pack(">qq", -1, -1)
+    path = tmp_path / "elf.flat"
+    path.write_bytes(bytes(out))
+    with pytest.raises(DumpFormatError) as err:
+        open_dump(str(path))
+    assert "makedumpfile -R" in str(err.value) and "elf.flat" in str(err.value)

@@ -142,10 +142,13 @@ def _compress(data: bytes, method: str) -> Tuple[bytes, int]:
     return data, 0
 
 
+Pieces = List[Tuple[int, bytes]]
+
+
 def build_kdump(pages: Dict[int, bytes], vcpus: Sequence[dict], *, elf_class: int = 64,
                 compress: str = "zlib", lma: bool = True,
-                page_flags: Optional[Dict[int, Tuple[int, bytes]]] = None) -> Tuple[bytes, Layout,
-                                                                                    List[Tuple[int, bytes]]]:
+                page_flags: Optional[Dict[int, Tuple[int, bytes]]] = None
+                ) -> Tuple[bytes, Layout, Pieces]:
     """Build a plain (seekable) kdump-compressed image in memory, QEMU-style (header version 6).
 
     :param page_flags: pfn -> (descriptor flags, stored bytes) overriding a page's compression,
