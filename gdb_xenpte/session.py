@@ -184,8 +184,10 @@ def prepare(source: PhysSource, opts: Options = Options()) -> Session:
         if version is None:
             version = ".".join(map(str, NEWEST_XEN[:2]))
             notes.append(f"Xen version unknown: assuming {version} (give --xen VERSION)")
+        # An HVM guest's CR4 is evidence: it could only set PKE/PKS if the CPU had PKU/PKS.
+        hw = xen.Hardware(pku=bool(guest_cr4 & CR4.PKE), pks=bool(guest_cr4 & CR4.PKS))
         policy = xen.XenPolicy(version, domain, bool(opts.xen_debug), smep=_sm(opts.smep),
-                               smap=_sm(opts.smap))
+                               smap=_sm(opts.smap), hw=hw)
         if domain == "hvm":
             derived = xen.effective_cr4(policy, guest_cr4)
         elif regs.cr4_is_guest_view or opts.cr4 is not None:
