@@ -17,6 +17,9 @@ guest RAM to walk::
         run.ram_path      # pmemsave of all guest RAM (byte i = guest-physical address i)
         run.vm            # the Qemu, still running (halted guest) until the block ends
 
+``python3 -m tests.targets.oracle [--levels 5] [--cpu max]`` boots it once and prints per case how
+many accesses faulted.
+
 Failure modes: :class:`~tests.targets.qemu.QemuSetupError` when a build tool or QEMU is missing;
 :class:`OracleError` when the build fails, the guest reports FATAL, or its results are malformed.
 """
@@ -220,3 +223,31 @@ def boot_oracle(levels: int, workdir: Path, *, cpu: str = "max", timeout: float 
             raise OracleError(f"asked for {levels}-level paging, the guest ran {header['levels']}")
         ram_path = vm.pmemsave_file(0, RAM_BYTES, workdir / "ram.bin")
         yield OracleRun(levels, cpu, vm, elf, header, cases, records, ram_path, boot_seconds)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Boot the guest once and print, per case, how many of its accesses faulted."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python3 -m tests.targets.oracle",
+                                     description=main.__doc__)
+    parser.add_argument("--levels", type=int, choices=(4, 5), default=4)
+    parser.add_argument("--cpu", default="max", help="QEMU CPU model (default: max)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp, \
+            boot_oracle(args.levels, Path(tmp), cpu=args.cpu) as run:
+        print(f"{run.elf}: {run.levels}-level, {run.header['vendor']}, "
+              f"{len(run.cases)} cases x {run.header['n_configs']} configurations, "
+              f"{len(run.records)} accesses, done {run.boot_seconds:.2f} s after start")
+        faults: Dict[int, int] = {}
+        for rec in run.records:
+            faults[rec["case_id"]] = faults.get(rec["case_id"], 0) + rec["faulted"]
+        per_case = len(run.records) // len(run.cases)
+        for case in run.cases:
+            print(f"  {case['name']:<24} {case['va']:#018x}  {faults.get(case['id'], 0):4} of "
+                  f"{per_case} accesses faulted")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

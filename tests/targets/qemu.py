@@ -152,10 +152,12 @@ class Qemu:
     :param workdir: where ``serial.log`` and ``qemu.stderr`` go (kept after the run); by default
         the private temporary directory, removed at stop.
     :param start_timeout: seconds to wait for the monitor to answer.
+    :raises QemuSetupError: if qemu-system-x86_64 is not installed.
     """
 
     def __init__(self, args: Sequence[str] = (), *, memory: str = "64M", cpu: str = "max",
                  workdir: Optional[Path] = None, start_timeout: float = 20.0):
+        require_binary(QEMU_BINARY, "qemu-system-x86")  # before anything is created
         self.args: List[str] = list(args)
         self.memory = memory
         self.cpu = cpu
@@ -188,10 +190,8 @@ class Qemu:
     def start(self) -> "Qemu":
         """Start QEMU and connect to its monitor; retries if the gdb port was taken meanwhile.
 
-        :raises QemuSetupError: if qemu-system-x86_64 is not installed.
         :raises QemuError: if QEMU exits or its monitor does not answer.
         """
-        require_binary(QEMU_BINARY, "qemu-system-x86")
         self.workdir.mkdir(parents=True, exist_ok=True)
         for _attempt in range(3):
             self.gdb_port = free_tcp_port()
