@@ -24,7 +24,13 @@ __all__ = [
     "FLAG_ORDER",
     "RecordCounter",
     "Style",
+    "anomaly_record",
+    "bits_table",
+    "check_summary_record",
+    "check_text",
+    "cr4_text",
     "dumps",
+    "header_lines",
     "header_record",
     "human_size",
     "mapping_record",
@@ -216,6 +222,89 @@ def summary_record(counter: RecordCounter, budget_hit: bool,
     }
     rec.update(extra)
     return rec
+
+
+def header_lines(header: Dict[str, Any]) -> List[str]:
+    """The text form of a header record: one line of registers and source, then its notes."""
+    xen = header["xen"]
+    xen_text = (f", Xen {xen['version'] or 'newest'}{' debug' if xen['debug'] else ''}"
+                if xen["version"] or header["domain"] != "hvm" else "")
+    cr4 = header["effective_cr4"]
+    if header["cr4"] != cr4:
+        cr4 = f"{cr4} (guest view {header['cr4']})"
+    return ([f"{header['mode']} paging, CR3 {header['cr3']}, CR4 {cr4}, domain "
+             f"{header['domain']}{xen_text}; {header['source']}"]
+            + [f"note: {n}" for n in header["notes"]])
+
+
+def bits_table(bits: Sequence[Tuple[str, int, str]], style: Style = Style()) -> List[str]:
+    """Lines of a ``name value meaning`` table for one entry's fields."""
+    rows = [[style("warn", name) if name.startswith(("_PAGE", "PKEY", "XEN", "RSVD")) else name,
+             f"{value:#x}" if name == "frame" or value > 9 else value, meaning]
+            for name, value, meaning in bits]
+    return ["  " + ln for ln in tabulate(rows, headers=["field", "value", "meaning"],
+                                         tablefmt="simple", disable_numparse=True).splitlines()]
+
+
+def cr4_text(policy: Any, guest_cr4: int, effective: Any, visible: Any, prot: Any, context: str,
+             style: Style = Style()) -> List[str]:
+    """Lines explaining a domain's effective CR4 (``xen.Cr4``), its guest view and the kernel's
+    protections (``xen.KernelProtections``)."""
+    v = policy.version
+    sm = lambda x: "hvm" if x == "hvm" else ("on" if x else "off")
+    lines = [style("head", f"Xen {v[0]}.{v[1]}{'.' + str(v[2]) if v[2] else ''} "
+                           f"({'debug' if policy.debug else 'release'} build), {policy.domain} "
+                           f"domain, smep={sm(policy.smep)} smap={sm(policy.smap)}"),
+             f"guest CR4 {guest_cr4:#x}",
+             f"effective CR4 {effective.value:#x} (what the hardware runs while the guest "
+             f"{context if context != 'xen' else 'is served by Xen'} runs):"]
+    lines += ["  " + ln for ln in effective.explanation]
+    if visible is not None:
+        lines.append(f"guest-visible CR4 {visible.value:#x} (what the guest reads back):")
+        lines += ["  " + ln for ln in visible.explanation]
+    yes = lambda b: style("warn", "applies") if b else "does not apply"
+    lines.append(f"guest kernel: CPL {prot.cpl}; SMEP {yes(prot.smep)}, SMAP {yes(prot.smap)}, "
+                 f"PKE {yes(prot.pke)}, PKS {yes(prot.pks)}")
+    lines += ["  " + n for n in prot.notes]
+    return lines
+
+
+def anomaly_record(key: str, finding: Any) -> Dict[str, Any]:
+    """One ``anomaly`` record of ``xen-pte-check --json``."""
+    m = finding.mapping
+    return {"type": "anomaly", "category": key, "va": hexa(m.va), "size": m.size,
+            "pa": hexa(m.pa), "level": m.level, "rights": m.effective.rwx(),
+            "detail": finding.detail,
+            "verdicts": {k: str(m.verdicts[k]) for k in ACCESS_KEYS if k in m.verdicts}}
+
+
+def check_summary_record(groups: Sequence[Tuple[str, str, Sequence[Any]]],
+                         stats: Any) -> Dict[str, Any]:
+    """The closing record of ``xen-pte-check --json``: findings per category."""
+    return {"type": "summary", "counts": {key: len(found) for key, _t, found in groups},
+            "budget_hit": bool(getattr(stats, "budget_hit", None)),
+            "unreadable": [{"pa": hexa(pa), "reason": why}
+                           for pa, why in getattr(stats, "unreadable", ())]}
+
+
+def check_text(groups: Sequence[Tuple[str, str, Sequence[Any]]], examples: int,
+               style: Style = Style()) -> List[str]:
+    """Lines of the anomaly report: per category a count, then up to ``examples`` mappings."""
+    if not groups:
+        return ["no anomalies found."]
+    lines = []
+    for key, title, found in groups:
+        pages = sum(f.mapping.count for f in found)
+        lines.append(style("bad", f"[{key}] {title}: {len(found)} ranges, {pages} pages"))
+        rows = [[_va_range(f.mapping), human_size(f.mapping.size), f.mapping.effective.rwx(),
+                 f.detail] for f in found[:examples]]
+        if rows:
+            lines += ["  " + ln for ln in tabulate(
+                rows, headers=["VA range", "size", "rights", "detail"], tablefmt="simple",
+                disable_numparse=True).splitlines()]
+        if len(found) > examples:
+            lines.append(f"  ... and {len(found) - examples} more")
+    return lines
 
 
 def trace_record(trace: Trace) -> Dict[str, Any]:

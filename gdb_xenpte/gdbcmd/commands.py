@@ -10,17 +10,24 @@ from typing import Iterator, List
 
 import gdb
 
-from .. import render
+from .. import render, xen
+from ..arch import MODES
+from ..decode import explain_entry, level_rules
 from ..errors import OptionError
 from ..model import Mapping
 from ..walk import Walker
-from . import params
-from .args import GdbArgumentParser, address, int_in, verdict_spec
+from ..xenview import XenView
+from . import anomalies, params
+from .args import GdbArgumentParser, address, choice_of, int_in, verdict_spec
 from .base import XenPteCommand, style, write_lines
-from .context import add_cpu_options, add_source_options, add_xen_options, open_source, setup
+from .context import (add_cpu_options, add_source_options, add_xen_options, domain_and_xen,
+                      guest_cr4_of, make_policy, open_source, setup)
 from .filters import build_filter
 
-__all__ = ["XenPteWalkCommand", "register"]
+__all__ = ["XenCr4Command", "XenPteCheckCommand", "XenPteDecodeCommand", "XenPteWalkCommand",
+           "register"]
+
+LEVEL_NAMES = ("pt", "pd", "pdpt", "pml4", "pml5")  # index + 1 = the level number
 
 
 class XenPteWalkCommand(XenPteCommand):
@@ -106,10 +113,7 @@ def _write_trace(trace, header: dict, as_json: bool) -> None:
         if trace.mapping is not None:
             recs.append(render.mapping_record(trace.mapping))
         return write_lines(render.dumps(r) for r in recs)
-    st = style()
-    write_lines([f"{header['mode']} paging, CR3 {header['cr3']}, CR4 {header['effective_cr4']}, "
-                 f"domain {header['domain']}; {header['source']}"] +
-                [f"note: {n}" for n in header["notes"]] + render.trace_text(trace, st))
+    write_lines(render.header_lines(header) + render.trace_text(trace, style()))
 
 
 def _write_walk(rows: Iterator[Mapping], walker: Walker, header: dict, as_json: bool,
@@ -138,16 +142,159 @@ def _write_walk(rows: Iterator[Mapping], walker: Walker, header: dict, as_json: 
             budget=stats.budget_hit, tables_read=stats.tables_read))])
     else:
         st = style()
-        write_lines([f"{header['mode']} paging, CR3 {header['cr3']}, CR4 "
-                     f"{header['effective_cr4']}, domain {header['domain']}; {header['source']}"]
-                    + [f"note: {n}" for n in header["notes"]]
-                    + render.mapping_table(kept, st)
+        write_lines(render.header_lines(header) + render.mapping_table(kept, st)
                     + [render.summary_text(counter, stats, limited, interrupted)])
     if interrupted:
         raise KeyboardInterrupt
 
 
-COMMANDS = (XenPteWalkCommand,)
+class XenPteDecodeCommand(XenPteCommand):
+    """Explain one raw page-table entry bit by bit.
+
+    VALUE is the entry (a gdb expression). The level and paging mode say which format applies;
+    with a Xen domain or version, Xen's own bits are named too (bit 52 _PAGE_GUEST_KERNEL, bit 62
+    or 11 _PAGE_GNTTAB in debug builds), with the protection-key collision and PV disallow-mask
+    violations."""
+
+    command = "xen-pte-decode"
+    takes_address = True
+
+    def build_parser(self) -> GdbArgumentParser:
+        p = GdbArgumentParser(self.command, "", epilog=(
+            "examples:\n  xen-pte-decode 0x8010000012345067\n"
+            "  xen-pte-decode 0x4000000012345067 --domain pv64 --xen 4.17 --xen-debug\n"
+            "  xen-pte-decode 0x1e3 --level pd --mode pae"))
+        p.add_argument("value", metavar="VALUE", type=address, help="the raw entry")
+        p.add_argument("--level", metavar="LEVEL", type=choice_of(*LEVEL_NAMES, "1", "2", "3",
+                                                                   "4", "5"), default="pt",
+                       help="pt, pd, pdpt, pml4 or pml5 (or 1..5 with 1 = pt); default pt")
+        p.add_argument("--mode", metavar="MODE", type=choice_of(*MODES), default=None,
+                       help=f"paging mode: {', '.join(MODES)} (default: 4level, or 5level for "
+                            "--level pml5, pv32 for --domain pv32)")
+        p.add_argument("--nxe", metavar="0|1", type=choice_of("0", "1"), default="1",
+                       help="EFER.NXE: bit 63 is XD (1, default) or reserved (0)")
+        p.add_argument("--vendor", metavar="intel|amd", type=choice_of("intel", "amd"),
+                       default="intel", help="CPU vendor (AMD reserves more PML4E bits)")
+        add_cpu_options(p, registers=False)
+        add_xen_options(p)
+        return p
+
+    def run(self, args: argparse.Namespace) -> None:
+        level = LEVEL_NAMES[int(args.level) - 1] if args.level.isdigit() else args.level
+        domain, version, debug = domain_and_xen(args)
+        mode_key = args.mode or ("pv32" if domain == "pv32" else
+                                 "5level" if level == "pml5" else "4level")
+        names = [lv.name for lv in MODES[mode_key].levels]
+        if level not in names:
+            raise OptionError(f"{MODES[mode_key].name} paging has no {level} level "
+                              f"(it has {', '.join(names)})")
+        maxphyaddr = _first(args.maxphyaddr, params.value("maxphyaddr"), 52)
+        rule = level_rules(MODES[mode_key], args.nxe == "1", maxphyaddr,
+                           vendor=args.vendor)[names.index(level)]
+        bits = list(explain_entry(args.value, rule))
+        if domain != "hvm" or version is not None:
+            view = XenView(make_policy(args, domain, version, debug), mode_key != "pv32")
+            bits += [(name, 1, meaning) for name, meaning in
+                     view.explain_bits(args.value, level, rule.is_leaf(args.value))]
+        head = (f"{level} entry {args.value:#018x} ({MODES[mode_key].name} paging, "
+                f"NXE={args.nxe}, MAXPHYADDR {maxphyaddr}, domain {domain}"
+                + (f", Xen {version or 'newest'}{' debug' if debug else ''}"
+                   if domain != "hvm" or version else "") + ")")
+        write_lines([head] + render.bits_table(bits, style()))
+
+
+class XenCr4Command(XenPteCommand):
+    """Show the CR4 the hardware runs the domain with, bit by bit, and what it means.
+
+    VALUE is the guest's CR4 (HVM: its own; Xen PV: the value the guest sees); without it, the
+    current target's (or --core/--raw vCPU's) CR4 is used. Each bit says where it came from: Xen's
+    policy, the guest's CR4, the domain type. Then which ring the guest kernel runs in and whether
+    SMEP, SMAP, PKE and PKS apply to it."""
+
+    command = "xen-cr4"
+    takes_address = True
+
+    def build_parser(self) -> GdbArgumentParser:
+        p = GdbArgumentParser(self.command, "", epilog=(
+            "examples:\n  xen-cr4 --domain pv64 --xen 4.17\n"
+            "  xen-cr4 0x660 --domain pv32 --xen 4.6\n  xen-cr4 --core guest.xc"))
+        p.add_argument("value", metavar="VALUE", type=address, nargs="?",
+                       help="the guest's CR4 (default: from the target or dump)")
+        g = p.add_argument_group("source (when VALUE is not given)")
+        g.add_argument("--core", metavar="FILE", help="take CR4 from a dump's vCPU")
+        g.add_argument("--raw", metavar="FILE@BASE", help="accepted for symmetry; a raw image "
+                                                          "has no registers")
+        g.add_argument("--vcpu", metavar="N", type=int_in(0, 4095), help="which vCPU's CR4")
+        add_xen_options(p)
+        p.add_argument("--xen-cr4", metavar="VALUE", type=address,
+                       help="Xen's own CR4 (mmu_cr4_features) when known, e.g. read in Xen's "
+                            "idle loop (default: derived from version and hardware)")
+        p.add_argument("--context", metavar="kernel|user|xen",
+                       type=choice_of("kernel", "user", "xen"), default="kernel",
+                       help="whose code runs on the vCPU: the guest kernel (default), guest "
+                            "user space, or Xen on the guest's behalf")
+        return p
+
+    def run(self, args: argparse.Namespace) -> None:
+        source = None
+        if args.value is None and (args.core or args.raw):
+            args.direct_map = None
+            source = open_source(args)
+        try:
+            guest_cr4 = args.value if args.value is not None else guest_cr4_of(source, args.vcpu)
+            domain, version, debug = domain_and_xen(args, source)
+        finally:
+            if source is not None:
+                source.close()
+        policy = make_policy(args, domain, version, debug)
+        eff = xen.effective_cr4(policy, guest_cr4, args.xen_cr4, args.context)
+        seen = xen.guest_visible_cr4(policy, guest_cr4, args.xen_cr4) if policy.is_pv else None
+        prot = xen.kernel_protections(policy, guest_cr4, args.xen_cr4)
+        write_lines(render.cr4_text(policy, guest_cr4, eff, seen, prot, args.context, style()))
+
+
+class XenPteCheckCommand(XenPteCommand):
+    """Report the anomalies of the whole address space, grouped and counted, worst first.
+
+    Reserved bits, guest-kernel accesses that fault under SMEP/SMAP (the infinite-#PF-loop
+    candidates, with the access kind), bits Xen's PV disallow masks refuse, W+X mappings,
+    user-accessible kernel-half mappings (HVM), Xen bits the CPU would read as a protection key,
+    and tables that could not be read."""
+
+    command = "xen-pte-check"
+
+    def build_parser(self) -> GdbArgumentParser:
+        p = GdbArgumentParser(self.command, "", epilog=(
+            "examples:\n  xen-pte-check\n  xen-pte-check --core dom1.xc --examples 50\n"
+            "  xen-pte-check --json --core guest.elf"))
+        add_source_options(p)
+        add_cpu_options(p)
+        add_xen_options(p)
+        o = p.add_argument_group("output")
+        o.add_argument("--examples", metavar="N", type=int_in(0, 1 << 30), default=10,
+                       help="mappings listed per category (default 10; all are counted)")
+        o.add_argument("--json", action="store_true",
+                       help="JSON Lines: header, one anomaly record per finding, summary")
+        return p
+
+    def run(self, args: argparse.Namespace) -> None:
+        with open_source(args) as src:
+            s = setup(args, src)
+            walker = Walker(src, s.cpu, mode=s.mode, domain=s.xen_view, judge=s.judge)
+            header = render.header_record(s.cpu, s.guest_cr4, s.effective_cr4, walker.mode.name,
+                                          s.domain, s.xen_version, s.xen_debug, src.describe(),
+                                          list(walker.notes) + s.notes)
+            groups = anomalies.group(walker.iter_mappings(), s.domain, s.xen_view)
+        if args.json:
+            recs = [header] + [render.anomaly_record(key, f) for key, _t, fs in groups
+                               for f in fs]
+            recs.append(render.check_summary_record(groups, walker.stats))
+            return write_lines(render.dumps(r) for r in recs)
+        write_lines(render.header_lines(header) + render.check_text(groups, args.examples,
+                                                                     style()))
+
+
+COMMANDS = (XenPteWalkCommand, XenPteDecodeCommand, XenCr4Command, XenPteCheckCommand)
 
 
 def register() -> List[gdb.Command]:

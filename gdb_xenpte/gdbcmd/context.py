@@ -20,6 +20,7 @@ from ..sources.base import PhysSource, VcpuRegs
 from ..sources.open import pick_vcpu
 from .. import xen
 from ..verdicts import Judge
+from ..xenview import XenView
 from . import params
 from .args import GdbArgumentParser, address, choice_of, int_in
 from .live import open_live_source
@@ -117,6 +118,7 @@ class Setup:
     xen_view: object = None
     mode: Optional[str] = None
     notes: List[str] = field(default_factory=list)
+    policy: object = None
 
 
 def _first(*values):
@@ -143,10 +145,7 @@ def setup(args: argparse.Namespace, source: PhysSource) -> Setup:
     if cr3 is None:
         raise OptionError(f"{source.name} gives no CR3: give --cr3 VALUE")
     cr4 = _first(opt("cr4"), regs.cr4, 0)
-    domain = _first(opt("domain"), params.value("domain"), source.domain, "hvm")
-    version = _first(opt("xen"), params.value("xen-version"),
-                     ".".join(map(str, source.xen_version)) if source.xen_version else None)
-    debug = bool(_first(opt("xen_debug"), params.value("xen-debug")))
+    domain, version, debug = domain_and_xen(args, source)
     ac = _first(opt("ac"), params.value("ac"))
     cpu = CpuState(
         cr0=_first(opt("cr0"), regs.cr0, CpuState.cr0), cr3=cr3, cr4=cr4,
@@ -157,11 +156,9 @@ def setup(args: argparse.Namespace, source: PhysSource) -> Setup:
         maxphyaddr=_first(opt("maxphyaddr"), params.value("maxphyaddr"), 52),
         long_mode=regs.long_mode)
     notes = list(regs.notes)
-    effective, xen_view, mode = cr4, None, None
+    effective, xen_view, mode, policy = cr4, None, None, None
     if domain != "hvm" or version is not None:  # Xen is in the picture
-        policy = xen.XenPolicy(version or NEWEST_XEN, domain, debug,
-                               smep=_sm(_first(opt("smep"), params.value("smep"))),
-                               smap=_sm(_first(opt("smap"), params.value("smap"))))
+        policy = make_policy(args, domain, version, debug)
         if version is None:
             notes.append(f"Xen version unknown: assuming the newest behaviour known "
                          f"({policy.version[0]}.{policy.version[1]}+; give --xen VERSION)")
@@ -173,11 +170,32 @@ def setup(args: argparse.Namespace, source: PhysSource) -> Setup:
             notes.append("CR4 is the hardware value read from the vCPU (used as the effective CR4)")
         if domain == "pv32" and regs.cr4_is_guest_view:
             mode = "pv32"  # a dump's pv32 CR3 is the guest's own PAE L3
-        xen_view = XenView(policy)
+        xen_view = XenView(policy, root_is_xen_l4=mode != "pv32")
     cpu = cpu.with_(cr4=effective)
     judge = Judge(cpu.cr0, effective, xen.kernel_cpl(domain), cpu.ac, cpu.pkru, cpu.pkrs)
     return Setup(source, cpu, cr4, effective, domain, version, debug, judge, xen_view, mode,
-                 notes)
+                 notes, policy)
+
+
+def make_policy(args: argparse.Namespace, domain: str, version: Optional[str], debug: bool):
+    """The Xen policy the options and parameters describe (newest Xen when no version is known).
+
+    :raises OptionError: for an unknown version or an option the version lacks.
+    """
+    opt = lambda name: getattr(args, name, None)
+    return xen.XenPolicy(version or NEWEST_XEN, domain, debug,
+                         smep=_sm(_first(opt("smep"), params.value("smep"))),
+                         smap=_sm(_first(opt("smap"), params.value("smap"))))
+
+
+def domain_and_xen(args: argparse.Namespace, source: Optional[PhysSource] = None):
+    """``(domain, version, debug)`` from options, parameters and the source, in that order."""
+    opt = lambda name: getattr(args, name, None)
+    domain = _first(opt("domain"), params.value("domain"), source and source.domain, "hvm")
+    sv = source.xen_version if source is not None else None
+    version = _first(opt("xen"), params.value("xen-version"),
+                     ".".join(map(str, sv)) if sv else None)
+    return domain, version, bool(_first(opt("xen_debug"), params.value("xen-debug")))
 
 
 def _sm(value: Optional[str]):
@@ -185,31 +203,26 @@ def _sm(value: Optional[str]):
     return True if value is None else value
 
 
-class XenView:
-    """What the walker asks of the Xen policy, answered by :mod:`gdb_xenpte.xen` (delegation only).
+def guest_cr4_of(source: Optional[PhysSource], vcpu: Optional[int]) -> int:
+    """The CR4 of a dump's vCPU, or of the live target's selected (or given) vCPU.
 
-    Levels Xen does not validate (a PV32 guest's L4, 5-level tables) carry no Xen bits.
+    :raises OptionError: when there is no target, or the vCPU's CR4 is unknown.
     """
-
-    def __init__(self, policy):
-        self.policy = policy
-
-    def _bits(self, raw: int, level: str):
-        try:
-            return xen.xen_bits(raw, level, self.policy)
-        except OptionError:
-            return ()
-
-    def xen_bits(self, raw: int, level: str, leaf: bool):
-        return [name for _bit, name, _meaning in self._bits(raw, level)]
-
-    def explain_bits(self, raw: int, level: str, leaf: bool):
-        out = [(name, f"bit {bit}: {meaning}") for bit, name, meaning in self._bits(raw, level)]
-        try:
-            clash = xen.pkey_collision(raw, level, self.policy)
-        except OptionError:
-            clash = None
-        return out + ([("PKEY", clash)] if clash else [])
-
-    def slot_label(self, level: str, index: int):
-        return None
+    if source is None:
+        if gdb.selected_inferior().pid == 0:
+            raise OptionError("no CR4 to explain: give VALUE, --core FILE, or connect to a target")
+        from .live import GdbStub
+        vcpus = GdbStub().vcpus()
+        thread = gdb.selected_thread()
+        index = vcpu if vcpu is not None else (thread.num - 1 if thread else 0)
+        regs = next((v for v in vcpus if v.index == index), None)
+        if regs is None:
+            raise OptionError(f"vCPU {index} does not exist (vCPUs: "
+                              f"{', '.join(str(v.index) for v in vcpus) or 'none'})")
+        where = f"vCPU {index} of the target"
+    else:
+        regs = _vcpu(source, vcpu)
+        where = f"vCPU {regs.index} of {source.name}" if regs.index >= 0 else source.name
+    if regs.cr4 is None:
+        raise OptionError(f"{where} has no CR4: give VALUE")
+    return regs.cr4

@@ -1,0 +1,112 @@
+"""xen-pte-decode, xen-cr4 and xen-pte-check under the real gdb."""
+
+import json
+
+import jsonschema
+import pytest
+from referencing import Registry, Resource
+
+from gdbrun import ROOT, run_gdb
+from test_walk import image  # noqa: F401  (the shared raw-image fixture)
+
+DATA = ROOT / "gdb_xenpte" / "data"
+
+
+def _ok(res):
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    return res.stdout
+
+
+def _fields(out):
+    """{field: (value, meaning)} from a decode table."""
+    rows = {}
+    for ln in out.splitlines()[3:]:
+        parts = ln.split(None, 2)
+        if len(parts) == 3:
+            rows[parts[0]] = (parts[1], parts[2])
+    return rows
+
+
+def test_decode_plain_entry():
+    out = _ok(run_gdb("xen-pte-decode 0x8000000000300163"))
+    assert out.splitlines()[0] == ("pt entry 0x8000000000300163 (4-level paging, NXE=1, "
+                                   "MAXPHYADDR 52, domain hvm)")
+    f = _fields(out)
+    assert f["P"][0] == "1" and f["US"] == ("0", "supervisor") and f["G"][0] == "1"
+    assert f["frame"][0] == "0x300000" and f["XD"] == ("1", "no execute")
+    assert not any(k.startswith("_PAGE") for k in f)
+
+
+def test_decode_xen_bits_and_pkey_collision():
+    out = _ok(run_gdb("xen-pte-decode 0x4010000000300067 --domain pv64 --xen 4.17 --xen-debug"))
+    f = _fields(out)
+    assert "_PAGE_GUEST_KERNEL" in f and "_PAGE_GNTTAB" in f
+    assert "PKEY-COLLISION" in f and "bit 62" in f["PKEY-COLLISION"][1]
+    release = _fields(_ok(run_gdb("xen-pte-decode 0x4010000000300067 --domain pv64 --xen 4.17")))
+    assert "_PAGE_GUEST_KERNEL" in release and "_PAGE_GNTTAB" not in release
+
+
+def test_decode_levels_and_modes():
+    assert "RSVD" in _fields(_ok(run_gdb("xen-pte-decode 0x83 --level pml4")))
+    out = _ok(run_gdb("xen-pte-decode 0x1e3 --level 2 --mode pae"))
+    assert out.startswith("pd entry") and "maps a 2 MiB page" in out
+    res = run_gdb("xen-pte-decode 0x1 --level pml5")
+    assert _ok(res).startswith("pml5 entry") and "5-level" in res.stdout
+    res = run_gdb("xen-pte-decode 0x1 --level pml4 --mode pae")
+    assert [ln for ln in res.stderr.splitlines() if ln] == [
+        "xen-pte-decode: PAE paging has no pml4 level (it has pdpt, pd, pt)"]
+
+
+def test_decode_needs_a_value():
+    res = run_gdb("xen-pte-decode")
+    assert [ln for ln in res.stderr.splitlines() if ln] == [
+        "xen-pte-decode: the following arguments are required: VALUE"]
+
+
+def test_cr4_pv32_before_and_after_4_7():
+    old = _ok(run_gdb("xen-cr4 0x660 --domain pv32 --xen 4.6"))
+    new = _ok(run_gdb("xen-cr4 0x660 --domain pv32 --xen 4.17"))
+    assert "guest kernel: CPL 1; SMEP applies, SMAP applies" in old
+    assert "guest kernel: CPL 1; SMEP does not apply, SMAP does not apply" in new
+    assert "guest-visible CR4" in new
+
+
+def test_cr4_pv64_kernel_is_ring3():
+    out = _ok(run_gdb("xen-cr4 0x660 --domain pv64 --xen 4.17"))
+    assert "guest kernel: CPL 3; SMEP does not apply, SMAP does not apply" in out
+
+
+def test_cr4_from_a_dump_without_registers_is_one_error(image):  # noqa: F811
+    path = image.split()[1].split("@")[0]
+    res = run_gdb(f"xen-cr4 --raw {path}@0")
+    (line,) = [ln for ln in res.stderr.splitlines() if ln]
+    assert line.startswith("xen-cr4: raw image guest.raw@0x0") and line.endswith(
+        "has no CR4: give VALUE")
+
+
+def test_check_groups_worst_first(image):  # noqa: F811
+    out = _ok(run_gdb(f"xen-pte-check {image}"))
+    heads = [ln.split("]")[0] + "]" for ln in out.splitlines() if ln.startswith("[")]
+    assert heads == ["[kernel-smep-smap]", "[wx]"]
+    assert "[wx] writable and executable mappings: 2 ranges, 3 pages" in out
+
+
+def test_check_json_validates(image):  # noqa: F811
+    walk = json.loads((DATA / "xen-pte-walk.schema.json").read_text())
+    check = json.loads((DATA / "xen-pte-check.schema.json").read_text())
+    registry = Registry().with_resources([
+        ("gdb_xenpte/xen-pte-walk.schema.json", Resource.from_contents(walk)),
+        ("gdb_xenpte/xen-pte-check.schema.json", Resource.from_contents(check))])
+    validator = jsonschema.Draft202012Validator(check, registry=registry)
+    res = run_gdb(f"xen-pte-check --json {image}")
+    recs = [json.loads(ln) for ln in _ok(res).splitlines()]
+    for r in recs:
+        validator.validate(r)
+    assert [r["type"] for r in recs] == ["header"] + ["anomaly"] * 4 + ["summary"]
+    assert recs[-1]["counts"] == {"kernel-smep-smap": 2, "wx": 2}
+
+
+def test_check_pv64_disallowed_and_xen_bits(image):  # noqa: F811
+    out = _ok(run_gdb(f"xen-pte-check --domain pv64 --xen 4.17 {image}"))
+    # A PV64 kernel runs at CPL3: SMEP/SMAP never trap it, so that category is gone.
+    assert "[kernel-smep-smap]" not in out
