@@ -101,3 +101,29 @@ def test_wrong_magic(tmp_path):
     with pytest.raises(DumpFormatError) as err:
         XcCoreSource(str(path))
     assert "0xf00febef" in str(err.value) and "file offset" in str(err.value)
+
+
+def test_reverse_index_without_numpy(tmp_path, monkeypatch):
+    """numpy only speeds up sorting the p2m; the pure-Python path must give the same answers."""
+    import sys
+    monkeypatch.setitem(sys.modules, "numpy", None)
+    path = tmp_path / "nonumpy.core"
+    write_xc_core(path, pv_pages(), PV_VCPUS, kind="pv64", p2m=P2M)
+    with XcCoreSource(str(path)) as src:
+        for pfn, mfn in P2M.items():
+            assert src.translate_frame(mfn) == pfn
+        assert src.translate_frame(0x4242) is None
+
+
+def test_vcpu_contexts_truncated(tmp_path):
+    path = tmp_path / "ctx.core"
+    layout = write_xc_core(path, pv_pages(), PV_VCPUS, kind="pv64", p2m=P2M)
+    data = bytearray(path.read_bytes())
+    # Shrink .xen_prstatus (section header 3, sh_size at +32) below two contexts.
+    import struct
+    struct.pack_into("<Q", data, 64 + 64 * 3 + 32, 5168 + 100)
+    path.write_bytes(bytes(data))
+    with pytest.raises(DumpFormatError) as err:
+        XcCoreSource(str(path))
+    assert "announces 2" in str(err.value) and f"{layout.offsets['.xen_prstatus']:#x}" in str(
+        err.value)

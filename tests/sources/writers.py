@@ -135,11 +135,18 @@ def write_qemu_elf(path, pages: Dict[int, bytes], vcpus: Sequence[dict], *, elf_
 # kdump-compressed (QEMU include/sysemu/dump.h; makedumpfile diskdump_mod.h)
 
 def _compress(data: bytes, method: str) -> Tuple[bytes, int]:
+    """Compress one page as QEMU does (raw streams, no headers); store as is if it grows."""
     if method == "zlib":
-        packed = zlib.compress(data, 1)
-        if len(packed) < len(data):
-            return packed, 0x1
-    return data, 0
+        packed, flag = zlib.compress(data, 1), 0x1
+    elif method == "lzo":
+        import lzo  # python-lzo; raw LZO1X-1 like QEMU's lzo1x_1_compress
+        packed, flag = lzo.compress(data, 1, False), 0x2
+    elif method == "snappy":
+        import snappy  # python-snappy; raw (unframed) snappy like QEMU's snappy_compress
+        packed, flag = snappy.compress(data), 0x4
+    else:
+        return data, 0
+    return (packed, flag) if len(packed) < len(data) else (data, 0)
 
 
 Pieces = List[Tuple[int, bytes]]
