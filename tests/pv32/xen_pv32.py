@@ -56,7 +56,7 @@ REPO = TESTS.parent
 GUEST_DIR = Path(__file__).resolve().parent / "guest"
 GUEST_SOURCES = ("pv32.s", "pv32.ld")
 SRC_LIST = Path("/etc/apt/sources.list.d/gdb-xenpte-src.sources")
-# The one change to Debian's hypervisor config (xen/arch/x86/Kconfig: "Support for 32bit PV guests").
+# The one change to Debian's hypervisor config (xen/arch/x86/Kconfig: 32-bit PV guest support).
 CONFIG_DELTA = "CONFIG_PV32=y\n"
 XEN_SERIES = "4.17"
 # Tools the hypervisor-only build needs beyond the base image (gcc, make, dpkg-dev, python3):
