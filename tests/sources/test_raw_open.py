@@ -76,3 +76,21 @@ def test_forced_format_mismatch(tmp_path):
 
 def test_every_format_named():
     assert set(FORMATS) == {"kdump", "xc-core", "qemu-elf", "raw"}
+
+
+def test_vcpu_index_that_does_not_exist(tmp_path):
+    from gdb_xenpte.sources.open import pick_vcpu
+    elf = tmp_path / "two.elf"
+    write_qemu_elf(elf, sample_low_pages(), VCPUS)
+    with open_dump(str(elf)) as src:
+        assert pick_vcpu(src, 1).index == 1
+        for bad in (2, -1):
+            with pytest.raises(OptionError) as err:
+                pick_vcpu(src, bad)
+            assert "two.elf" in str(err.value) and "vCPUs 0..1" in str(err.value)
+    raw = tmp_path / "ram.bin"
+    write_raw(raw, sample_low_pages())
+    with open_dump(str(raw), fmt="raw") as src:
+        with pytest.raises(OptionError) as err:
+            pick_vcpu(src, 0)
+        assert "ram.bin" in str(err.value) and "no vCPU registers" in str(err.value)
