@@ -174,3 +174,15 @@ def test_reads_outside_guest_ram_are_reported(guest):
     res = _live(guest, f"xen-pte-walk {_regs(guest)} --cr3 0x80000000 0x1000")
     assert "outside guest RAM at physical address 0x80000000" in res.stdout + res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_direct_map_source_reads_tables_through_guest_virtual_memory(guest):
+    # The oracle guest identity-maps its first 16 MiB (VA == PA), where its tables live: a walk
+    # through that "direct map" with gdb's ordinary (virtual) reads equals the physical walk.
+    regs = _regs(guest)
+    phys = _live(guest, f"xen-pte-walk --json {regs}").json_lines()
+    virt = _live(guest, f"xen-pte-walk --json --direct-map 0 {regs}").json_lines()
+    maps = lambda recs: [r for r in recs if r["type"] == "mapping"]
+    assert maps(virt) == maps(phys)
+    assert virt[0]["source"].startswith("direct map at 0x0")
+    assert _mode(guest) == "0"
