@@ -35,12 +35,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
-TESTS = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 try:
-    from targets.packages import TargetSetupError
-except ImportError:  # run as a script: the tests/ folder is not on sys.path yet
-    sys.path.insert(0, str(TESTS))
-    from targets.packages import TargetSetupError
+    from tests.targets.packages import TargetSetupError
+except ImportError:  # run as a script: the repository root is not on sys.path yet
+    sys.path.insert(0, str(REPO))
+    from tests.targets.packages import TargetSetupError
 
 __all__ = [
     "GUEST_DIR",
@@ -52,7 +52,6 @@ __all__ = [
     "xen_source_versions",
 ]
 
-REPO = TESTS.parent
 GUEST_DIR = Path(__file__).resolve().parent / "guest"
 GUEST_SOURCES = ("pv32.s", "pv32.ld")
 SRC_LIST = Path("/etc/apt/sources.list.d/gdb-xenpte-src.sources")
