@@ -99,7 +99,8 @@ def level_rules(mode: PagingMode, nxe: bool, maxphyaddr: int = 52, pse: bool = T
     :param nxe: EFER.NXE: bit 63 is XD when set and reserved when clear (Tables 4-9..4-20).
     :param maxphyaddr: physical-address width; bits from it to 51 (62 in PAE) are reserved.
     :param pse: CR4.PSE; only 32-bit paging consults it (4-MiB pages).
-    :param vendor: ``"amd"`` also reserves bit 8 of PML4Es/PML5Es (AMD APM Vol. 2 §5.3.3).
+    :param vendor: ``"amd"`` also reserves bit 8 of non-leaf PML5Es/PML4Es/PDPEs (AMD APM Vol. 2
+        §5.3.3).
     """
     m = maxphyaddr
     rules = []
@@ -139,8 +140,10 @@ def level_rules(mode: PagingMode, nxe: bool, maxphyaddr: int = 52, pse: bool = T
         table_rsvd = phys_rsvd | xd_rsvd
         if ps_reserved:
             table_rsvd |= 1 << 7
-            if vendor == "amd":
-                table_rsvd |= 1 << 8
+        if vendor == "amd" and lv.name in ("pml5", "pml4", "pdpt"):
+            # AMD APM Vol. 2 §5.3.3 (Figures 5-18/5-19): bit 8 of non-leaf PML4Es and PDPEs is
+            # MBZ; Intel ignores it. (QEMU TCG does not enforce this; KVM's MMU does.)
+            table_rsvd |= 1 << 8
         rules.append(LevelRule(
             lv.name, depth, lv.shift, lv.index_bits, 8, last, can_leaf, ps_reserved,
             table_rsvd=table_rsvd,

@@ -216,16 +216,20 @@ def test_rights_are_anded_across_levels():
         assert not by_va[0x40000000].effective.write, level
 
 
-def test_amd_reserves_bit_8_in_pml4e():
-    """AMD APM Vol. 2 §5.3.3: PML4E bits 8:7 are MBZ; Intel ignores bit 8 (Table 4-15)."""
+@pytest.mark.parametrize("level", ["pml4", "pdpt"])
+def test_amd_reserves_bit_8_in_non_leaf_pml4e_and_pdpe(level):
+    """AMD APM Vol. 2 §5.3.3: bit 8 of non-leaf PML4Es and PDPEs is MBZ; Intel ignores it
+    (SDM Tables 4-15, 4-17). Pitfall: littlekernel PR #298. In a leaf it is G on both."""
     b = Builder("4level")
     b.map(0x1000, 0x2000, flags=P | RW)
-    b.update(0x1000, "pml4", set_bits=G)
+    b.update(0x1000, level, set_bits=G)
+    b.map(0x40000000, 0x40000000, size=GiB1, flags=P | RW | G)
     cpu = CpuState(cr4=CR4.PAE, cr3=b.cr3, efer=LM)
-    _, (m,) = walk_all(b, cpu)
+    _, (m, big) = walk_all(b, cpu)
     assert not m.rsvd
-    _, (m,) = walk_all(b, cpu.with_(vendor="amd"))
-    assert m.rsvd and "pml4[0]: bit 8 reserved" in m.rsvd[0]
+    _, (m, big) = walk_all(b, cpu.with_(vendor="amd"))
+    assert m.rsvd and f"{level}[0]: bit 8 reserved" in m.rsvd[0]
+    assert not big.rsvd and "G" in big.flags
 
 
 def test_5level_canonical_addresses():
