@@ -223,7 +223,7 @@ def test_amd_reserves_bit_8_in_non_leaf_pml4e_and_pdpe(level):
     b = Builder("4level")
     b.map(0x1000, 0x2000, flags=P | RW)
     b.update(0x1000, level, set_bits=G)
-    b.map(0x40000000, 0x40000000, size=GiB1, flags=P | RW | G)
+    b.map(0x8040000000, 0x40000000, size=GiB1, flags=P | RW | G)  # under another PML4E
     cpu = CpuState(cr4=CR4.PAE, cr3=b.cr3, efer=LM)
     _, (m, big) = walk_all(b, cpu)
     assert not m.rsvd
