@@ -121,10 +121,12 @@ class NewcArchive:
         return b"".join(self._chunks)
 
 
-def default_init_script(marker: str = READY_MARKER) -> str:
+def default_init_script(marker: str = READY_MARKER, before_ready: str = "") -> str:
     """Return the default ``/init``: mount the pseudo filesystems, announce, idle in userspace.
 
     :param marker: the line printed on ``/dev/console`` once the mounts are done.
+    :param before_ready: shell lines run just before the marker (e.g. to report guest facts on
+        the console for the host to check).
     """
     return f"""#!/bin/sh
 # Test guest init: no root filesystem, everything lives in this initramfs.
@@ -132,6 +134,7 @@ def default_init_script(marker: str = READY_MARKER) -> str:
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+{before_ready}
 echo "{marker}" > /dev/console
 # Keep userspace scheduling: a process that wakes every second (not a busy loop, which would
 # steal host CPU from the other guests and tests under TCG).
