@@ -3,13 +3,16 @@
 The oracle guest (tests/guests/oracle) performs every access to every mapping under every CPU
 configuration and records the outcome; here each recorded access is judged by the engine
 (:class:`~gdb_xenpte.walk.Walker` + :class:`~gdb_xenpte.verdicts.Judge`) on the same tables, read
-from a raw image of the halted guest's RAM, with the registers recorded at the time. The guest
-runs with 4- and 5-level paging, each booted once per session. The first tests check the harness
-itself: the guest finished, gdb and the monitor see it, QEMU dies with the test.
+from a raw image of the halted guest's RAM, with the registers recorded at the time. The guests
+run 32-bit, PAE, 4- and 5-level paging, under QEMU's AMD (`-cpu max`) and Intel vendor IDs, each
+booted once per session (~0.2 s each). The first tests check the harness itself: the guest
+finished, gdb and the monitor see it, QEMU dies with the test.
 
 Known QEMU quirks this must live with (shared/reference/real-targets.md): TCG reports RSVD faults
 with P=0, so fault/no-fault is compared, never the P bit of an RSVD fault; a CPL3 -> CPL3
-``iretq`` is SMAP-checked wrongly, so the guest enters ring 3 from ring 0 only.
+``iretq`` is SMAP-checked wrongly, so the guest enters ring 3 from ring 0 only; TCG sets the
+accessed bit of PAE PDPTEs in memory (reserved there), so the PAE guest puts the loaded values
+back before the host reads its tables.
 """
 
 from __future__ import annotations
@@ -40,13 +43,19 @@ PF_VECTOR = 14
 PF_P, PF_W, PF_U, PF_RSVD, PF_I, PF_PK = 1, 2, 4, 8, 16, 32
 
 
-# Paging levels and QEMU CPU model of each guest. `-cpu max` says AuthenticAMD under TCG; the
-# Intel variants exercise the engine's Intel reserved-bit rules on the same tables.
+# Paging levels (2: 32-bit paging, 3: PAE) and QEMU CPU model of each guest. `-cpu max` says
+# AuthenticAMD under TCG; the Intel variants exercise the engine's Intel reserved-bit rules on the
+# same tables.
+INTEL = "max,vendor=GenuineIntel"
 RUNS = {
+    "32bit-amd": (2, "max"),
+    "pae-amd": (3, "max"),
     "4level-amd": (4, "max"),
     "5level-amd": (5, "max"),
-    "4level-intel": (4, "max,vendor=GenuineIntel"),
-    "5level-intel": (5, "max,vendor=GenuineIntel"),
+    "32bit-intel": (2, INTEL),
+    "pae-intel": (3, INTEL),
+    "4level-intel": (4, INTEL),
+    "5level-intel": (5, INTEL),
 }
 
 
@@ -68,7 +77,7 @@ def run(request, oracle_runs):
 
 def test_guest_ran_every_access(run):
     header = run.header
-    assert header["n_cases"] == len(run.cases) > 70
+    assert header["n_cases"] == len(run.cases) > {2: 15, 3: 25, 4: 80, 5: 90}[run.levels]
     # Each case: CPL0 x AC{0,1} x {read, write, exec} + CPL3 x {read, write, exec}.
     assert len(run.records) == header["n_cases"] * header["n_configs"] * 9
     assert header["maxphyaddr"] == 40  # -cpu max under TCG; the reserved-bit cases rely on it
@@ -197,11 +206,12 @@ def test_faults_are_page_faults_with_consistent_error_codes(run, judged):
         if rec["vector"] != PF_VECTOR:
             problems.append(_describe(rec, "expected #PF"))
             continue
-        nxe_or_smep = rec["efer"] & (1 << 11) or rec["cr4"] & CR4.SMEP
+        # I/D reports a fetch only with XD in use (NXE under PAE/4/5-level paging) or SMEP on.
+        xd_or_smep = (rec["efer"] & (1 << 11) and rec["cr4"] & CR4.PAE) or rec["cr4"] & CR4.SMEP
         expect = {
             "W": rec["kind"] == "write",
             "U/S": rec["cpl"] == 3,
-            "I/D": rec["kind"] == "exec" and bool(nxe_or_smep),
+            "I/D": rec["kind"] == "exec" and bool(xd_or_smep),
         }
         got = {"W": bool(err & PF_W), "U/S": bool(err & PF_U), "I/D": bool(err & PF_I)}
         reasons = () if trace.mapping is None else trace.mapping.verdicts[
@@ -223,18 +233,18 @@ def test_cases_cover_every_distinction(run):
     for rec in run.records:
         faulted[rec["case"]].add(rec["faulted"])
     both = {name for name, outcomes in faulted.items() if outcomes == {True, False}}
-    prefixes = ["us0_", "ro_", "nx_", "pkey1_", "user_rw_", "bit62_", "avl"]
-    if run.header["has_pks"]:
+    prefixes = {2: ["us0_", "ro_", "user_rw_", "avl"],
+                3: ["us0_", "ro_", "nx_", "user_rw_", "avl"]}.get(
+        run.levels, ["us0_", "ro_", "nx_", "pkey1_", "user_rw_", "bit62_", "avl"])
+    if run.header["has_pks"] and run.levels >= 4:
         prefixes.append("pkey2_sup_")  # faults only through IA32_PKRS
     for prefix in prefixes:
         assert any(name.startswith(prefix) for name in both), prefix
     always = {name for name, outcomes in faulted.items() if outcomes == {True}}
-    assert {"rsvd45_pt", "rsvd_ps_pml4", "rsvd_align13_2m", "np_pt"} <= always
+    assert {2: {"rsvd21_4m", "np_pt"},
+            3: {"rsvd45_pt", "rsvd52_pt", "rsvd_align13_2m", "np_pt"}}.get(
+        run.levels, {"rsvd45_pt", "rsvd_ps_pml4", "rsvd_align13_2m", "np_pt"}) <= always
 
-
-# PKRU while the guest halts: the gdbstub does not expose PKRU, so the live walk is told (oracle.c
-# final_config, identical to one of the probed configurations).
-FINAL_PKRU = 0x24
 
 
 @pytest.mark.parametrize("ac", [0, 1])
@@ -246,7 +256,9 @@ def test_live_walk_over_gdbstub_matches_the_cpu(oracle_runs, name, ac):
     rules, which differ from AMD's for bit 8 of PML4Es/PML5Es.
     """
     run = oracle_runs[name]
-    walk = (f"xen-pte-walk --json --pkru {FINAL_PKRU:#x} --ac {ac} "
+    # The gdbstub does not expose PKRU: the walk is told the value the guest left loaded (its
+    # final configuration equals one of the probed ones).
+    walk = (f"xen-pte-walk --json --pkru {run.header['final_pkru']:#x} --ac {ac} "
             f"--maxphyaddr {run.header['maxphyaddr']}")
     result = run_gdb(*connect_commands(run.vm.gdb_port)[2:], walk, "detach")
     assert result.returncode == 0, result.stderr
@@ -260,7 +272,7 @@ def test_live_walk_over_gdbstub_matches_the_cpu(oracle_runs, name, ac):
                      if int(m["va"], 16) <= va < int(m["va"], 16) + m["size"]), None)
 
     final = (run.header["final_cr0"], run.header["final_cr4"], run.header["final_efer"],
-             FINAL_PKRU)
+             run.header["final_pkru"])
     checked, mismatches = 0, []
     for rec in run.records:
         if (rec["cr0"], rec["cr4"], rec["efer"], rec["pkru"]) != final:

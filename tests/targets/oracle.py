@@ -1,11 +1,12 @@
 """Build, boot and read the verdict oracle guest (sources in ``tests/guests/oracle``).
 
 The guest builds page tables for every case the engine distinguishes, performs every access
-(read/write/exec at CPL0 with AC=0 and 1, and at CPL3) under a list of CR0/CR4/EFER/PKRU
-configurations, records whether the CPU faulted, and halts. This module builds it (nasm, gcc, ld,
-objcopy; cached under ``<repo>/.cache/oracle/<hash of sources and tools>``), boots it under QEMU
-with 4- or 5-level paging, and hands back the recorded table, the tables' root and a raw image of
-guest RAM to walk::
+(read/write/exec at CPL0 with AC=0 and 1, and at CPL3) under a list of CR0/CR4/EFER/PKRU/PKRS
+configurations, records whether the CPU faulted, and halts. There are two images: long mode
+(4- and 5-level paging) and legacy protected mode (32-bit and PAE paging). This module builds them
+(nasm, gcc, ld, objcopy; cached under ``<repo>/.cache/oracle/<hash of sources and tools>``), boots
+one under QEMU, and hands back the recorded table, the tables' root and a raw image of guest RAM
+to walk::
 
     from tests.targets.oracle import boot_oracle
 
@@ -13,11 +14,12 @@ guest RAM to walk::
         run.cases         # [{"id", "name", "va", "leaf_level"}]
         run.records       # [{"case_id", "kind", "cpl", "ac", "faulted", "vector", "error_code",
                           #   "cr0", "cr4", "efer", "pkru", "pkrs", "va", "cr2", "rip"}]
-        run.header["cr3"], run.header["maxphyaddr"], run.header["vendor"], run.header["has_pks"]
+        run.header["cr3"], run.header["maxphyaddr"], run.header["vendor"], run.header["has_pks"],
+        run.header["final_cr0"], ["final_cr4"], ["final_efer"], ["final_pkru"]  # at the halt
         run.ram_path      # pmemsave of all guest RAM (byte i = guest-physical address i)
         run.vm            # the Qemu, still running (halted guest) until the block ends
 
-``python3 -m tests.targets.oracle [--levels 5] [--cpu max]`` boots it once and prints per case how
+``python3 -m tests.targets.oracle [--levels 2|3|4|5] [--cpu max]`` boots it once and prints per case how
 many accesses faulted.
 
 Failure modes: :class:`~tests.targets.qemu.QemuSetupError` when a build tool or QEMU is missing;
@@ -43,15 +45,14 @@ __all__ = ["KINDS", "OracleError", "OracleRun", "RAM_BYTES", "boot_oracle", "bui
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST_DIR = REPO / "tests" / "guests" / "oracle"
-GUEST_SOURCES = ("boot.asm", "oracle.c", "oracle.h", "link.ld")
 RAM_BYTES = 32 << 20
 
 # Freestanding 64-bit code at 1 MiB: no SSE (the guest never enables it), no red zone (exceptions
 # push onto the current stack), no PIC/PIE, no stack protector or CET (no runtime behind them).
-CFLAGS = ("-m64", "-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-ffreestanding",
+CFLAGS = ("-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror", "-ffreestanding",
           "-fno-builtin", "-fno-pic", "-fno-pie", "-mno-red-zone", "-mgeneral-regs-only",
           "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-fcf-protection=none")
-LDFLAGS = ("-m", "elf_x86_64", "-nostdlib", "-no-pie", "-z", "max-page-size=4096",
+LDFLAGS = ("-nostdlib", "-no-pie", "-z", "max-page-size=4096",
            "-z", "noexecstack", "--no-warn-rwx-segments")
 # Tool -> Debian package, for the setup error.
 BUILD_TOOLS = {"nasm": "nasm", "gcc": "gcc", "ld": "binutils", "objcopy": "binutils",
@@ -67,7 +68,7 @@ STATE_DONE = 2
 _HEADER = struct.Struct("<QIIIIIIQQQQQQII16sII")
 _HEADER_FIELDS = ("magic", "version", "state", "n_cases", "n_records", "n_configs", "maxphyaddr",
                   "cases_pa", "records_pa", "cr3", "final_cr0", "final_cr4", "final_efer",
-                  "levels", "record_size", "vendor", "has_pks", "reserved")
+                  "levels", "record_size", "vendor", "has_pks", "final_pkru")
 _CASE = struct.Struct("<QIB3x48s")
 _RECORD = struct.Struct("<IBBBBQQQQIIQQII")
 _RECORD_FIELDS = ("case_id", "kind", "cpl", "ac", "vector", "va", "cr0", "cr4", "efer", "pkru",
@@ -93,9 +94,19 @@ def _run(argv: List[str], cwd: Path) -> None:
                           f"{proc.stdout}{proc.stderr}")
 
 
-def build_guest(cache_dir: Optional[Path] = None) -> Path:
-    """Build the guest (or reuse the cached build) and return the ELF32 image for ``-kernel``.
+# The two guest images: long mode (4/5-level paging) and legacy protected mode (32-bit/PAE).
+# Per image: assembly source, nasm output format, C source, gcc -m flag, ld emulation, and whether
+# the linked ELF64 must be converted to the ELF32 that QEMU's multiboot loader takes.
+_IMAGES = {
+    "long": ("boot.asm", "elf64", "oracle.c", "-m64", "elf_x86_64", True),
+    "legacy": ("boot32.asm", "elf32", "oracle32.c", "-m32", "elf_i386", False),
+}
 
+
+def build_guest(image: str = "long", cache_dir: Optional[Path] = None) -> Path:
+    """Build a guest image (or reuse the cached build); return the ELF32 for ``-kernel``.
+
+    :param image: ``"long"`` (4- and 5-level paging) or ``"legacy"`` (32-bit and PAE paging).
     The cache key hashes the sources, the flags and the tool versions, so an edit rebuilds.
 
     :raises QemuSetupError: if nasm, gcc or binutils is missing.
@@ -103,10 +114,13 @@ def build_guest(cache_dir: Optional[Path] = None) -> Path:
     """
     for tool, package in BUILD_TOOLS.items():
         require_binary(tool, package)
-    digest = hashlib.sha256()
-    for name in GUEST_SOURCES:
+    asm, asm_format, c_source, m_flag, emulation, to_elf32 = _IMAGES[image]
+    cflags = (m_flag, *CFLAGS)
+    ldflags = ("-m", emulation, *LDFLAGS)
+    digest = hashlib.sha256(image.encode())
+    for name in (asm, c_source, "oracle.h", "link.ld"):
         digest.update(name.encode() + b"\0" + (GUEST_DIR / name).read_bytes())
-    digest.update(repr((CFLAGS, LDFLAGS)).encode() + _tool_versions())
+    digest.update(repr((cflags, ldflags)).encode() + _tool_versions())
     cache = Path(cache_dir) if cache_dir else REPO / ".cache" / "oracle"
     out_dir = cache / digest.hexdigest()[:16]
     elf = out_dir / "oracle.elf"
@@ -115,12 +129,16 @@ def build_guest(cache_dir: Optional[Path] = None) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="build-", dir=cache))
     try:
-        _run(["nasm", "-f", "elf64", "-Werror", "-o", "boot.o", str(GUEST_DIR / "boot.asm")], work)
-        _run(["gcc", *CFLAGS, "-c", "-o", "oracle.o", str(GUEST_DIR / "oracle.c")], work)
-        _run(["ld", *LDFLAGS, "-T", str(GUEST_DIR / "link.ld"), "-o", "oracle64.elf",
+        _run(["nasm", "-f", asm_format, "-Werror", "-o", "boot.o", str(GUEST_DIR / asm)], work)
+        _run(["gcc", *cflags, "-c", "-o", "oracle.o", str(GUEST_DIR / c_source)], work)
+        _run(["ld", *ldflags, "-T", str(GUEST_DIR / "link.ld"), "-o", "linked.elf",
               "boot.o", "oracle.o"], work)
-        # QEMU's multiboot loader refuses ELF64 images; the code sits below 4 GiB, so ELF32 works.
-        _run(["objcopy", "-O", "elf32-i386", "oracle64.elf", "oracle.elf"], work)
+        if to_elf32:
+            # QEMU's multiboot loader refuses ELF64 images; the code sits below 4 GiB, so an
+            # ELF32 copy works.
+            _run(["objcopy", "-O", "elf32-i386", "linked.elf", "oracle.elf"], work)
+        else:
+            os.rename(work / "linked.elf", work / "oracle.elf")
         try:
             os.rename(work, out_dir)  # atomic: a concurrent build of the same key just loses
         except OSError:
@@ -145,7 +163,7 @@ def _symbol(elf: Path, name: str) -> int:
 class OracleRun:
     """One completed run of the oracle guest.
 
-    :param levels: 4 or 5 (paging levels the guest ran with).
+    :param levels: paging levels the guest ran with: 2 (32-bit paging), 3 (PAE), 4 or 5.
     :param cpu: the QEMU CPU model it ran on.
     :param header: the results header (``cr3`` = root of the tables under test, ``maxphyaddr``,
         ``vendor``, ``final_cr0/cr4/efer`` = registers left loaded at the halt, counts).
@@ -192,10 +210,15 @@ def _read_results(vm: Qemu, header_pa: int) -> tuple:
     return header, cases, records
 
 
+_PAGING_ARG = {2: "32", 3: "pae", 4: "4", 5: "5"}
+
+
 @contextlib.contextmanager
 def boot_oracle(levels: int, workdir: Path, *, cpu: str = "max", timeout: float = 60.0,
                 cache_dir: Optional[Path] = None) -> Iterator[OracleRun]:
     """Boot the oracle guest with ``levels``-level paging, wait for it, read its results.
+
+    ``levels`` 4 or 5 boots the long-mode image; 2 (32-bit paging) or 3 (PAE) the legacy one.
 
     :param cpu: QEMU CPU model; it must offer SMEP, SMAP, PKU and 1 GiB pages (and LA57 for 5
         levels). ``max`` reports vendor AuthenticAMD under TCG; add ``,vendor=GenuineIntel`` for
@@ -207,12 +230,13 @@ def boot_oracle(levels: int, workdir: Path, *, cpu: str = "max", timeout: float 
     :raises OracleError: if the guest reports FATAL or its results are malformed.
     :raises QemuError: if it does not finish within ``timeout`` seconds.
     """
-    if levels not in (4, 5):
-        raise ValueError(f"levels must be 4 or 5, not {levels}")
-    elf = build_guest(cache_dir)
+    if levels not in _PAGING_ARG:
+        raise ValueError(f"levels must be 2, 3, 4 or 5, not {levels}")
+    elf = build_guest("long" if levels >= 4 else "legacy", cache_dir)
     workdir = Path(workdir)
-    # LA57 can only be chosen before long mode is entered: the guest reads it from its command line.
-    args = ["-kernel", str(elf), "-append", "paging=5" if levels == 5 else "paging=4"]
+    # The paging mode is chosen before paging is enabled (LA57 cannot change in long mode), so
+    # the guest reads it from its command line.
+    args = ["-kernel", str(elf), "-append", f"paging={_PAGING_ARG[levels]}"]
     with Qemu(args, memory=f"{RAM_BYTES >> 20}M", cpu=cpu, workdir=workdir) as vm:
         match = vm.wait_for_serial(r"^ORACLE: (done|FATAL).*$", timeout)
         boot_seconds = vm.seconds_since_start()
@@ -231,7 +255,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python3 -m tests.targets.oracle",
                                      description=main.__doc__)
-    parser.add_argument("--levels", type=int, choices=(4, 5), default=4)
+    parser.add_argument("--levels", type=int, choices=(2, 3, 4, 5), default=4,
+                        help="2: 32-bit paging, 3: PAE, 4/5: 4-/5-level paging")
     parser.add_argument("--cpu", default="max", help="QEMU CPU model (default: max)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp, \

@@ -142,6 +142,7 @@ static struct oracle_record records[MAX_RECORDS];
 
 _Static_assert(sizeof(struct oracle_record) == 72, "record layout is a file format");
 _Static_assert(sizeof(struct oracle_case) == 64, "case layout is a file format");
+_Static_assert(sizeof(struct oracle_header) == 112, "header layout is a file format");
 
 static void fail(const char *why) __attribute__((noreturn));
 static void fail(const char *why)
@@ -573,6 +574,7 @@ void oracle_main(u32 la57, u32 multiboot_info)
     oracle_results.final_cr0 = read_cr0();
     oracle_results.final_cr4 = read_cr4();
     oracle_results.final_efer = rdmsr(MSR_EFER);
+    oracle_results.final_pkru = final_config.pkru;
     oracle_results.state = STATE_DONE;
     puts_serial("ORACLE: done cases=");
     put_dec((u64)n);

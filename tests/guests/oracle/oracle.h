@@ -88,11 +88,11 @@ struct oracle_header {
     u64 final_cr0;       /* control registers left loaded when the guest halts */
     u64 final_cr4;
     u64 final_efer;
-    u32 levels;          /* 4 or 5 */
+    u32 levels;          /* 2 (32-bit paging), 3 (PAE), 4 or 5 */
     u32 record_size;     /* sizeof(struct oracle_record), checked by the host */
     char vendor[16];     /* CPUID.0 vendor string */
     u32 has_pks;         /* CPUID.(EAX=7,ECX=0):ECX[31]: the PKS configurations were run */
-    u32 reserved;
+    u32 final_pkru;      /* PKRU left loaded at the halt (gdb cannot read PKRU) */
 };
 
 #endif
