@@ -18,7 +18,6 @@ back before the host reads its tables.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections import defaultdict
 from typing import Dict, List, Tuple
@@ -246,14 +245,13 @@ def test_cases_cover_every_distinction(run):
         run.levels, {"rsvd45_pt", "rsvd_ps_pml4", "rsvd_align13_2m", "np_pt"}) <= always
 
 
-
 @pytest.mark.parametrize("ac", [0, 1])
 @pytest.mark.parametrize("name", [name for name in RUNS if name.endswith("-intel")])
 def test_live_walk_over_gdbstub_matches_the_cpu(oracle_runs, name, ac):
     """`xen-pte-walk --json` inside gdb, attached to the halted guest, judges like the CPU did.
 
     On the Intel-vendor guests only: the gdb command has no vendor input and judges by Intel's
-    rules, which differ from AMD's for bit 8 of PML4Es/PML5Es.
+    rules, which differ from AMD's for bit 8 of non-leaf entries.
     """
     run = oracle_runs[name]
     # The gdbstub does not expose PKRU: the walk is told the value the guest left loaded (its
