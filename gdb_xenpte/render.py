@@ -22,6 +22,7 @@ from .model import ACCESS_KEYS, Mapping, Trace, Verdict
 
 __all__ = [
     "FLAG_ORDER",
+    "OWN_RIGHTS_REASONS",
     "RecordCounter",
     "Style",
     "anomaly_record",
@@ -30,6 +31,7 @@ __all__ = [
     "check_text",
     "cr4_text",
     "dumps",
+    "has_extra_fault",
     "header_lines",
     "header_record",
     "human_size",
@@ -46,6 +48,10 @@ __all__ = [
 FLAG_ORDER = ("P", "RW", "US", "PWT", "PCD", "A", "D", "PS", "G", "PAT", "NX")
 # Short column labels for verdict keys: k/u = guest kernel/user, r/w/x = access kind.
 _SHORT = dict(zip(ACCESS_KEYS, ("kr", "kw", "kx", "ur", "uw", "ux")))
+# Fault reasons that only restate a page's own rights (verdicts.py): a user access to a supervisor
+# page, a write to a read-only page, a fetch from an NX page. Every mapping has some, so the
+# "faulting" count (and xen-pte-walk --faults) looks past them to SMEP/SMAP/key/RSVD faults.
+OWN_RIGHTS_REASONS = ("USER-on-SUPERVISOR-page", "RO", "RO+WP", "NX")
 
 
 class Style:
@@ -82,6 +88,11 @@ def verdict_summary(verdicts: TMapping[str, Verdict]) -> str:
     faults = [f"{_SHORT[k]}:{','.join(verdicts[k].reasons)}"
               for k in ACCESS_KEYS if k in verdicts and not verdicts[k].ok]
     return " ".join(faults) if faults else "ok"
+
+
+def has_extra_fault(m: Mapping) -> bool:
+    """Some access to ``m`` faults for a reason other than the page's own rights."""
+    return any(r not in OWN_RIGHTS_REASONS for v in m.verdicts.values() for r in v.reasons)
 
 
 def _rights(m: Mapping, style: Style) -> str:
@@ -202,7 +213,7 @@ class RecordCounter:
         self.mappings += 1
         self.pages += m.count
         self.bytes += m.size
-        self.faulting += any(not v.ok for v in m.verdicts.values())
+        self.faulting += has_extra_fault(m)
 
 
 def summary_record(counter: RecordCounter, budget_hit: bool,
@@ -324,7 +335,7 @@ def summary_text(counter: RecordCounter, stats: Any, limited: bool, interrupted:
     """The closing line of a text walk: counts, and why it stopped early if it did."""
     parts = [f"{counter.mappings} mappings", f"{counter.pages} pages",
              f"{human_size(counter.bytes) if counter.bytes else '0B'} mapped",
-             f"{counter.faulting} with faulting accesses"]
+             f"{counter.faulting} with SMEP/SMAP/key/RSVD faults"]
     if getattr(stats, "unreadable", None):
         parts.append(f"{len(stats.unreadable)} tables unreadable")
     if limited:

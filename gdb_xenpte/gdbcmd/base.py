@@ -22,10 +22,19 @@ from .args import GdbArgumentParser
 __all__ = ["XenPteCommand", "write_lines"]
 
 
-def write_lines(lines: Iterable[str]) -> None:
-    """Write lines through gdb's pager (a 'q' at its prompt raises KeyboardInterrupt here)."""
+def write_lines(lines: Iterable[str], chunk: int = 256) -> None:
+    """Write lines through gdb's pager (a 'q' at its prompt raises KeyboardInterrupt here).
+
+    Lines go out in chunks: one ``gdb.write`` per line costs more than the JSON encoding.
+    """
+    buf: List[str] = []
     for line in lines:
-        gdb.write(line + "\n")
+        buf.append(line)
+        if len(buf) >= chunk:
+            gdb.write("\n".join(buf) + "\n")
+            buf.clear()
+    if buf:
+        gdb.write("\n".join(buf) + "\n")
 
 
 def _complete_path(prefix: str) -> List[str]:
@@ -45,11 +54,16 @@ def _complete_path(prefix: str) -> List[str]:
 
 
 def style() -> Style:
-    """Colours when gdb styles output (off in batch mode and after ``set style enabled off``)."""
+    """Colours when gdb would style its own output.
+
+    ``style enabled`` is off in batch mode and after ``set style enabled off``; like gdb, also
+    emit no escapes when stdout is no terminal (MI front ends, pipes) or TERM is dumb.
+    """
     try:
-        return Style(bool(gdb.parameter("style enabled")))
+        enabled = bool(gdb.parameter("style enabled"))
     except gdb.error:
-        return Style(False)
+        enabled = False
+    return Style(enabled and os.isatty(1) and os.environ.get("TERM", "dumb") != "dumb")
 
 
 class XenPteCommand(gdb.Command):

@@ -61,7 +61,9 @@ class XenPteWalkCommand(XenPteCommand):
                        help="only mappings with protection key N")
         f.add_argument("--xen-bits", action="store_true", help="only leaves with Xen bits set")
         f.add_argument("--faults", action="store_true",
-                       help="only mappings where some access by the guest faults")
+                       help="only mappings where some guest access faults for a reason beyond "
+                            "the page's own R/W, U/S and NX bits (SMEP, SMAP, protection keys, "
+                            "reserved bits)")
         f.add_argument("--verdict", metavar="KIND=ok|fault[:REASON]", type=verdict_spec,
                        action="append", default=[],
                        help="only mappings with this verdict, e.g. kernel-read=fault:SMAP "
@@ -88,9 +90,7 @@ class XenPteWalkCommand(XenPteCommand):
         with open_source(args) as src:
             s = setup(args, src)
             walker = Walker(src, s.cpu, mode=s.mode, domain=s.xen_view, judge=s.judge)
-            header = render.header_record(s.cpu, s.guest_cr4, s.effective_cr4, walker.mode.name, s.domain,
-                                          s.xen_version, s.xen_debug, src.describe(),
-                                          list(walker.notes) + s.notes)
+            header = _header(s, walker)
             if len(args.addr) == 1:
                 return _write_trace(walker.trace(args.addr[0]), header, args.json)
             start, end = (args.addr + [None])[:2] if args.addr else (0, None)
@@ -105,6 +105,13 @@ class XenPteWalkCommand(XenPteCommand):
 
 def _first(*values):
     return next((v for v in values if v is not None), None)
+
+
+def _header(s, walker: Walker) -> dict:
+    """The header record of a walk: registers, CR4s, mode, domain, Xen, source, notes."""
+    return render.header_record(s.cpu, s.guest_cr4, s.effective_cr4, walker.mode.name, s.domain,
+                                s.xen_version, s.xen_debug, s.source.describe(),
+                                list(walker.notes) + s.notes)
 
 
 def _write_trace(trace, header: dict, as_json: bool) -> None:
@@ -281,9 +288,7 @@ class XenPteCheckCommand(XenPteCommand):
         with open_source(args) as src:
             s = setup(args, src)
             walker = Walker(src, s.cpu, mode=s.mode, domain=s.xen_view, judge=s.judge)
-            header = render.header_record(s.cpu, s.guest_cr4, s.effective_cr4, walker.mode.name,
-                                          s.domain, s.xen_version, s.xen_debug, src.describe(),
-                                          list(walker.notes) + s.notes)
+            header = _header(s, walker)
             groups = anomalies.group(walker.iter_mappings(), s.domain, s.xen_view)
         if args.json:
             recs = [header] + [render.anomaly_record(key, f) for key, _t, fs in groups

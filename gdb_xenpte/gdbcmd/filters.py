@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from ..model import Mapping, Verdict
+from ..render import has_extra_fault
 
 __all__ = ["build_filter", "verdict_matches"]
 
@@ -46,7 +47,7 @@ def build_filter(user: bool = False, kernel: bool = False, writable: bool = Fals
     if xen_bits:
         tests.append(lambda m: bool(m.xen_bits))
     if faults:
-        tests.append(lambda m: any(v.reasons for v in m.verdicts.values()))
+        tests.append(has_extra_fault)
     for key, want in verdicts:
         tests.append(lambda m, k=key, w=want: verdict_matches(m.verdicts.get(k), w))
     return lambda m: all(t(m) for t in tests)

@@ -55,7 +55,7 @@ def test_table(image):
     assert rows[0].split()[:6] == ["0x0000000000400000-0x0000000000401fff", "0x200000-0x201fff",
                                    "8K", "4K", "RWX", "U"]
     assert "kx:SMEP" in rows[0] and "kr:SMAP[AC=0]" in rows[0]
-    assert lines[-1] == "4 mappings; 5 pages; 2064K mapped; 4 with faulting accesses."
+    assert lines[-1] == "4 mappings; 5 pages; 2064K mapped; 2 with SMEP/SMAP/key/RSVD faults."
 
 
 def test_no_coalesce_and_limit(image):
@@ -82,6 +82,8 @@ def test_range(image):
     ("--verdict kernel-exec=fault:SMEP", ["0x400000", "0x7f0000000000"]),
     ("--verdict user-exec=fault:NX --verdict kernel-read=fault", ["0x7f0000000000"]),
     ("--verdict kernel-write=ok", ["0xffff800000000000"]),
+    ("--faults", ["0x400000", "0x7f0000000000"]),  # SMEP/SMAP; not mere U/S, RO or NX faults
+    ("--faults --kernel", []),
 ])
 def test_filters(image, flt, first_vas):
     recs = _ok(run_gdb(f"xen-pte-walk --json {flt} {image}")).json_lines()
@@ -98,7 +100,7 @@ def test_json_walk_validates_and_is_ordered(image):
     assert [e["level"] for e in first["entries"]] == ["pml4", "pdpt", "pd", "pt"]
     assert first["flags"] == ["P", "RW", "US"]
     assert first["verdicts"]["kernel_exec"] == "fault:SMEP"
-    assert summary["counts"] == {"mappings": 4, "pages": 5, "bytes": 0x204000, "faulting": 4}
+    assert summary["counts"] == {"mappings": 4, "pages": 5, "bytes": 0x204000, "faulting": 2}
     assert summary["budget_hit"] is False and summary["unreadable"] == []
 
 
@@ -135,15 +137,43 @@ def test_numpy_and_struct_engines_agree(image):
     assert strip(with_np) == strip(without)
 
 
+def _on_a_terminal(*commands):
+    """Run gdb with a pseudo-terminal as stdout (gdb styles only for terminals); return output."""
+    import os, pty, subprocess
+    from gdbrun import DEPS, GDB, LOADER
+    master, slave = pty.openpty()
+    argv = [GDB, "-batch", "-nx", "-iex", f"python import sys; sys.path[:0] = "
+            f"{[str(ROOT), str(DEPS)]!r}", "-ex", f"source {LOADER}"]
+    for c in commands:
+        argv += ["-ex", c]
+    proc = subprocess.Popen(argv, stdout=slave, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            env=dict(os.environ, TERM="xterm"))
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    os.close(master)
+    return b"".join(chunks).decode()
+
+
 def test_output_goes_through_gdb_and_styles_follow_gdb(image):
-    got = gdb_python(f'''
-import gdb, json
-plain = gdb.execute("xen-pte-walk {image}", to_string=True)
-gdb.execute("set style enabled on")
-styled = gdb.execute("xen-pte-walk {image}", to_string=True)
-print(json.dumps(["\\x1b[" in plain, "\\x1b[" in styled, len(plain.splitlines())]))
-''')
-    assert got == [False, True, 8]
+    # Batch mode turns gdb's styling off: no escapes even on a terminal...
+    assert "\x1b[" not in _on_a_terminal(f"xen-pte-walk {image}")
+    # ...until the user turns it on; never into a pipe (MI front ends, scripts).
+    assert "\x1b[" in _on_a_terminal("set style enabled on", f"xen-pte-walk {image}")
+    piped = run_gdb("set style enabled on", f"xen-pte-walk {image}").stdout
+    assert "\x1b[" not in piped and "RWX U" in piped
+    # All output goes through gdb's own stream (so its pager and to_string see it).
+    got = gdb_python(f'import gdb, json\nprint(json.dumps(len(gdb.execute('
+                     f'"xen-pte-walk {image}", to_string=True).splitlines())))')
+    assert got == 8
 
 
 def test_ctrl_c_stops_the_walk_with_a_summary(image):
