@@ -126,30 +126,31 @@ def _write_trace(trace, header: dict, as_json: bool) -> None:
 def _write_walk(rows: Iterator[Mapping], walker: Walker, header: dict, as_json: bool,
                 limit) -> None:
     counter = render.RecordCounter()
-    kept: List[Mapping] = []
+    kept: List[Mapping] = []  # text: the table needs every row for its column widths
+    pending: List[str] = [render.dumps(header)] if as_json else []  # JSON: streamed in chunks
     interrupted = limited = False
     try:
-        if as_json:
-            write_lines([render.dumps(header)])
         for m in rows:
             if limit is not None and counter.mappings >= limit:
                 limited = True
                 break
             counter.add(m)
-            if as_json:
-                write_lines([render.dumps(render.mapping_record(m))])
-            else:
+            if not as_json:
                 kept.append(m)
+                continue
+            pending.append(render.dumps(render.mapping_record(m)))
+            if len(pending) >= 256:
+                write_lines(pending)
+                pending.clear()
     except KeyboardInterrupt:
         interrupted = True  # Ctrl-C: stop walking, still report what was found
     stats = walker.stats
     if as_json:
-        write_lines([render.dumps(render.summary_record(
+        write_lines(pending + [render.dumps(render.summary_record(
             counter, limited or bool(stats.budget_hit), stats.unreadable, interrupted,
             budget=stats.budget_hit, tables_read=stats.tables_read))])
     else:
-        st = style()
-        write_lines(render.header_lines(header) + render.mapping_table(kept, st)
+        write_lines(render.header_lines(header) + render.mapping_table(kept, style())
                     + [render.summary_text(counter, stats, limited, interrupted)])
     if interrupted:
         raise KeyboardInterrupt
