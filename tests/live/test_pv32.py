@@ -163,7 +163,7 @@ def rec(tmp_path_factory) -> Recording:
         seconds["boot"] = time.monotonic() - t0
         assert end.group(1) == "spinning", f"the guest failed: {end.group(0)}"
         recording = _record(vm, seconds)
-    print(f"pv32 timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
+    print("pv32 timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
     return recording
 
 

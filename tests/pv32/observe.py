@@ -24,14 +24,14 @@ from gdb_xenpte.errors import UnreadableMemory
 from gdb_xenpte.sources.base import PhysSource, VcpuRegs
 
 __all__ = ["Caught", "PmemSource", "Regs", "catch", "parse_all_registers", "parse_guest_report",
-           "parse_registers",
-           "stop_in_ring1"]
+           "parse_registers", "stop_in_ring1"]
 
 # Selectors from Xen's public headers: FLAT_RING1_CS (arch-x86/xen-x86_32.h) and Xen's own
-# __HYPERVISOR_CS (0xe008, xen/arch/x86/include/asm/desc.h).
+# __HYPERVISOR_CS (xen/arch/x86/include/asm/config.h:276).
 RING1_CS = 0xE019
 XEN_CS = 0xE008
 SMEP_SMAP = (1 << 20) | (1 << 21)
+
 
 def parse_guest_report(serial: str) -> Dict[str, object]:
     """Return what the guest printed on the Xen console, by key.
@@ -56,6 +56,7 @@ def parse_guest_report(serial: str) -> Dict[str, object]:
 
 
 def _num(text: str):
+    """Hex text as an int, anything else unchanged."""
     return int(text, 16) if text.startswith("0x") else text
 
 
