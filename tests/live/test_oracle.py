@@ -181,15 +181,28 @@ def judged(oracle_runs):
     return {(r.levels, r.cpu): _judge_all(r) for r in oracle_runs.values()}
 
 
+def _qemu_ignores_amd_bit8(run, rec, trace) -> bool:
+    """QEMU 7.2 TCG does not model AMD's MBZ bit 8 in non-leaf PML5Es/PML4Es/PDPEs (AMD APM
+    Vol. 2 §5.3.3; KVM's MMU does enforce it): on the AMD vendor such an access does not fault
+    under QEMU although real AMD CPUs raise #PF with RSVD. The engine follows the APM."""
+    if "amd" not in run.header["vendor"].lower() or trace.mapping is None:
+        return False
+    rsvd = trace.mapping.rsvd
+    return bool(rsvd) and all(r.endswith(": bit 8 reserved") for r in rsvd)
+
+
 def test_every_verdict_matches_the_cpu(run, judged):
-    mismatches = []
+    mismatches, deviations = [], 0
     for rec, trace in judged[run.levels, run.cpu]:
         predicted, why = _engine_says_fault(rec, trace)
         if predicted != rec["faulted"]:
+            if not rec["faulted"] and _qemu_ignores_amd_bit8(run, rec, trace):
+                deviations += 1  # the emulator's deviation, checked to be exactly this one
+                continue
             mismatches.append(_describe(rec, why))
     total = len(judged[run.levels, run.cpu])
-    print(f"{run.levels}-level {run.header['vendor']}: {total - len(mismatches)} of {total} "
-          f"accesses agree")
+    print(f"{run.levels}-level {run.header['vendor']}: {total - len(mismatches) - deviations} "
+          f"of {total} accesses agree; {deviations} are QEMU's known AMD bit-8 deviation")
     assert not mismatches, (f"{len(mismatches)} verdicts disagree with the CPU:\n"
                             + "\n".join(mismatches[:60]))
 
@@ -199,8 +212,8 @@ def test_faults_are_page_faults_with_consistent_error_codes(run, judged):
     reason: not present <-> P=0, RSVD <-> RSVD=1, a key fault -> PK=1; W, U/S, I/D as performed."""
     problems = []
     for rec, trace in judged[run.levels, run.cpu]:
-        if not rec["faulted"]:
-            continue
+        if not rec["faulted"] or _qemu_ignores_amd_bit8(run, rec, trace):
+            continue  # (QEMU's AMD bit-8 deviation: the engine's only reason is that RSVD)
         err = rec["error_code"]
         if rec["vector"] != PF_VECTOR:
             problems.append(_describe(rec, "expected #PF"))
