@@ -74,6 +74,7 @@ class Recording:
     walk: List[Mapping]
     guest_walk: List[Mapping]
     gdb: Dict[str, str]
+    symbols: Dict[str, int]
     seconds: Dict[str, float] = field(default_factory=dict)
 
 
@@ -83,7 +84,7 @@ def _leaves(maps: List[Mapping]) -> Dict[int, Leaf]:
             for m in maps if m.kind == "page"}
 
 
-def _record(vm: Qemu, seconds: Dict[str, float]) -> Recording:
+def _record(vm: Qemu, symbols: Dict[str, int], seconds: Dict[str, float]) -> Recording:
     """Catch the CPU in ring 1 and in Xen, then stop in ring 1 and record tables and TLB view."""
     serial = vm.serial_text()
     report = observe.parse_guest_report(serial)
@@ -114,7 +115,7 @@ def _record(vm: Qemu, seconds: Dict[str, float]) -> Recording:
     gdb = _run_commands(vm, idle.cr4)
     seconds["gdb"] = time.monotonic() - t0
     return Recording(report, serial, caught, idle, ring1, l4, guest_l3, tlb, walk, guest_walk,
-                     gdb, seconds)
+                     gdb, symbols, seconds)
 
 
 # What the gdb commands are asked, by name; "{xen_cr4}" is the CR4 read in Xen's idle loop.
@@ -162,7 +163,7 @@ def rec(tmp_path_factory) -> Recording:
         end = vm.wait_for_serial(r"^pv32: (spinning|error[^\r\n]*)\r?$", timeout=180)
         seconds["boot"] = time.monotonic() - t0
         assert end.group(1) == "spinning", f"the guest failed: {end.group(0)}"
-        recording = _record(vm, seconds)
+        recording = _record(vm, xen_pv32.guest_symbols(guest), seconds)
     print("pv32 timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
     return recording
 
@@ -206,8 +207,12 @@ def test_guest_visible_cr4_is_not_the_effective_one(rec):
 
 def test_cpu_caught_in_ring1_and_in_xen(rec):
     assert rec.caught.ring1 and rec.caught.xen and not rec.caught.other
+    sym = rec.symbols
     for regs in rec.caught.ring1:
         assert (regs.cs, regs.cpl, regs.rpl) == (0xE019, 1, 1)
+        # the spin loop, or the hypercall stub it calls (still ring 1 until int $0x82/syscall)
+        assert sym["spin_ring1"] <= regs.ip < sym["spin_ring1_end"] or \
+            sym["hypercall_page"] <= regs.ip < sym["hypercall_page"] + 4096
         assert regs.efer & (1 << 10)  # EFER.LMA: compatibility mode under a 64-bit Xen
 
 
