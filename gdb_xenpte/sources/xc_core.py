@@ -32,7 +32,7 @@ import struct
 import sys
 from array import array
 from bisect import bisect_left
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import DumpFormatError
 from .base import PhysSource, VcpuRegs
@@ -53,6 +53,7 @@ INVALID = 0xFFFFFFFFFFFFFFFF
 PAGE_SIZE = 4096
 VGCF_IN_KERNEL = 1 << 2
 VGCF_ONLINE = 1 << 5
+_TABLE_CHUNK = 1 << 16  # p2m/pfn entries parsed per slice of the file
 
 
 class _ContextLayout:
@@ -229,9 +230,12 @@ class XcCoreSource(PhysSource):
                                "knows 0.1)",)
         return magic, nr_vcpus, nr_pages
 
-    def _check_table(self, table, entry_size: int, pages_off: int, stored: int, nr_pages: int,
-                     name: str):
-        """Return the table's u64 words after checking every entry has a page behind it.
+    def _table_chunks(self, table, entry_size: int, pages_off: int, stored: int, nr_pages: int,
+                      name: str) -> Iterator[Tuple[int, array]]:
+        """Yield ``(first entry index, u64 words)`` chunks of a p2m/pfn table.
+
+        Chunked so that a 64 GiB guest's table (16 M entries) is never held twice in memory.
+        Checks first that every entry has a page behind it in ``.xen_pages``.
 
         :param stored: pages ``.xen_pages`` holds; :param nr_pages: pages the header announces.
         """
@@ -245,28 +249,33 @@ class XcCoreSource(PhysSource):
         if entries < nr_pages:
             self.notes += (f"{name} lists {entries} of {nr_pages} pages: the rest are "
                            "unaddressable",)
-        return _u64_array(self._file.slice(off, entries * entry_size, name))
+        for first in range(0, entries, _TABLE_CHUNK):
+            count = min(_TABLE_CHUNK, entries - first)
+            yield first, _u64_array(self._file.slice(off + first * entry_size, count * entry_size,
+                                                     name))
 
     def _index_pfn_table(self, table, pages_off: int, stored: int, nr_pages: int) -> None:
-        pfns = self._check_table(table, 8, pages_off, stored, nr_pages, ".xen_pfn")
         add = self._runs.add
-        for i, pfn in enumerate(pfns):
-            if pfn != INVALID:
-                self._check_pfn(pfn, i, table[0] + 8 * i, ".xen_pfn")
-                add(pfn * PAGE_SIZE, pages_off + i * PAGE_SIZE, PAGE_SIZE, f".xen_pfn entry {i}")
+        for first, pfns in self._table_chunks(table, 8, pages_off, stored, nr_pages, ".xen_pfn"):
+            for i, pfn in enumerate(pfns, first):
+                if pfn != INVALID:
+                    self._check_pfn(pfn, i, table[0] + 8 * i, ".xen_pfn")
+                    add(pfn * PAGE_SIZE, pages_off + i * PAGE_SIZE, PAGE_SIZE,
+                        f".xen_pfn entry {i}")
 
     def _index_p2m_table(self, table, pages_off: int, stored: int, nr_pages: int) -> None:
-        pairs = self._check_table(table, 16, pages_off, stored, nr_pages, ".xen_p2m")
         add = self._runs.add
         valid_pfns, valid_mfns = array("Q"), array("Q")
-        for i in range(len(pairs) // 2):
-            pfn, mfn = pairs[2 * i], pairs[2 * i + 1]
-            if pfn == INVALID or mfn == INVALID:
-                continue
-            self._check_pfn(pfn, i, table[0] + 16 * i, ".xen_p2m")
-            add(pfn * PAGE_SIZE, pages_off + i * PAGE_SIZE, PAGE_SIZE, f".xen_p2m entry {i}")
-            valid_pfns.append(pfn)
-            valid_mfns.append(mfn)
+        for first, pairs in self._table_chunks(table, 16, pages_off, stored, nr_pages, ".xen_p2m"):
+            for j in range(len(pairs) // 2):
+                pfn, mfn = pairs[2 * j], pairs[2 * j + 1]
+                if pfn == INVALID or mfn == INVALID:
+                    continue
+                i = first + j
+                self._check_pfn(pfn, i, table[0] + 16 * i, ".xen_p2m")
+                add(pfn * PAGE_SIZE, pages_off + i * PAGE_SIZE, PAGE_SIZE, f".xen_p2m entry {i}")
+                valid_pfns.append(pfn)
+                valid_mfns.append(mfn)
         self._mfns, self._pfns = _sorted_pairs(valid_mfns, valid_pfns)
         for j in range(1, len(self._mfns)):
             if self._mfns[j] == self._mfns[j - 1]:
