@@ -6,6 +6,7 @@ Bit meanings, walks and verdicts all come from the engine; this module only wire
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import Iterator, List
 
 import gdb
@@ -25,7 +26,7 @@ from .context import (add_cpu_options, add_source_options, add_xen_options, doma
 from .filters import build_filter
 
 __all__ = ["XenCr4Command", "XenPteCheckCommand", "XenPteDecodeCommand", "XenPteWalkCommand",
-           "register"]
+           "collect_records", "register"]
 
 LEVEL_NAMES = ("pt", "pd", "pdpt", "pml4", "pml5")  # index + 1 = the level number
 
@@ -85,22 +86,55 @@ class XenPteWalkCommand(XenPteCommand):
         return p
 
     def run(self, args: argparse.Namespace) -> None:
-        if len(args.addr) > 2:
-            raise OptionError("give one ADDR or START END, not more")
-        with open_source(args) as src:
-            s = setup(args, src)
-            walker = Walker(src, s.cpu, mode=s.mode, domain=s.xen_view, judge=s.judge)
-            header = _header(s, walker)
-            if len(args.addr) == 1:
+        with _walk(args) as (walker, header, rows):
+            if rows is None:
                 return _write_trace(walker.trace(args.addr[0]), header, args.json)
-            start, end = (args.addr + [None])[:2] if args.addr else (0, None)
-            keep = build_filter(args.user, args.kernel, args.writable, args.exec, args.wx,
-                                args.pkey, args.xen_bits, args.faults, args.verdict)
-            coalesce = params.value("coalesce") if args.coalesce is None else args.coalesce
-            limit = _first(args.limit, params.value("limit"))
-            rows = (m for m in walker.iter_mappings(start, end, coalesce=coalesce, phys=args.phys)
-                    if keep(m))
-            _write_walk(rows, walker, header, args.json, limit)
+            _write_walk(rows, walker, header, args.json, _first(args.limit,
+                                                                params.value("limit")))
+
+
+@contextlib.contextmanager
+def _walk(args: argparse.Namespace):
+    """Open the source and yield ``(walker, header, rows)``; rows is None for a single ADDR.
+
+    The source stays open (and a live QEMU in PhyMemMode) exactly as long as the block runs.
+    """
+    if len(args.addr) > 2:
+        raise OptionError("give one ADDR or START END, not more")
+    with open_source(args) as src:
+        s = setup(args, src)
+        walker = Walker(src, s.cpu, mode=s.mode, domain=s.xen_view, judge=s.judge)
+        if len(args.addr) == 1:
+            yield walker, _header(s, walker), None
+            return
+        start, end = (args.addr + [None])[:2] if args.addr else (0, None)
+        keep = build_filter(args.user, args.kernel, args.writable, args.exec, args.wx,
+                            args.pkey, args.xen_bits, args.faults, args.verdict)
+        coalesce = params.value("coalesce") if args.coalesce is None else args.coalesce
+        rows = (m for m in walker.iter_mappings(start, end, coalesce=coalesce, phys=args.phys)
+                if keep(m))
+        yield walker, _header(s, walker), rows
+
+
+def collect_records(args: argparse.Namespace) -> List[dict]:
+    """The JSON records ``xen-pte-walk --json`` prints, as a list (for the MI command)."""
+    with _walk(args) as (walker, header, rows):
+        if rows is None:
+            trace = walker.trace(args.addr[0])
+            return [header, render.trace_record(trace)] + (
+                [render.mapping_record(trace.mapping)] if trace.mapping else [])
+        limit = _first(args.limit, params.value("limit"))
+        counter, records = render.RecordCounter(), [header]
+        for m in rows:
+            if limit is not None and counter.mappings >= limit:
+                break
+            counter.add(m)
+            records.append(render.mapping_record(m))
+        stats = walker.stats
+        hit = (limit is not None and counter.mappings >= limit) or bool(stats.budget_hit)
+        return records + [render.summary_record(counter, hit, stats.unreadable,
+                                                budget=stats.budget_hit,
+                                                tables_read=stats.tables_read)]
 
 
 def _first(*values):
@@ -304,5 +338,7 @@ COMMANDS = (XenPteWalkCommand, XenPteDecodeCommand, XenCr4Command, XenPteCheckCo
 
 
 def register() -> List[gdb.Command]:
-    """Create every command."""
-    return [cls() for cls in COMMANDS]
+    """Create every command (and ``-xen-pte-walk`` where gdb has MI commands in Python)."""
+    from . import mi
+    made = [cls() for cls in COMMANDS]
+    return made + mi.register(made[0])
