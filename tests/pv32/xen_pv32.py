@@ -194,8 +194,12 @@ def ensure_deb_src() -> List[str]:
              "Components: main"]
     if "Signed-By" in entry:
         lines.append(f"Signed-By: {entry['Signed-By']}")
-    SRC_LIST.write_text("# gdb_xenpte tests/pv32: Xen is rebuilt from Debian's source\n"
-                        + "\n".join(lines) + "\n")
+    try:
+        SRC_LIST.write_text("# gdb_xenpte tests/pv32: Xen is rebuilt from Debian's source\n"
+                            + "\n".join(lines) + "\n")
+    except OSError as err:
+        raise TargetSetupError(f"cannot add a deb-src entry ({SRC_LIST}: {err.strerror}): run as "
+                               f"root, or add a deb-src line for {codename} yourself") from None
     _run(["apt-get", "update", "-qq"])
     versions = xen_source_versions()
     if not versions:
