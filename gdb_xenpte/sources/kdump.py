@@ -28,7 +28,7 @@ import struct
 import zlib
 from array import array
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from ..errors import DumpFormatError, UnreadableMemory
 from .base import PhysSource, VcpuRegs

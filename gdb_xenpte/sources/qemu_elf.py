@@ -21,7 +21,7 @@ segment stores.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 from ..errors import DumpFormatError
 from .base import PhysSource, VcpuRegs

@@ -9,7 +9,7 @@ import pytest
 from gdb_xenpte.errors import DumpFormatError, UnreadableMemory
 from gdb_xenpte.sources.kdump import KdumpSource
 from gdb_xenpte.sources.open import detect_format, open_dump
-from samples import PAGE, VCPUS, page_bytes, sample_low_pages, sample_pages
+from samples import PAGE, VCPUS, sample_low_pages, sample_pages
 from writers import build_kdump, write_kdump
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from gdb_xenpte.errors import DumpFormatError, OptionError, SourceError, UnreadableMemory
-from gdb_xenpte.sources.open import FORMATS, detect_format, open_dump
+from gdb_xenpte.sources.open import FORMATS, open_dump
 from gdb_xenpte.sources.raw import RawSource, parse_raw_spec
 from samples import PAGE, VCPUS, sample_low_pages
 from writers import write_kdump, write_qemu_elf, write_raw
