@@ -64,15 +64,17 @@ def _write(fmt, path, image, regs):
         write_xc_core(path, image, [regs], kind="hvm")
 
 
+@pytest.mark.parametrize("mode", ["4level", "5level"])
 @pytest.mark.parametrize("fmt", HVM_FORMATS)
-def test_4level_roundtrip(tmp_path, fmt):
-    b, image = _tables()
+def test_long_mode_roundtrip(tmp_path, fmt, mode):
+    b, image = _tables(mode)
     efer = EFER.LME | EFER.LMA | EFER.NXE
-    cpu = CpuState(cr0=CR0_ON, cr3=b.cr3, cr4=CR4_64, efer=efer)
+    cr4 = CR4_64 | (CR4.LA57 if mode == "5level" else 0)
+    cpu = CpuState(cr0=CR0_ON, cr3=b.cr3, cr4=cr4, efer=efer)
     expected = _walk(MemorySource(image), cpu)
     assert len(expected) >= 5 and any(m[1] == 0x7FF000 for m in expected)
     path = tmp_path / f"g.{fmt}"
-    _write(fmt, path, image, dict(cr0=CR0_ON, cr3=b.cr3, cr4=CR4_64))
+    _write(fmt, path, image, dict(cr0=CR0_ON, cr3=b.cr3, cr4=cr4))
     with open_dump(str(path), fmt="raw" if fmt == "raw" else None) as src:
         if fmt != "raw":
             cpu = _cpu_from(pick_vcpu(src, 0), efer)
