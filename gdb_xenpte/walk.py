@@ -22,7 +22,7 @@ from .arch import MODES
 from .cpu import CpuState, paging_mode
 from .decode import (KIND_LEAF, KIND_RSVD_STOP, KIND_TABLE, DecodedTable, LevelRule, bits_text,
                      decode_table, explain_entry, level_rules, memory_type, np)
-from .errors import OptionError, UnreadableMemory, XenpteError
+from .errors import OptionError, SourceError, UnreadableMemory, XenpteError
 from .model import Effective, EntryRef, Mapping, Step, Trace, Verdict
 
 __all__ = ["DEFAULT_ENTRY_BUDGET", "DEFAULT_TIME_BUDGET", "WalkStats", "Walker", "cr3_root"]
@@ -123,8 +123,6 @@ class Walker:
         self.nxe = choice.nxe if self.mode.entry_size == 8 else False
         self.rules: Tuple[LevelRule, ...] = level_rules(
             self.mode, self.nxe, cpu.maxphyaddr, pse=bool(cpu.cr4 & 0x10), vendor=cpu.vendor)
-        self.root = root if root is not None else cr3_root(
-            cpu.cr3, self.mode_key, bool(cpu.cr4 & (1 << 17)), cpu.maxphyaddr)
         self.domain = domain
         self.judge = judge
         self.entry_budget = entry_budget
@@ -135,6 +133,18 @@ class Walker:
         self._attr_cache: Dict[tuple, tuple] = {}
         self._translate = getattr(source, "translate_frame", None)
         self._va_mask = (1 << self.mode.va_bits) - 1
+        self._root_error: Optional[str] = None
+        if root is not None:
+            self.root = root
+        else:
+            # CR3 holds a frame like any entry: a machine address for PV dumps, so translate it.
+            machine = cr3_root(cpu.cr3, self.mode_key, bool(cpu.cr4 & (1 << 17)),
+                               cpu.maxphyaddr)
+            self.root = self._frame_to_pa(machine)
+            if self.root is None:
+                self.root = machine
+                self._root_error = (f"CR3 {cpu.cr3:#x}: the top-level table's machine frame "
+                                    f"{machine >> 12:#x} is not in {source.name}")
 
     # -- addresses --------------------------------------------------------------------------
 
@@ -295,6 +305,8 @@ class Walker:
         if not self.is_canonical(va):
             return Trace(va, (), None, "non-canonical")
         lin = va & self._va_mask
+        if self._root_error:
+            return Trace(va, (), None, f"unreadable: {self._root_error}")
         self._deadline = time.monotonic() + self.time_budget
         ctx = _Ctx(True, True, False, (), (), ())
         table_pa = self.root
@@ -367,9 +379,13 @@ class Walker:
         root_ctx = _Ctx(True, True, False, (), (), ())
         pending = None
         try:
+            if self._root_error:
+                raise SourceError(self.source.name, self._root_error)
             top = self._table(self.root, 0)
             if isinstance(top, XenpteError):
-                raise top
+                raise SourceError(self.source.name,
+                                  f"the top-level table (CR3 {self.cpu.cr3:#x}) cannot be read: "
+                                  f"{getattr(top, 'detail', top)}")
             for rec in self._walk_table(self.root, 0, 0, root_ctx, lo, hi, coalesce, phys):
                 if pending is None:
                     pending = rec

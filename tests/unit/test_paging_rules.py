@@ -369,3 +369,21 @@ def test_trace_explains_every_level():
     leaf = dict((n, v) for n, v, _ in t.steps[-1].bits)
     assert leaf["PK"] == 3 | 8 and leaf["D"] == 1 and leaf["PAT"] == 0
     assert w.trace(0x5000).stop == "not present"
+
+
+def test_pv_cr3_is_a_machine_address_translated_like_any_frame():
+    """A PV dump's CR3 names the top table by MFN (xen-pte-abi.md §7): the walker translates it
+    through the source like every other frame; an untranslatable root is one clear error."""
+    from gdb_xenpte.errors import SourceError
+    mfn_of = lambda pfn: pfn + 0x1000
+    b = Builder("4level", frame_of=mfn_of)
+    b.map(0x1000, 0x5000, flags=P | RW)
+    pfn_of = {mfn_of(a >> 12): a >> 12 for a in b.pages}
+    cpu = CpuState(cr4=CR4.PAE, cr3=b.cr3, efer=LM)
+    assert b.cr3 != b.root
+    w = Walker(b.source(translate=pfn_of.get), cpu)
+    assert [(m.va, m.pa) for m in w.iter_mappings()] == [(0x1000, None)]
+    w = Walker(b.source(translate=lambda mfn: None), cpu)
+    with pytest.raises(SourceError, match="top-level table's machine frame 0x1100 is not in"):
+        list(w.iter_mappings())
+    assert w.trace(0x1000).stop.startswith("unreadable: CR3")
