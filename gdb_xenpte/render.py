@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterable, List, Mapping as TMapping, Optional, Seq
 
 from tabulate import tabulate
 
+from .arch import MODES
 from .model import ACCESS_KEYS, Mapping, Trace, Verdict
 
 __all__ = [
@@ -33,7 +34,6 @@ __all__ = [
     "dumps",
     "has_extra_fault",
     "header_lines",
-    "header_record",
     "human_size",
     "mapping_record",
     "mapping_table",
@@ -164,25 +164,6 @@ def trace_text(trace: Trace, style: Style = Style()) -> List[str]:
     return lines
 
 
-def header_record(cpu: Any, guest_cr4: int, effective_cr4: int, mode: str,
-                  domain: Optional[str], xen_version: Optional[str], xen_debug: bool, source: str,
-                  notes: Sequence[str] = ()) -> Dict[str, Any]:
-    """Return the ``header`` record: the registers and policy a walk ran under.
-
-    :param cpu: a :class:`~gdb_xenpte.cpu.CpuState`.
-    :param guest_cr4: the CR4 the source or options gave (for Xen PV: the guest's view).
-    :param effective_cr4: the CR4 the hardware runs the domain with, which the walk used.
-    """
-    return {
-        "type": "header", "cr0": hexa(cpu.cr0), "cr3": hexa(cpu.cr3), "cr4": hexa(guest_cr4),
-        "efer": hexa(cpu.efer), "effective_cr4": hexa(effective_cr4), "mode": mode,
-        "domain": domain, "xen": {"version": xen_version, "debug": bool(xen_debug)},
-        "source": source, "pkru": hexa(cpu.pkru), "pkrs": hexa(cpu.pkrs),
-        "maxphyaddr": cpu.maxphyaddr,
-        "notes": [n[6:] if n.startswith("note: ") else n for n in notes],
-    }
-
-
 def mapping_record(m: Mapping) -> Dict[str, Any]:
     """Return the ``mapping`` record of one (coalesced) mapping."""
     return {
@@ -237,13 +218,13 @@ def summary_record(counter: RecordCounter, budget_hit: bool,
 
 def header_lines(header: Dict[str, Any]) -> List[str]:
     """The text form of a header record: one line of registers and source, then its notes."""
-    xen = header["xen"]
-    xen_text = (f", Xen {xen['version'] or 'newest'}{' debug' if xen['debug'] else ''}"
-                if xen["version"] or header["domain"] != "hvm" else "")
+    xen = header.get("xen")
+    xen_text = f", Xen {xen['version']}{' debug' if xen['debug'] else ''}" if xen else ""
     cr4 = header["effective_cr4"]
     if header["cr4"] != cr4:
         cr4 = f"{cr4} (guest view {header['cr4']})"
-    return ([f"{header['mode']} paging, CR3 {header['cr3']}, CR4 {cr4}, domain "
+    mode = MODES[header["mode"]].name if header["mode"] in MODES else header["mode"]
+    return ([f"{mode} paging, CR3 {header['cr3']}, CR4 {cr4}, domain "
              f"{header['domain']}{xen_text}; {header['source']}"]
             + [f"note: {n}" for n in header["notes"]])
 

@@ -103,7 +103,7 @@ def _walk(args: argparse.Namespace):
         raise OptionError("give one ADDR or START END, not more")
     with open_source(args) as src:
         s = setup(args, src)
-        walker = Walker(src, s.cpu, mode=s.mode, domain=s.xen_view, judge=s.judge)
+        walker = s.walker()
         if len(args.addr) == 1:
             yield walker, _header(s, walker), None
             return
@@ -142,10 +142,8 @@ def _first(*values):
 
 
 def _header(s, walker: Walker) -> dict:
-    """The header record of a walk: registers, CR4s, mode, domain, Xen, source, notes."""
-    return render.header_record(s.cpu, s.guest_cr4, s.effective_cr4, walker.mode.name, s.domain,
-                                s.xen_version, s.xen_debug, s.source.describe(),
-                                list(walker.notes) + s.notes)
+    """The header record of a walk (the session's, see :meth:`gdb_xenpte.session.Session.header`)."""
+    return s.header()
 
 
 def _write_trace(trace, header: dict, as_json: bool) -> None:
@@ -322,7 +320,7 @@ class XenPteCheckCommand(XenPteCommand):
     def run(self, args: argparse.Namespace) -> None:
         with open_source(args) as src:
             s = setup(args, src)
-            walker = Walker(src, s.cpu, mode=s.mode, domain=s.xen_view, judge=s.judge)
+            walker = s.walker()
             header = _header(s, walker)
             groups = anomalies.group(walker.iter_mappings(), s.domain, s.xen_view)
         if args.json:

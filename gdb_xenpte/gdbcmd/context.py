@@ -1,37 +1,31 @@
-"""What every command needs before calling the engine: a source, a CPU state, a Xen view.
+"""What every command needs before calling the engine: a source and a session.
 
 Options shared by the commands are declared here once (``add_*_options``); :func:`open_source`
-and :func:`setup` turn parsed options plus ``set xen-pte`` parameters into engine inputs. The
-order of precedence is always: command option, then parameter, then what the source says, then
-the engine's default.
+opens the source they name, and :func:`options` turns parsed options plus ``set xen-pte``
+parameters into the engine's :class:`~gdb_xenpte.session.Options`, which
+:func:`gdb_xenpte.session.prepare` combines with the source's registers. Precedence: command
+option, then parameter, then what the source says, then the engine's default.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Optional
 
 import gdb
 
-from ..cpu import CpuState
-from ..errors import OptionError
-from ..sources.base import PhysSource, VcpuRegs
-from ..sources.open import pick_vcpu
 from .. import xen
-from ..verdicts import Judge
-from ..xenview import XenView
+from ..errors import OptionError
+from ..session import NEWEST_XEN, Options, Session, pick_regs, prepare
+from ..sources.base import PhysSource
 from . import params
 from .args import GdbArgumentParser, address, choice_of, int_in
 from .live import open_live_source
 
-__all__ = ["Setup", "add_cpu_options", "add_source_options", "add_xen_options", "open_source",
-           "setup"]
+__all__ = ["add_cpu_options", "add_source_options", "add_xen_options", "domain_and_xen",
+           "guest_cr4_of", "make_policy", "open_source", "options", "setup"]
 
 DOMAINS = xen.DOMAIN_TYPES
-# "auto" Xen version for a PV domain when neither options nor the source name one: the newest
-# release whose behaviour the facts table distinguishes.
-NEWEST_XEN = max(f.since for f in xen.FACTS.values())
 
 
 def add_source_options(p: GdbArgumentParser) -> None:
@@ -99,82 +93,33 @@ def open_source(args: argparse.Namespace) -> PhysSource:
     return src
 
 
-@dataclass
-class Setup:
-    """Engine inputs for one command run.
-
-    :param cpu: the CPU state with the *effective* CR4 (what the hardware runs the guest with).
-    :param guest_cr4: the CR4 the registers or options gave (for PV: the guest's view).
-    """
-
-    source: PhysSource
-    cpu: CpuState
-    guest_cr4: int
-    effective_cr4: int
-    domain: str
-    xen_version: Optional[str]
-    xen_debug: bool
-    judge: Judge
-    xen_view: object = None
-    mode: Optional[str] = None
-    notes: List[str] = field(default_factory=list)
-    policy: object = None
-
-
 def _first(*values):
     return next((v for v in values if v is not None), None)
 
 
-def _vcpu(source: PhysSource, index: Optional[int]) -> VcpuRegs:
-    """The vCPU the options name, else the selected thread's (live) or vCPU 0 (dumps)."""
-    if index is None:
-        if not source.vcpus():
-            return VcpuRegs(-1)  # no registers at all (raw image, gdbsx): options must say
-        index = getattr(source, "current_vcpu", 0)
-    return pick_vcpu(source, index)
+def options(args: argparse.Namespace) -> Options:
+    """The engine's :class:`~gdb_xenpte.session.Options`: command options, else parameters."""
+    opt = lambda name: getattr(args, name, None)
+    ac = _first(opt("ac"), params.value("ac"))
+    return Options(
+        vcpu=opt("vcpu"), cr0=opt("cr0"), cr3=opt("cr3"), cr4=opt("cr4"), efer=opt("efer"),
+        pkru=_first(opt("pkru"), params.value("pkru")),
+        pkrs=_first(opt("pkrs"), params.value("pkrs")),
+        ac=None if ac is None else int(ac),
+        maxphyaddr=_first(opt("maxphyaddr"), params.value("maxphyaddr")),
+        domain=_first(opt("domain"), params.value("domain")),
+        xen=_first(opt("xen"), params.value("xen-version")),
+        xen_debug=_first(opt("xen_debug"), params.value("xen-debug") or None),
+        smep=_first(opt("smep"), params.value("smep")),
+        smap=_first(opt("smap"), params.value("smap")))
 
 
-def setup(args: argparse.Namespace, source: PhysSource) -> Setup:
-    """Combine options, parameters and the source's registers into engine inputs.
+def setup(args: argparse.Namespace, source: PhysSource) -> Session:
+    """Combine options, parameters and the source's registers (:func:`session.prepare`).
 
     :raises OptionError: if no CR3 is known, or a value is inconsistent.
     """
-    regs = _vcpu(source, getattr(args, "vcpu", None))
-    opt = lambda name: getattr(args, name, None)
-    cr3 = _first(opt("cr3"), regs.cr3)
-    if cr3 is None:
-        raise OptionError(f"{source.name} gives no CR3: give --cr3 VALUE")
-    cr4 = _first(opt("cr4"), regs.cr4, 0)
-    domain, version, debug = domain_and_xen(args, source)
-    ac = _first(opt("ac"), params.value("ac"))
-    cpu = CpuState(
-        cr0=_first(opt("cr0"), regs.cr0, CpuState.cr0), cr3=cr3, cr4=cr4,
-        efer=_first(opt("efer"), regs.efer),
-        pkru=_first(opt("pkru"), params.value("pkru"), regs.pkru),
-        pkrs=_first(opt("pkrs"), params.value("pkrs"), regs.pkrs),
-        ac=None if ac is None else int(ac),
-        maxphyaddr=_first(opt("maxphyaddr"), params.value("maxphyaddr"), 52),
-        long_mode=regs.long_mode)
-    notes = list(regs.notes)
-    effective, xen_view, mode, policy = cr4, None, None, None
-    if domain != "hvm" or version is not None:  # Xen is in the picture
-        policy = make_policy(args, domain, version, debug)
-        if version is None:
-            notes.append(f"Xen version unknown: assuming the newest behaviour known "
-                         f"({policy.version[0]}.{policy.version[1]}+; give --xen VERSION)")
-        if regs.cr4_is_guest_view or opt("cr4") is not None or domain == "hvm":
-            derived = xen.effective_cr4(policy, cr4)
-            effective = derived.value
-            notes += [ln for ln in derived.explanation if ln.startswith("note: ")]
-        else:
-            notes.append("CR4 is the hardware value read from the vCPU (used as the effective CR4)")
-        if domain == "pv32" and regs.cr4_is_guest_view:
-            mode = "pv32"  # a dump's pv32 CR3 is the guest's own PAE L3
-        xen_view = XenView(policy, root_is_xen_l4=mode != "pv32")
-    cpu = cpu.with_(cr4=effective)
-    judge = Judge(cpu.cr0, effective, xen.kernel_cpl(domain), cpu.ac, cpu.pkru, cpu.pkrs)
-    return Setup(source, cpu, cr4, effective, domain, version, debug, judge, xen_view, mode,
-                 notes, policy)
+    return prepare(source, options(args))
 
 
 def make_policy(args: argparse.Namespace, domain: str, version: Optional[str], debug: bool):
@@ -182,25 +127,18 @@ def make_policy(args: argparse.Namespace, domain: str, version: Optional[str], d
 
     :raises OptionError: for an unknown version or an option the version lacks.
     """
-    opt = lambda name: getattr(args, name, None)
+    o = options(args)
     return xen.XenPolicy(version or NEWEST_XEN, domain, debug,
-                         smep=_sm(_first(opt("smep"), params.value("smep"))),
-                         smap=_sm(_first(opt("smap"), params.value("smap"))))
+                         smep=True if o.smep is None else o.smep,
+                         smap=True if o.smap is None else o.smap)
 
 
 def domain_and_xen(args: argparse.Namespace, source: Optional[PhysSource] = None):
     """``(domain, version, debug)`` from options, parameters and the source, in that order."""
-    opt = lambda name: getattr(args, name, None)
-    domain = _first(opt("domain"), params.value("domain"), source and source.domain, "hvm")
+    o = options(args)
     sv = source.xen_version if source is not None else None
-    version = _first(opt("xen"), params.value("xen-version"),
-                     ".".join(map(str, sv)) if sv else None)
-    return domain, version, bool(_first(opt("xen_debug"), params.value("xen-debug")))
-
-
-def _sm(value: Optional[str]):
-    """smep=/smap= as XenPolicy takes it; None (auto) means Xen's default, which is on."""
-    return True if value is None else value
+    return (_first(o.domain, source and source.domain, "hvm"),
+            _first(o.xen, ".".join(map(str, sv)) if sv else None), bool(o.xen_debug))
 
 
 def guest_cr4_of(source: Optional[PhysSource], vcpu: Optional[int]) -> int:
@@ -221,7 +159,7 @@ def guest_cr4_of(source: Optional[PhysSource], vcpu: Optional[int]) -> int:
                               f"{', '.join(str(v.index) for v in vcpus) or 'none'})")
         where = f"vCPU {index} of the target"
     else:
-        regs = _vcpu(source, vcpu)
+        regs = pick_regs(source, vcpu)
         where = f"vCPU {regs.index} of {source.name}" if regs.index >= 0 else source.name
     if regs.cr4 is None:
         raise OptionError(f"{where} has no CR4: give VALUE")
