@@ -1,0 +1,246 @@
+"""One batch target read by one gdb: what to walk, which vCPUs, and where the records went.
+
+:func:`expand_targets` turns ``--core`` globs, ``--raw FILE@BASE`` and ``--remote HOST:PORT`` into
+:class:`Target` objects; :func:`run_target` (run in a worker process) starts gdb, loads the
+extension, runs ``xen-pte-walk --json`` (or ``xen-pte-check --json``) once per distinct vCPU
+and leaves each run's JSON Lines in a file of its own, counting them on the way if asked. A
+live target is attached only for the walks themselves: the extension is loaded first, and gdb
+detaches (the guest runs on) before anything is counted.
+
+Failure modes: :class:`~scripts.cli.UsageError` from :func:`expand_targets` for a glob that
+matches nothing or a malformed spec; :func:`run_target` never raises for a bad target — a
+corrupt dump, a gdb that dies or a timeout becomes the ``error`` of the runs concerned.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shlex
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+from gdb_xenpte.errors import XenpteError
+
+from .cli import UsageError
+from .mi import CommandError, GdbFailure, GdbSession
+from .records import RecordError, Tally
+
+__all__ = ["Job", "Run", "Target", "TargetResult", "expand_targets", "run_target"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A dump (``core``), a raw image (``raw``: ``FILE@BASE``) or a gdbstub (``remote``)."""
+
+    kind: str
+    spec: str
+
+    @property
+    def label(self) -> str:
+        """The name records are tagged with (the path or HOST:PORT as given)."""
+        return self.spec
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a worker needs for one target (plain data: it crosses a process boundary).
+
+    :param vcpu: ``None`` (the source's default vCPU), ``"all"``, or a number as text.
+    :param options: options passed through to the gdb command unchanged.
+    :param deadline_s: seconds the whole target may take (None: no limit).
+    """
+
+    target: Target
+    command: str
+    options: Tuple[str, ...]
+    vcpu: Optional[str]
+    workdir: str
+    index: int
+    deadline_s: Optional[float] = None
+    gdb: str = "gdb"
+    tally: bool = True
+
+
+@dataclass
+class Run:
+    """One command run: a vCPU (plus the vCPUs sharing its page tables) and its records."""
+
+    vcpu: Optional[int]
+    vcpus: List[int] = field(default_factory=list)
+    path: Optional[str] = None
+    error: Optional[str] = None
+    tally: Optional[Tally] = None
+
+
+@dataclass
+class TargetResult:
+    target: Target
+    runs: List[Run]
+    seconds: float
+
+    @property
+    def failed(self) -> bool:
+        return any(r.error for r in self.runs)
+
+
+def expand_targets(cores: Sequence[str], raws: Sequence[str],
+                   remotes: Sequence[str]) -> List[Target]:
+    """Targets in the order given; globs expanded (sorted), duplicates dropped.
+
+    :raises UsageError: for a pattern matching no file or a malformed HOST:PORT / FILE@BASE.
+    """
+    out: List[Target] = []
+    for pattern in cores:
+        found = sorted(glob.glob(os.path.expanduser(pattern))) if glob.has_magic(pattern) \
+            else [pattern]
+        if not found:
+            raise UsageError(f"--core {pattern}: no file matches")
+        for path in found:
+            if not os.path.isfile(path):
+                raise UsageError(f"--core {path}: no such file")
+            out.append(Target("core", path))
+    for spec in raws:
+        path, at, base = spec.rpartition("@")
+        if not at or not path or not os.path.isfile(path):
+            raise UsageError(f"--raw {spec}: expected FILE@BASE with an existing FILE")
+        out.append(Target("raw", spec))
+    for spec in remotes:
+        host, colon, port = spec.rpartition(":")
+        if not colon or not port.isdigit():
+            raise UsageError(f"--remote {spec}: expected HOST:PORT (e.g. localhost:1234)")
+        out.append(Target("remote", spec))
+    seen, unique = set(), []
+    for t in out:
+        if t not in seen:
+            seen.add(t)
+            unique.append(t)
+    return unique
+
+
+# ---- vCPU plans --------------------------------------------------------------------------------
+
+def _group(vcpus: Sequence[Tuple[int, tuple]]) -> List[Tuple[int, List[int]]]:
+    """``(index, key)`` pairs -> ``(first index, all indices)`` per distinct key, in order.
+
+    The key is (CR3, CR0, CR4, EFER): vCPUs sharing page tables walk identically unless their
+    control registers differ, and then the verdicts differ too.
+    """
+    groups: dict = {}
+    for index, key in vcpus:
+        groups.setdefault(key, []).append(index)
+    return [(members[0], members) for members in groups.values()]
+
+
+def _dump_plan(target: Target, vcpu: Optional[str]) -> List[Tuple[Optional[int], List[int]]]:
+    """The vCPU runs for a dump, from the engine's reader (registers only, no page read)."""
+    if target.kind == "raw":
+        return [(None, [])]  # a raw image has no registers: --cr3 etc. come from the options
+    from gdb_xenpte.sources.open import open_dump
+    with open_dump(target.spec) as src:
+        regs = [r for r in src.vcpus()]
+        if vcpu == "all":
+            live = [(r.index, (r.cr3, r.cr0, r.cr4, r.efer)) for r in regs
+                    if r.online and r.cr3 is not None]
+            return _group(live) or [(None, [])]
+        if vcpu is not None:
+            return [(int(vcpu), [int(vcpu)])]
+        default = getattr(src, "current_vcpu", None)
+        if default is None and regs:
+            default = regs[0].index
+        return [(default, [default] if default is not None else [])]
+
+
+def _remote_plan(gdb: GdbSession, vcpu: Optional[str]) -> List[Tuple[Optional[int], List[int]]]:
+    """The vCPU runs for a live target: QEMU shows one gdb thread per vCPU (vCPU = id - 1)."""
+    if vcpu not in (None, "all"):
+        return [(int(vcpu), [int(vcpu)])]
+    threads = gdb.threads()
+    if vcpu is None:
+        current = gdb.mi("-thread-info")[-1]["payload"].get("current-thread-id", "1")
+        return [(int(current) - 1, [int(current) - 1])]
+    keyed = []
+    for th in threads:
+        tid = int(th["id"])
+        key = tuple(gdb.evaluate(f"(unsigned long long)${r}", tid)
+                    for r in ("cr3", "cr0", "cr4", "efer"))
+        keyed.append((tid - 1, key))
+    return _group(keyed)
+
+
+# ---- the worker --------------------------------------------------------------------------------
+
+def _source_options(target: Target, index: Optional[int]) -> List[str]:
+    opts = {"core": ["--core", target.spec], "raw": ["--raw", target.spec]}.get(target.kind, [])
+    return opts + (["--vcpu", str(index)] if index is not None else [])
+
+
+def _command_line(job: Job, index: Optional[int]) -> str:
+    argv = [job.command, "--json", *_source_options(job.target, index), *job.options]
+    return " ".join(shlex.quote(a) for a in argv)  # gdb's buildargv reads shell-style quoting
+
+
+def _connect(gdb: GdbSession, spec: str) -> None:
+    # A 32-bit guest must not make gdb reject QEMU's 64-bit register packet.
+    gdb.mi("-gdb-set architecture i386:x86-64")
+    gdb.mi(f"-target-select remote {spec}")
+
+
+def run_target(job: Job) -> TargetResult:
+    """Read one target; every failure is recorded in the runs, nothing raises."""
+    start = time.monotonic()
+    deadline = start + job.deadline_s if job.deadline_s else None
+    runs: List[Run] = []
+    plan: List[Tuple[Optional[int], List[int]]] = []
+    finished = 0  # runs whose command has returned (with records or its own error)
+    try:
+        if job.target.kind != "remote":
+            plan = _dump_plan(job.target, job.vcpu)
+        with GdbSession(job.gdb, deadline) as gdb:
+            if job.target.kind == "remote":
+                _connect(gdb, job.target.spec)
+                plan = _remote_plan(gdb, job.vcpu)
+            for n, (index, members) in enumerate(plan):
+                run = Run(index, members, os.path.join(job.workdir, f"t{job.index}-{n}.jsonl"))
+                runs.append(run)
+                try:
+                    gdb.to_file(_command_line(job, index), run.path)
+                except CommandError as err:
+                    run.error = str(err)
+                finished += 1
+            if job.target.kind == "remote":
+                gdb.mi("-target-detach")  # the guest runs on while we count
+    except GdbFailure as err:
+        _fail_rest(runs, plan, finished, str(err))
+    except (XenpteError, OSError) as err:  # a dump the engine's reader refuses
+        _fail_rest(runs, plan, finished, _one_line(err))
+    except Exception as err:  # noqa: BLE001 — one target's bug must not stop the fleet
+        _fail_rest(runs, plan, finished, f"internal error: {type(err).__name__}: "
+                                         f"{_one_line(err)}")
+    for run in runs:
+        if run.error is None and job.tally:
+            try:
+                run.tally = Tally.of_file(run.path)
+            except (OSError, RecordError) as err:
+                run.error = f"unreadable output from gdb: {err}"
+        if run.error is not None and run.path is not None:
+            if os.path.exists(run.path):
+                os.unlink(run.path)
+            run.path = None
+    return TargetResult(job.target, runs, time.monotonic() - start)
+
+
+def _fail_rest(runs: List[Run], plan, finished: int, message: str) -> None:
+    """Fail the run in progress and every planned run not started, with ``message``."""
+    for run in runs[finished:]:
+        run.error = message
+    for index, members in plan[len(runs):]:
+        runs.append(Run(index, members, None, message))
+    if not runs:
+        runs.append(Run(None, [], None, message))
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

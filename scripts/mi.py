@@ -1,0 +1,192 @@
+"""One gdb process driven over gdb/MI (pygdbmi), with the extension loaded.
+
+:class:`GdbSession` starts ``gdb --interpreter=mi3``, loads gdb_xenpte through its loader file,
+and runs commands with a deadline. A command whose output may be huge (a whole-space walk) runs
+under gdb's ``pipe`` command so its JSON Lines go straight to a file: as MI console records every
+line would be escaped by gdb and parsed character by character by pygdbmi (slow, and pygdbmi
+gathers a command's records in a list) — see benchmarks/bench_batch.py for the measurement.
+
+Failure modes (all :class:`GdbFailure`): gdb is missing or dies, a command reports ``^error``
+(:class:`CommandError`, carrying gdb's one-line message), or the deadline passes
+(:class:`GdbTimeout`; gdb is then killed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import time
+from typing import Dict, List, Optional
+
+__all__ = ["CommandError", "GdbFailure", "GdbSession", "GdbTimeout", "deps_dir", "loader_path"]
+
+
+class GdbFailure(Exception):
+    """gdb could not do what was asked; ``str()`` is one line for an error record."""
+
+
+class CommandError(GdbFailure):
+    """A command ended in MI ``^error``; the message is gdb's."""
+
+
+class GdbTimeout(GdbFailure):
+    """The deadline passed before gdb answered."""
+
+
+def loader_path() -> str:
+    """The extension's loader file (what ``xen-pte-gdbinit`` tells users to source)."""
+    from gdb_xenpte import gdb_load
+    return os.path.join(gdb_load.HERE, "gdb_load.py")
+
+
+def deps_dir() -> str:
+    """The directory this interpreter imports tabulate from.
+
+    gdb embeds its own Python (Debian's /usr/bin/python3), which may lack the extension's
+    dependency; the loader adds only the package's own directory, so we offer this one too.
+    """
+    import tabulate
+    return os.path.dirname(os.path.dirname(os.path.abspath(tabulate.__file__)))
+
+
+def _mi_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class GdbSession:
+    """A gdb with the extension loaded; use as a context manager (gdb is killed at the end).
+
+    :param gdb: the gdb binary.
+    :param deadline: ``time.monotonic()`` value after which every wait raises :class:`GdbTimeout`.
+    :raises GdbFailure: if gdb is not found or the extension does not load.
+    """
+
+    def __init__(self, gdb: str = "gdb", deadline: Optional[float] = None):
+        from pygdbmi.gdbcontroller import GdbController  # only the batch tools need pygdbmi
+        path = shutil.which(gdb)
+        if path is None:
+            raise GdbFailure(f"gdb not found: {gdb!r} (install Debian's 'gdb' or give --gdb PATH)")
+        self.deadline = deadline
+        self._token = 0
+        # A short grace period: pygdbmi otherwise waits 0.2 s after the last output per read.
+        self._ctl = GdbController(command=[path, "--nx", "--quiet", "--interpreter=mi3"],
+                                  time_to_check_for_additional_output_sec=0.01)
+        try:
+            self.console(f"python import sys; sys.path.append({deps_dir()!r})")
+            for setting in ("pagination off", "confirm off", "width 0", "style enabled off"):
+                self.mi(f"-gdb-set {setting}")
+            said = self.mi(f"-interpreter-exec console {_mi_quote('source ' + loader_path())}")
+            try:
+                # The loader writes one line and registers nothing when a dependency is missing.
+                self.console("help xen-pte-walk")
+            except CommandError:
+                why = "".join(r["payload"] for r in said if r.get("type") == "log").strip()
+                raise GdbFailure(f"the gdb_xenpte extension did not load into gdb: "
+                                 f"{why or 'xen-pte-walk is not defined'}") from None
+        except GdbFailure:
+            self.close()
+            raise
+
+    # ---- running commands --------------------------------------------------------------------
+
+    def mi(self, command: str) -> List[Dict]:
+        """Run one MI command; return its records up to and including the result record.
+
+        :raises CommandError: on ``^error``; :class:`GdbTimeout`; :class:`GdbFailure` if gdb dies.
+        """
+        self._token += 1
+        token = self._token
+        proc = self._ctl.gdb_process
+        try:
+            self._ctl.write(f"{token}{command}", read_response=False)
+        except (OSError, ValueError) as err:  # broken pipe: gdb is gone
+            raise GdbFailure(f"gdb exited (status {proc.poll()}) before {command!r}: {err}") \
+                from None
+        records: List[Dict] = []
+        while True:
+            left = None if self.deadline is None else self.deadline - time.monotonic()
+            if left is not None and left <= 0:
+                self.close()
+                raise GdbTimeout(f"timed out in {_short(command)}")
+            batch = self._ctl.get_gdb_response(timeout_sec=min(0.5, left or 0.5),
+                                               raise_error_on_timeout=False)
+            for rec in batch:
+                records.append(rec)
+                if rec.get("type") == "result" and rec.get("token") == token:
+                    if rec.get("message") == "error":
+                        raise CommandError((rec.get("payload") or {}).get("msg", "error"))
+                    return records
+            if not batch and proc.poll() is not None:
+                # pygdbmi busy-loops on a closed pipe; the process status is the real signal.
+                raise GdbFailure(f"gdb exited with status {proc.returncode} during "
+                                 f"{_short(command)}")
+
+    def console(self, line: str) -> str:
+        """Run a CLI command; return what it wrote to the console (small outputs only)."""
+        records = self.mi(f"-interpreter-exec console {_mi_quote(line)}")
+        return "".join(r["payload"] for r in records
+                       if r.get("type") == "console" and isinstance(r.get("payload"), str))
+
+    def to_file(self, line: str, path: str) -> None:
+        """Run a CLI command with its output written to ``path`` (gdb's ``pipe``), not MI.
+
+        :raises CommandError: if the command fails (the file then holds what it wrote before).
+        """
+        self.console(f"pipe {line} | cat > {shlex.quote(path)}")
+
+    def check_options(self, command: str, argv: List[str]) -> Optional[str]:
+        """Parse ``argv`` with ``command``'s own option parser; return its error, or None.
+
+        Runs in gdb's Python against the registered command (so the batch tool never keeps a
+        second copy of the options); the answer comes back as one JSON console line.
+        """
+        code = ("import json, gdb, gdb_xenpte.gdbcmd as g\n"
+                f"c = {{getattr(x, 'command', None): x for x in g.register()}}.get({command!r})\n"
+                "try:\n"
+                "    c.parser.parse_args(ARGV); err = None\n"
+                "except gdb.GdbError as e:\n"
+                "    err = str(e)\n"
+                "except AttributeError:\n"
+                f"    err = {command + ' is not defined in this gdb_xenpte'!r}\n"
+                "print(json.dumps({'xpd_options_error': err}))")
+        code = code.replace("ARGV", repr(list(argv)))
+        out = self.console(f"python exec({code!r})")
+        for line in out.splitlines():
+            if line.startswith('{"xpd_options_error"'):
+                return json.loads(line)["xpd_options_error"]
+        raise GdbFailure(f"no answer from gdb when checking the {command} options: {out!r}")
+
+    def evaluate(self, expr: str, thread: Optional[int] = None) -> str:
+        """An expression's value as gdb prints it (MI ``-data-evaluate-expression``)."""
+        where = f"--thread {thread} --frame 0 " if thread is not None else ""
+        recs = self.mi(f"-data-evaluate-expression {where}{_mi_quote(expr)}")
+        return recs[-1]["payload"]["value"]
+
+    def threads(self) -> List[Dict]:
+        """MI ``-thread-info``: one dict per thread (``id``, ``target-id`` ...)."""
+        return self.mi("-thread-info")[-1]["payload"].get("threads", [])
+
+    # ---- lifetime --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Kill gdb (safe to call twice)."""
+        if self._ctl.gdb_process is not None:
+            try:
+                self._ctl.gdb_process.kill()
+            except OSError:
+                pass
+            self._ctl.gdb_process.wait()
+            self._ctl.gdb_process = None
+
+    def __enter__(self) -> "GdbSession":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
+
+def _short(command: str, width: int = 80) -> str:
+    return command if len(command) <= width else command[:width - 3] + "..."
