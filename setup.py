@@ -19,5 +19,7 @@ setup(
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6", "jsonschema>=4", "numpy>=1.21"],
         "compress": ["python-lzo>=1.14", "python-snappy>=0.6"],
     },
-    entry_points={"console_scripts": ["xen-pte-gdbinit = gdb_xenpte.gdb_load:main"]},
+    entry_points={"console_scripts": ["xen-pte-gdbinit = gdb_xenpte.gdb_load:main",
+                                      "xen-pte-dump = scripts.xen_pte_dump:main",
+                                      "xen-pte-diff = scripts.xen_pte_diff:main"]},
 )
