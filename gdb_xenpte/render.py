@@ -18,7 +18,6 @@ from typing import Any, Dict, Iterable, List, Mapping as TMapping, Optional, Seq
 
 from tabulate import tabulate
 
-from .arch import MODES
 from .model import ACCESS_KEYS, Mapping, Trace, Verdict
 
 __all__ = [
@@ -223,8 +222,7 @@ def header_lines(header: Dict[str, Any]) -> List[str]:
     cr4 = header["effective_cr4"]
     if header["cr4"] != cr4:
         cr4 = f"{cr4} (guest view {header['cr4']})"
-    mode = MODES[header["mode"]].name if header["mode"] in MODES else header["mode"]
-    return ([f"{mode} paging, CR3 {header['cr3']}, CR4 {cr4}, domain "
+    return ([f"{header['mode']} paging, CR3 {header['cr3']}, CR4 {cr4}, domain "
              f"{header['domain']}{xen_text}; {header['source']}"]
             + [f"note: {n}" for n in header["notes"]])
 

@@ -142,8 +142,12 @@ def _first(*values):
 
 
 def _header(s, walker: Walker) -> dict:
-    """The header record of a walk (the session's, see :meth:`gdb_xenpte.session.Session.header`)."""
-    return s.header()
+    """The header record of a walk: the session's (:meth:`~gdb_xenpte.session.Session.header`),
+    with the mode spelled as the SDM names it ("4-level"), as published since the first release
+    of the JSON format."""
+    header = s.header()
+    header["mode"] = walker.mode.name
+    return header
 
 
 def _write_trace(trace, header: dict, as_json: bool) -> None:

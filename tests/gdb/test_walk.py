@@ -98,7 +98,7 @@ def test_json_walk_validates_and_is_ordered(image):
     _validate(recs)
     assert [r["type"] for r in recs] == ["header"] + ["mapping"] * 4 + ["summary"]
     head, first, summary = recs[0], recs[1], recs[-1]
-    assert head["cr3"] == "0x100000" and head["efer"] == "0xd01" and head["mode"] == "4level"
+    assert head["cr3"] == "0x100000" and head["efer"] == "0xd01" and head["mode"] == "4-level"
     assert head["xen"] is None and head["kernel_cpl"] == 0 and head["vcpu"] is None
     assert first["va"] == "0x400000" and first["size"] == 8192 and first["count"] == 2
     assert [e["level"] for e in first["entries"]] == ["pml4", "pdpt", "pd", "pt"]
