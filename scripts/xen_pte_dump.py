@@ -147,7 +147,10 @@ class _Writer:
 def _progress(total: int, quiet: bool):
     if quiet or not sys.stderr.isatty():
         return None
-    from tqdm import tqdm
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the bar is a nicety: run without it
+        return None
     return tqdm(total=total, unit="target", file=sys.stderr, leave=False)
 
 

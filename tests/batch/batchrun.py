@@ -1,0 +1,38 @@
+"""Run the batch tools as a user would (``python3 -m scripts.xen_pte_dump``), from the repo root."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from typing import List
+
+import jsonschema
+from referencing import Registry, Resource
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DATA = ROOT / "gdb_xenpte" / "data"
+
+
+def run_tool(module: str, *args: str, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
+    """Run ``python3 -m scripts.<module> ARGS`` in the repo root; stdout and stderr as text."""
+    return subprocess.run([sys.executable, "-m", f"scripts.{module}", *map(str, args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, env=dict(os.environ, **(env or {})))
+
+
+def read_jsonl(path) -> List[dict]:
+    return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line]
+
+
+def validators():
+    """(walk, check) JSON Schema validators, the check schema resolving its $ref to the walk's."""
+    walk = json.loads((DATA / "xen-pte-walk.schema.json").read_text())
+    check = json.loads((DATA / "xen-pte-check.schema.json").read_text())
+    registry = Registry().with_resources([
+        ("gdb_xenpte/xen-pte-walk.schema.json", Resource.from_contents(walk)),
+        ("gdb_xenpte/xen-pte-check.schema.json", Resource.from_contents(check))])
+    return (jsonschema.Draft202012Validator(walk, registry=registry),
+            jsonschema.Draft202012Validator(check, registry=registry))

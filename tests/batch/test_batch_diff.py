@@ -1,0 +1,90 @@
+"""xen-pte-diff on two walks of different dumps (written by xen-pte-dump), and on odd input."""
+
+import json
+
+import pytest
+
+from batchrun import read_jsonl, run_tool
+from fleet import write_fleet
+
+
+@pytest.fixture(scope="module")
+def walks(tmp_path_factory):
+    """hvm-a.elf vCPU 0 (A) and hvm-b.kdump (B): B adds 0x40c000, drops 0x404000 and makes
+    0x408000 read-only."""
+    d = tmp_path_factory.mktemp("diff")
+    fleet = write_fleet(d)
+    a, b = d / "a.jsonl", d / "b.jsonl"
+    for dump, out in ((fleet["hvm-a.elf"], a), (fleet["hvm-b.kdump"], b)):
+        res = run_tool("xen_pte_dump", "--core", dump, "-o", out, "--quiet")
+        assert res.returncode == 0, res.stderr
+    return a, b
+
+
+def test_added_removed_changed(walks):
+    a, b = walks
+    res = run_tool("xen_pte_diff", a, b)
+    assert res.returncode == 1, res.stderr  # differences, as diff(1)
+    recs = [json.loads(ln) for ln in res.stdout.splitlines()]
+    changes = {(r["type"], r["va"], r["size"]) for r in recs if r["type"] != "summary"}
+    assert changes == {("removed", "0x404000", 4096), ("changed", "0x408000", 4096),
+                       ("added", "0x40c000", 4096)}
+    changed = next(r for r in recs if r["type"] == "changed")
+    assert changed["before"]["rights"] == "RWX U" and changed["after"]["rights"] == "R-X U"
+    assert changed["after"]["verdicts"]["user_write"] == "fault:RO"
+    assert "user_write ok -> fault:RO" in changed["what"]
+    assert "hvm-a.elf vCPU 0 vs " in changed["stream"]
+    assert recs[-1] == {"type": "summary", "counts": {"added": 1, "removed": 1, "changed": 1},
+                        "bytes": {"added": 4096, "removed": 4096, "changed": 4096}}
+
+
+def test_table(walks):
+    a, b = walks
+    res = run_tool("xen_pte_diff", a, b, "--table")
+    assert res.returncode == 1
+    lines = res.stdout.splitlines()
+    assert lines[0].split()[:4] == ["stream", "change", "VA", "start"]
+    rows = [ln.split() for ln in lines[2:-1]]
+    assert [(r[-6], r[-5]) for r in rows if r[-6] in ("added", "removed")] == [
+        ("removed", "0x404000"), ("added", "0x40c000")]
+    assert "rights RWX U -> R-X U" in res.stdout
+    assert lines[-1] == "1 added (4096 bytes), 1 removed (4096 bytes), 1 changed (4096 bytes)"
+
+
+def test_same_walk_no_difference(walks):
+    a, _b = walks
+    res = run_tool("xen_pte_diff", a, a, "--table")
+    assert res.returncode == 0 and res.stdout.startswith("no differences.")
+
+
+def test_ranges_that_do_not_line_up(tmp_path):
+    """A coalesced 3-page range on one side, three single pages (one different) on the other."""
+    def rec(va, size, write=True):
+        return json.dumps({"type": "mapping", "va": hex(va), "size": size, "pa": "0x0",
+                           "effective": {"user": True, "write": write, "exec": False},
+                           "verdicts": {"user_write": "ok" if write else "fault:RO"},
+                           "xen_bits": [], "pkey": None, "page_size": 4096})
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(rec(0x1000, 0x3000) + "\n")
+    b.write_text("\n".join([rec(0x1000, 0x1000), rec(0x2000, 0x1000, False),
+                            rec(0x3000, 0x2000)]) + "\n")
+    res = run_tool("xen_pte_diff", a, b)
+    recs = [json.loads(ln) for ln in res.stdout.splitlines()]
+    assert [(r["type"], r["va"], r["size"]) for r in recs[:-1]] == [
+        ("changed", "0x2000", 0x1000), ("added", "0x4000", 0x1000)]
+
+
+def test_bad_input_is_one_line(tmp_path, walks):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"type": "header"}\nnot json\n')
+    res = run_tool("xen_pte_diff", walks[0], bad)
+    assert res.returncode == 2 and res.stderr.strip().startswith(f"xen-pte-diff: {bad}:2: not JSON")
+    res = run_tool("xen_pte_diff", walks[0], tmp_path / "missing.jsonl")
+    assert res.returncode == 2 and "No such file" in res.stderr and "Traceback" not in res.stderr
+    unordered = tmp_path / "unordered.jsonl"
+    lines = [json.loads(ln) for ln in walks[0].read_text().splitlines()]
+    maps = [json.dumps(r) for r in lines if r["type"] == "mapping"]
+    unordered.write_text("\n".join(maps[::-1]) + "\n")
+    res = run_tool("xen_pte_diff", walks[0], unordered)
+    assert res.returncode == 2 and "out of VA order" in res.stderr
+    assert read_jsonl(walks[0])  # untouched

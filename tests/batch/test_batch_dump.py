@@ -1,0 +1,225 @@
+"""xen-pte-dump end to end: the real script, real gdb, several test dumps at once (one corrupt).
+
+One run over the whole fleet (``-j 2``, ``--vcpu all``, ``--summary``) feeds most tests; smaller
+runs cover CSV, --check, a timeout and a gdb that crashes.
+"""
+
+import collections
+import os
+import re
+import stat
+
+import pytest
+
+from batchrun import read_jsonl, run_tool, validators
+from fleet import write_fleet
+
+ACCESS = ("kernel_read", "kernel_write", "kernel_exec", "user_read", "user_write", "user_exec")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    return write_fleet(tmp_path_factory.mktemp("fleet"))
+
+
+@pytest.fixture(scope="module")
+def fleet_run(fleet, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "fleet.jsonl"
+    directory = fleet["hvm-a.elf"].parent
+    res = run_tool("xen_pte_dump", "--core", f"{directory}/*", "--vcpu", "all", "-j", "2",
+                   "-o", out, "--summary")
+    return res, read_jsonl(out)
+
+
+def _streams(records):
+    """(target basename, vcpu) -> records, in file order."""
+    out = collections.OrderedDict()
+    for r in records:
+        out.setdefault((os.path.basename(r["target"]), r["vcpu"]), []).append(r)
+    return out
+
+
+def test_corrupt_dump_is_an_error_record_and_the_exit_status(fleet_run):
+    res, records = fleet_run
+    assert res.returncode == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    errors = [r for r in records if r["type"] == "error"]
+    assert len(errors) == 1
+    assert os.path.basename(errors[0]["target"]) == "corrupt.elf"
+    assert "corrupt.elf" in errors[0]["message"] and "truncated or corrupt" in errors[0]["message"]
+    assert re.search(r"xen-pte-dump: \S+corrupt.elf: .*truncated or corrupt", res.stderr)
+
+
+def test_other_dumps_complete_and_validate(fleet_run):
+    _res, records = fleet_run
+    walk, _check = validators()
+    streams = _streams(records)
+    # hvm-a: vCPUs 0 and 1 share CR3 (one stream for both), vCPU 2 has its own.
+    assert set(streams) == {("corrupt.elf", None), ("hvm-a.elf", 0), ("hvm-a.elf", 2),
+                            ("hvm-b.kdump", 0), ("pv64.xc", 0)}
+    assert [k[0] for k in streams] == sorted(k[0] for k in streams)  # target order kept
+    for key, recs in streams.items():
+        if key[0] == "corrupt.elf":
+            continue
+        assert [r["type"] for r in recs] == ["header"] + ["mapping"] * (len(recs) - 2) \
+            + ["summary"], key
+        for r in recs:
+            walk.validate(r)
+            assert list(r)[:2] == ["target", "vcpu"]  # the tags come first
+        assert recs[-1]["counts"]["mappings"] == len(recs) - 2
+    assert all(r["vcpus"] == [0, 1] for r in streams[("hvm-a.elf", 0)])
+    assert "vcpus" not in streams[("hvm-a.elf", 2)][0]
+    headers = {k: v[0] for k, v in streams.items() if v[0]["type"] == "header"}
+    assert headers[("hvm-a.elf", 0)]["cr3"] != headers[("hvm-a.elf", 2)]["cr3"]
+    assert headers[("pv64.xc", 0)]["domain"] == "pv64"
+
+
+def _expected(recs):
+    """Counts computed straight from one stream's JSONL (independently of scripts.records)."""
+    maps = [r for r in recs if r["type"] == "mapping"]
+    smx = lambda r: any("SMEP" in r["verdicts"].get(k, "") or "SMAP" in r["verdicts"].get(k, "")
+                        for k in ACCESS[:3])  # noqa: E731
+    return {
+        "mappings": len(maps),
+        "faulting": sum(any(v != "ok" for v in r["verdicts"].values()) for r in maps),
+        "kernel SMEP/SMAP": sum(smx(r) for r in maps),
+        "W+X": sum(r["effective"]["write"] and r["effective"]["exec"] for r in maps),
+        "Xen bits": sum(len(r["xen_bits"]) for r in maps),
+        "pkeys": sum(r["pkey"] not in (None, 0) for r in maps),
+    }
+
+
+def _table(lines, start):
+    """Cells of the tabulate table whose header is ``lines[start]`` (columns from its rule)."""
+    cuts = [m.span() for m in re.finditer(r"-+", lines[start + 1])]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.strip():
+            break
+        rows.append([line[a:b if i + 1 < len(cuts) else None].strip()
+                     for i, (a, b) in enumerate(cuts)])
+    return rows
+
+
+def test_summary_counts_equal_counts_from_the_jsonl(fleet_run, fleet):
+    res, records = fleet_run
+    lines = res.stdout.splitlines()
+    streams = _streams(records)
+    # The fleet overview: one row per run, then the total.
+    at = lines.index("== fleet")
+    head = lines[at + 1].split()
+    rows = _table(lines, at + 1)
+    assert rows[-1][0] == "fleet total" and "1 failed" in rows[-1][2]
+    cols = ["mappings", "faulting", "kernel SMEP/SMAP", "W+X", "Xen bits", "pkeys"]
+    total = collections.Counter()
+    for row in rows[:-1]:
+        key = (os.path.basename(row[0]), None if row[1] == "-" else int(row[1].split()[0]))
+        if key[0] == "corrupt.elf":
+            assert row[2] == "FAILED"
+            continue
+        want = _expected(streams[key])
+        got = dict(zip(cols, (int(row[3 + i]) for i in range(len(cols)))))
+        assert got == want, key
+        total.update(want)
+    assert dict(zip(cols, (int(rows[-1][3 + i]) for i in range(len(cols))))) == \
+        {c: total[c] for c in cols}
+    assert "disallowed" in " ".join(head)
+    # PV disallow-mask violations: the engine's own walk says which mapping has one.
+    from gdb_xenpte.session import prepare
+    from gdb_xenpte.sources.open import open_dump
+    with open_dump(str(fleet["pv64.xc"])) as src:
+        engine = sum(bool(m.disallowed) for m in prepare(src).walker().iter_mappings())
+    pv_row = next(r for r in rows if r[0].endswith("pv64.xc"))
+    assert engine == 1 and int(pv_row[3 + len(cols)]) == engine
+    # Per-target tables: every verdict count equals the JSONL's.
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("== ") and "hvm-b.kdump" in ln)
+    detail = _table(lines, at + 1)
+    got = {r[1]: int(r[2]) for r in detail if r[0] == "verdict"}
+    want = collections.Counter(f"{k}={v}" for r in streams[("hvm-b.kdump", 0)]
+                               if r["type"] == "mapping" for k, v in r["verdicts"].items())
+    assert got == dict(want)
+
+
+def test_csv(fleet, tmp_path):
+    out = tmp_path / "fleet.csv"
+    res = run_tool("xen_pte_dump", "--core", fleet["hvm-b.kdump"], fleet["corrupt.elf"],
+                   "--format", "csv", "-o", out, "--quiet")
+    assert res.returncode == 1 and res.stderr == ""  # --quiet: the error record says it all
+    import csv
+    rows = list(csv.DictReader(out.open()))
+    assert [r["type"] for r in rows] == ["mapping"] * (len(rows) - 1) + ["error"]
+    first = rows[0]
+    assert first["va"] == "0x400000" and first["rights"] == "RWX U"
+    assert first["kernel_exec"] == "fault:SMEP" and first["target"].endswith("hvm-b.kdump")
+    assert "corrupt.elf" in rows[-1]["detail"]
+
+
+def test_check_records_validate(fleet, tmp_path):
+    out = tmp_path / "check.jsonl"
+    res = run_tool("xen_pte_dump", "--core", fleet["pv64.xc"], fleet["hvm-a.elf"], "--check",
+                   "-o", out, "-j", "1", "--summary")
+    assert res.returncode == 0, res.stderr
+    _walk, check = validators()
+    recs = read_jsonl(out)
+    for r in recs:
+        check.validate(r)
+    cats = collections.Counter(r["category"] for r in recs if r["type"] == "anomaly"
+                               and r["target"].endswith("pv64.xc"))
+    assert cats["pv-disallowed"] == 1
+    assert re.search(r"anomaly\s+pv-disallowed\s+1\s+1", res.stdout)
+
+
+def test_what_if_reaches_xen_pte_check(fleet, tmp_path):
+    """--what-if goes to xen-pte-check as is: records if the glue has it, else its parser's error
+    before any target is read."""
+    out = tmp_path / "whatif.jsonl"
+    res = run_tool("xen_pte_dump", "--core", fleet["pv64.xc"], "--what-if", "pke",
+                   "--what-if", "xen=4.6", "-o", out)
+    if res.returncode == 2:
+        assert res.stderr.strip() == ("xen-pte-dump: xen-pte-check: unrecognized arguments: "
+                                      "--what-if pke --what-if xen=4.6")
+        assert not out.exists()
+    else:
+        assert res.returncode == 0, res.stderr
+        assert read_jsonl(out)[0]["type"] == "header"
+
+
+def test_bad_options_are_one_line(fleet):
+    for args, text in ((["--core", fleet["pv64.xc"], "--bogus"], "unrecognized arguments: "
+                        "--bogus"),
+                       (["--core", "/nonexistent/*.elf"], "no file matches"),
+                       (["--remote", "nohostport"], "expected HOST:PORT"),
+                       (["--core", fleet["pv64.xc"], "--vcpu", "x"], "--vcpu x"),
+                       ([], "no targets")):
+        res = run_tool("xen_pte_dump", *args)
+        assert res.returncode == 2 and len(res.stderr.splitlines()) == 1, (args, res.stderr)
+        assert res.stderr.startswith("xen-pte-dump: ") and text in res.stderr
+
+
+def test_timeout_is_an_error_record(fleet, tmp_path):
+    out = tmp_path / "t.jsonl"
+    res = run_tool("xen_pte_dump", "--core", fleet["pv64.xc"], "--timeout", "0.05", "-o", out)
+    assert res.returncode == 1
+    (rec,) = read_jsonl(out)
+    assert rec["type"] == "error" and "timed out" in rec["message"]
+
+
+def test_gdb_crash_is_an_error_record_and_the_run_goes_on(fleet, tmp_path):
+    """A gdb that dies (SIGSEGV) on one target; the other target still completes."""
+    fake = tmp_path / "gdb"
+    mark = tmp_path / "crash-next"
+    # The preflight gdb works; then every other start crashes (dies of SIGSEGV at once).
+    fake.write_text("#!/bin/sh\n"
+                    f"if [ -e {mark} ]; then rm {mark}; exec gdb -iex "
+                    "'python import os, signal; os.kill(os.getpid(), signal.SIGSEGV)' \"$@\"\n"
+                    f"else touch {mark}; exec gdb \"$@\"; fi\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    out = tmp_path / "crash.jsonl"
+    res = run_tool("xen_pte_dump", "--core", fleet["pv64.xc"], fleet["hvm-b.kdump"], "-j", "1",
+                   "--gdb", fake, "-o", out)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    recs = read_jsonl(out)
+    assert recs[0]["type"] == "error" and recs[0]["target"].endswith("pv64.xc")
+    assert "gdb exited" in recs[0]["message"]
+    assert [r["type"] for r in recs[1:3]] == ["header", "mapping"]
+    assert recs[-1]["type"] == "summary" and recs[-1]["target"].endswith("hvm-b.kdump")
