@@ -7,7 +7,7 @@ Xen's disallow masks and key collisions; nothing here decodes bits itself.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Tuple
 
 from ..model import Mapping
 

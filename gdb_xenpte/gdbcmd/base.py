@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-from typing import Iterable, List, Sequence, Union
+from typing import Iterable, List, Union
 
 import gdb
 

@@ -3,11 +3,9 @@
 import json
 
 import jsonschema
-import pytest
 from referencing import Registry, Resource
 
 from gdbrun import ROOT, run_gdb
-from test_walk import image  # noqa: F401  (the shared raw-image fixture)
 
 DATA = ROOT / "gdb_xenpte" / "data"
 
@@ -76,7 +74,7 @@ def test_cr4_pv64_kernel_is_ring3():
     assert "guest kernel: CPL 3; SMEP does not apply, SMAP does not apply" in out
 
 
-def test_cr4_from_a_dump_without_registers_is_one_error(image):  # noqa: F811
+def test_cr4_from_a_dump_without_registers_is_one_error(image):
     path = image.split()[1].split("@")[0]
     res = run_gdb(f"xen-cr4 --raw {path}@0")
     (line,) = [ln for ln in res.stderr.splitlines() if ln]
@@ -84,14 +82,14 @@ def test_cr4_from_a_dump_without_registers_is_one_error(image):  # noqa: F811
         "has no CR4: give VALUE")
 
 
-def test_check_groups_worst_first(image):  # noqa: F811
+def test_check_groups_worst_first(image):
     out = _ok(run_gdb(f"xen-pte-check {image}"))
     heads = [ln.split("]")[0] + "]" for ln in out.splitlines() if ln.startswith("[")]
     assert heads == ["[kernel-smep-smap]", "[wx]"]
     assert "[wx] writable and executable mappings: 2 ranges, 3 pages" in out
 
 
-def test_check_json_validates(image):  # noqa: F811
+def test_check_json_validates(image):
     walk = json.loads((DATA / "xen-pte-walk.schema.json").read_text())
     check = json.loads((DATA / "xen-pte-check.schema.json").read_text())
     registry = Registry().with_resources([
@@ -106,7 +104,7 @@ def test_check_json_validates(image):  # noqa: F811
     assert recs[-1]["counts"] == {"kernel-smep-smap": 2, "wx": 2}
 
 
-def test_check_pv64_disallowed_and_xen_bits(image):  # noqa: F811
+def test_check_pv64_disallowed_and_xen_bits(image):
     out = _ok(run_gdb(f"xen-pte-check --domain pv64 --xen 4.17 {image}"))
     # A PV64 kernel runs at CPL3: SMEP/SMAP never trap it, so that category is gone.
     assert "[kernel-smep-smap]" not in out

@@ -1,12 +1,9 @@
 """``-xen-pte-walk``: the same records over MI (pygdbmi), strings only, errors as ^error."""
 
-import json
-
 import pytest
 from pygdbmi.gdbcontroller import GdbController
 
 from gdbrun import DEPS, GDB, LOADER, ROOT, run_gdb
-from test_walk import image  # noqa: F401  (the shared raw-image fixture)
 
 
 @pytest.fixture
@@ -35,14 +32,14 @@ def _stringify(value):
     return "" if value is None else str(value)
 
 
-def test_mi_records_equal_the_json_lines(mi, image):  # noqa: F811
+def test_mi_records_equal_the_json_lines(mi, image):
     res = _result(mi.write(f"-xen-pte-walk {image}", timeout_sec=60))
     assert res["message"] == "done"
     cli = run_gdb(f"xen-pte-walk --json {image}").json_lines()
     assert res["payload"]["records"] == _stringify(cli)
 
 
-def test_mi_trace_and_errors(mi, image):  # noqa: F811
+def test_mi_trace_and_errors(mi, image):
     res = _result(mi.write(f"-xen-pte-walk {image} 0x401234", timeout_sec=60))
     assert [r["type"] for r in res["payload"]["records"]] == ["header", "trace", "mapping"]
     err = _result(mi.write("-xen-pte-walk --bogus", timeout_sec=30))

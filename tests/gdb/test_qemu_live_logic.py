@@ -171,7 +171,7 @@ def test_find_peer_pid_follows_our_tcp_connection():
                               "c,_=s.accept(); time.sleep(30)"], stdout=subprocess.PIPE, text=True)
     try:
         port = int(child.stdout.readline())
-        with socket.create_connection(("127.0.0.1", port)) as conn:
+        with socket.create_connection(("127.0.0.1", port)):
             for _ in range(100):  # the child's accept() may lag a moment
                 pid = find_peer_pid(port)
                 if pid:
