@@ -40,6 +40,8 @@ __all__ = [
     "summary_text",
     "trace_record",
     "trace_text",
+    "what_if_records",
+    "what_if_text",
     "verdict_summary",
 ]
 
@@ -174,6 +176,7 @@ def mapping_record(m: Mapping) -> Dict[str, Any]:
         "effective": {"user": m.effective.user, "write": m.effective.write,
                       "exec": m.effective.exec},
         "pkey": m.pkey, "xen_bits": list(m.xen_bits), "rsvd": list(m.rsvd),
+        "disallowed": list(getattr(m, "disallowed", ())),
         "memtype": m.memtype,
         "verdicts": {k: str(m.verdicts[k]) for k in ACCESS_KEYS if k in m.verdicts},
         "notes": list(m.notes),
@@ -268,13 +271,50 @@ def anomaly_record(key: str, finding: Any) -> Dict[str, Any]:
             "verdicts": {k: str(m.verdicts[k]) for k in ACCESS_KEYS if k in m.verdicts}}
 
 
-def check_summary_record(groups: Sequence[Tuple[str, str, Sequence[Any]]],
-                         stats: Any) -> Dict[str, Any]:
-    """The closing record of ``xen-pte-check --json``: findings per category."""
+def check_summary_record(groups: Sequence[Tuple[str, str, Sequence[Any]]], stats: Any,
+                         what_ifs: Sequence[Any] = ()) -> Dict[str, Any]:
+    """The closing record of ``xen-pte-check --json``: findings per category, what-if totals."""
     return {"type": "summary", "counts": {key: len(found) for key, _t, found in groups},
             "budget_hit": bool(getattr(stats, "budget_hit", None)),
             "unreadable": [{"pa": hexa(pa), "reason": why}
-                           for pa, why in getattr(stats, "unreadable", ())]}
+                           for pa, why in getattr(stats, "unreadable", ())],
+            "what_if": {r.scenario: _what_if_counts(r) for r in what_ifs}}
+
+
+def _what_if_counts(r: Any) -> Dict[str, int]:
+    return {"breaks": sum(c.count for c in r.broken), "fixes": sum(c.count for c in r.fixed),
+            "changed": sum(c.count for c in r.changes), "ranges": len(r.changes),
+            "mappings_seen": r.mappings_seen}
+
+
+def what_if_records(r: Any) -> List[Dict[str, Any]]:
+    """A ``what-if`` record (headline, description, notes, totals) and one ``change`` record per
+    changed range of a :class:`~gdb_xenpte.whatif.WhatIf`."""
+    recs: List[Dict[str, Any]] = [{
+        "type": "what-if", "scenario": r.scenario, "headline": r.headline(),
+        "description": r.description, "notes": list(r.notes), **_what_if_counts(r)}]
+    for c in r.changes:
+        recs.append({"type": "change", "scenario": r.scenario, "va": hexa(c.va), "size": c.size,
+                     "count": c.count, "level": c.level, "breaks": c.breaks, "fixes": c.fixes,
+                     "what": list(c.what), "before": c.before, "after": c.after})
+    return recs
+
+
+def what_if_text(r: Any, examples: int, style: Style = Style()) -> List[str]:
+    """Lines of one what-if comparison: the headline first, then the changed ranges."""
+    lines = [style("head", f"what-if {r.headline()}"), f"  scenario: {r.description}"]
+    lines += [f"  note: {n}" for n in r.notes]
+    rows = [[f"{c.va:#018x}-{c.va + c.size - 1:#018x}", human_size(c.size),
+             style("bad", "breaks") if c.breaks else "fixes" if c.fixes else "changes",
+             "; ".join(c.what)] for c in r.changes[:examples]]
+    if rows:
+        lines += ["  " + ln for ln in tabulate(rows, headers=["VA range", "size", "effect",
+                                                               "before -> after"],
+                                               tablefmt="simple", disable_numparse=True)
+                  .splitlines()]
+    if len(r.changes) > examples:
+        lines.append(f"  ... and {len(r.changes) - examples} more ranges")
+    return lines
 
 
 def check_text(groups: Sequence[Tuple[str, str, Sequence[Any]]], examples: int,

@@ -48,11 +48,8 @@ def classify(m: Mapping, domain: str, xen_view=None) -> List[Finding]:
            and any("SMEP" in r or "SMAP" in r for r in m.verdicts[k].reasons)]
     if smx:
         out.append(Finding("kernel-smep-smap", m, "; ".join(smx)))
-    if xen_view is not None:
-        bad = [f"{e.level}[{e.index}]: " + ",".join(name for _bit, name in found)
-               for e in m.entries for found in [xen_view.disallowed(e.raw, e.level)] if found]
-        if bad:
-            out.append(Finding("pv-disallowed", m, "; ".join(bad)))
+    if m.disallowed:  # the walker asked XenView about every entry on the path
+        out.append(Finding("pv-disallowed", m, "; ".join(m.disallowed)))
     if kind == "page" and m.effective.write and m.effective.exec:
         out.append(Finding("wx", m, m.effective.rwx()))
     if domain == "hvm" and kind == "page" and m.effective.user and m.va >= _HALF:

@@ -11,7 +11,7 @@ from typing import Iterator, List
 
 import gdb
 
-from .. import render, xen
+from .. import render, whatif, xen
 from ..arch import MODES
 from ..decode import explain_entry, level_rules
 from ..errors import OptionError
@@ -22,7 +22,7 @@ from . import anomalies, params
 from .args import GdbArgumentParser, address, choice_of, int_in, verdict_spec
 from .base import XenPteCommand, style, write_lines
 from .context import (add_cpu_options, add_source_options, add_xen_options, domain_and_xen,
-                      guest_cr4_of, make_policy, open_source, setup)
+                      guest_cr4_of, make_policy, open_source, options, setup)
 from .filters import build_filter
 
 __all__ = ["XenCr4Command", "XenPteCheckCommand", "XenPteDecodeCommand", "XenPteWalkCommand",
@@ -303,22 +303,28 @@ class XenPteCheckCommand(XenPteCommand):
     Reserved bits, guest-kernel accesses that fault under SMEP/SMAP (the infinite-#PF-loop
     candidates, with the access kind), bits Xen's PV disallow masks refuse, W+X mappings,
     user-accessible kernel-half mappings (HVM), Xen bits the CPU would read as a protection key,
-    and tables that could not be read."""
+    and tables that could not be read. With --what-if, also what a policy change would break and
+    fix for this guest, entry by entry."""
 
     command = "xen-pte-check"
 
     def build_parser(self) -> GdbArgumentParser:
         p = GdbArgumentParser(self.command, "", epilog=(
             "examples:\n  xen-pte-check\n  xen-pte-check --core dom1.xc --examples 50\n"
-            "  xen-pte-check --json --core guest.elf"))
+            "  xen-pte-check --core dom0.xc --what-if pke --what-if xen=4.6 --json"))
         add_source_options(p)
         add_cpu_options(p)
         add_xen_options(p)
+        p.add_argument("--what-if", metavar="SCENARIO", type=scenario, action="append",
+                       default=[], help="also compare with a changed policy (repeatable): "
+                                        + ", ".join(whatif.SCENARIOS))
         o = p.add_argument_group("output")
         o.add_argument("--examples", metavar="N", type=int_in(0, 1 << 30), default=10,
-                       help="mappings listed per category (default 10; all are counted)")
+                       help="mappings listed per category or scenario (default 10; all are "
+                            "counted)")
         o.add_argument("--json", action="store_true",
-                       help="JSON Lines: header, one anomaly record per finding, summary")
+                       help="JSON Lines: header, anomaly records, what-if and change records, "
+                            "summary (schema: gdb_xenpte/data/xen-pte-check.schema.json)")
         return p
 
     def run(self, args: argparse.Namespace) -> None:
@@ -327,13 +333,27 @@ class XenPteCheckCommand(XenPteCommand):
             walker = s.walker()
             header = _header(s, walker)
             groups = anomalies.group(walker.iter_mappings(), s.domain, s.xen_view)
+            stats = walker.stats
+            results = [whatif.what_if(s, name, options(args)) for name in args.what_if]
         if args.json:
             recs = [header] + [render.anomaly_record(key, f) for key, _t, fs in groups
                                for f in fs]
-            recs.append(render.check_summary_record(groups, walker.stats))
+            for r in results:
+                recs += render.what_if_records(r)
+            recs.append(render.check_summary_record(groups, stats, results))
             return write_lines(render.dumps(r) for r in recs)
-        write_lines(render.header_lines(header) + render.check_text(groups, args.examples,
-                                                                     style()))
+        lines = render.header_lines(header) + render.check_text(groups, args.examples, style())
+        for r in results:
+            lines += render.what_if_text(r, args.examples, style())
+        write_lines(lines)
+
+
+def scenario(text: str) -> str:
+    """A --what-if scenario name, checked by the engine."""
+    try:
+        return whatif.parse_scenario(text)
+    except OptionError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 COMMANDS = (XenPteWalkCommand, XenPteDecodeCommand, XenCr4Command, XenPteCheckCommand)

@@ -90,12 +90,7 @@ def test_check_groups_worst_first(image):
 
 
 def test_check_json_validates(image):
-    walk = json.loads((DATA / "xen-pte-walk.schema.json").read_text())
-    check = json.loads((DATA / "xen-pte-check.schema.json").read_text())
-    registry = Registry().with_resources([
-        ("gdb_xenpte/xen-pte-walk.schema.json", Resource.from_contents(walk)),
-        ("gdb_xenpte/xen-pte-check.schema.json", Resource.from_contents(check))])
-    validator = jsonschema.Draft202012Validator(check, registry=registry)
+    validator = _check_validator()
     res = run_gdb(f"xen-pte-check --json {image}")
     recs = [json.loads(ln) for ln in _ok(res).splitlines()]
     for r in recs:
@@ -108,3 +103,46 @@ def test_check_pv64_disallowed_and_xen_bits(image):
     out = _ok(run_gdb(f"xen-pte-check --domain pv64 --xen 4.17 {image}"))
     # A PV64 kernel runs at CPL3: SMEP/SMAP never trap it, so that category is gone.
     assert "[kernel-smep-smap]" not in out
+
+
+def _check_validator():
+    walk = json.loads((DATA / "xen-pte-walk.schema.json").read_text())
+    check = json.loads((DATA / "xen-pte-check.schema.json").read_text())
+    registry = Registry().with_resources([
+        ("gdb_xenpte/xen-pte-walk.schema.json", Resource.from_contents(walk)),
+        ("gdb_xenpte/xen-pte-check.schema.json", Resource.from_contents(check))])
+    return jsonschema.Draft202012Validator(check, registry=registry)
+
+
+def test_what_if_text_and_json(image):
+    pv = f"--domain pv64 --xen 4.17 {image}"
+    out = _ok(run_gdb(f"xen-pte-check {pv} --what-if no-guest-kernel-bit --what-if debug"))
+    assert ("what-if no-guest-kernel-bit: this change changes the meaning of 1 more in 1 range; "
+            "first: 0xffffffff80000000 (no longer Xen's: _PAGE_GUEST_KERNEL)") in out
+    assert "what-if debug: nothing changes for this guest (5 mappings checked)" in out
+    recs = [json.loads(ln) for ln in _ok(run_gdb(
+        f"xen-pte-check --json {pv} --what-if pke --what-if xen=4.6")).splitlines()]
+    validator = _check_validator()
+    for r in recs:
+        validator.validate(r)
+    kinds = [r["type"] for r in recs]
+    assert kinds == (["header", "anomaly", "anomaly", "anomaly", "what-if", "change", "change",
+                      "what-if", "summary"])
+    pke = recs[4]
+    assert pke["scenario"] == "pke" and pke["changed"] == 3 and pke["breaks"] == 0
+    change = recs[6]
+    assert change["va"] == "0x7f0000000000" and change["after"]["key"] == 5
+    assert change["before"]["key"] is None
+    assert recs[-1]["what_if"]["xen=4.6"]["changed"] == 0
+
+
+def test_what_if_bad_scenario_is_one_line():
+    res = run_gdb("xen-pte-check --what-if bogus")
+    (line,) = [ln for ln in res.stderr.splitlines() if ln]
+    assert line.startswith("xen-pte-check: argument --what-if: unknown what-if scenario 'bogus'")
+
+
+def test_mapping_records_carry_disallowed_bits(image):
+    recs = run_gdb(f"xen-pte-walk --json --domain pv64 --xen 4.17 {image}").json_lines()
+    big = next(r for r in recs if r.get("va") == "0xffff800000000000")
+    assert big["disallowed"] == ["pd[0]: bit 7 (PSE)", "pd[0]: bit 8 (G)"]
