@@ -186,3 +186,42 @@ def test_direct_map_source_reads_tables_through_guest_virtual_memory(guest):
     assert maps(virt) == maps(phys)
     assert virt[0]["source"].startswith("direct map at 0x0")
     assert _mode(guest) == "0"
+
+
+@pytest.mark.slow
+def test_direct_map_with_m2p_on_a_real_pv_dom0(tmp_path):
+    """Xen 4.17 + 64-bit PV dom0: reading dom0's tables through its direct map (PFN space) and
+    translating every frame MFN -> PFN through Xen's read-only M2P gives the same entries as the
+    physical walk, with PAs in dom0's PFN space instead of machine addresses."""
+    import struct
+    from tests.targets.gdb import GdbMi
+    from tests.targets.livewalk import load_extension, run_to_file
+    from tests.targets.xen import boot_xen
+    walk = "xen-pte-walk --json --domain pv64 --xen 4.17 0xffffffff80000000 0xffffffffa0000000"
+    direct_map = "--direct-map 0xffff888000000000"  # Linux's page_offset_base (no KASLR in PV)
+    with boot_xen(tmp_path, extra_args=["-smp", "2"],
+                  xen_args=["dom0_max_vcpus=1", "dom0_vcpus_pin"]) as guest:
+        time.sleep(1.0)
+        for _attempt in range(20):
+            with GdbMi(guest.vm.gdb_port, timeout=300) as gdb:
+                gdb.cli("thread 1")
+                cr3 = gdb.evaluate("$cr3") & ~0xFFF
+                # a kernel L4 (slot 511 maps the kernel image); a user L4 of PV64 has none
+                if struct.unpack("<Q", guest.vm.pmemsave(cr3 + 8 * 511, 8))[0] & 1:
+                    load_extension(gdb)
+                    run_to_file(gdb, walk, tmp_path / "phys.jsonl")
+                    run_to_file(gdb, f"{walk} {direct_map}", tmp_path / "dm.jsonl")
+                    break
+            time.sleep(0.3)
+        else:
+            pytest.fail("pCPU 0 never stopped with a dom0 kernel L4 in CR3")
+    phys, dm = ([json.loads(ln) for ln in open(tmp_path / f"{n}.jsonl")] for n in ("phys", "dm"))
+    assert dm[0]["source"].startswith("direct map at 0xffff888000000000, M2P at "
+                                      "0xffff800000000000")
+    keys = ("va", "size", "level", "flags", "effective", "xen_bits", "verdicts")
+    same = lambda recs: [({k: r[k] for k in keys}, [e["raw"] for e in r["entries"]])
+                         for r in recs if r["type"] == "mapping"]
+    assert same(dm) and same(dm) == same(phys)
+    pas = [(p["pa"], d["pa"]) for p, d in zip(phys, dm) if p["type"] == "mapping"]
+    assert all(d is not None and d != p for p, d in pas)  # machine -> pseudo-physical
+    assert dm[-1]["unreadable"] == [] and dm[-1]["counts"]["pages"] > 1000
