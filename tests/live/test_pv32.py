@@ -358,8 +358,10 @@ def test_xen_cr4_command_46_keeps_smep_smap(rec):
 
 
 def test_walk_header_shows_hardware_and_guest_cr4_apart(rec):
-    hw = _json(rec, "walk-hw")[0]  # no --cr4: the live vCPU's hardware CR4 is the effective one
-    assert int(hw["effective_cr4"], 16) == int(hw["cr4"], 16) == rec.ring1.cr4
+    hw = _json(rec, "walk-hw")[0]  # no --cr4: the CR4 read from the CPU stopped in ring 1
+    assert int(hw["cr4"], 16) == rec.ring1.cr4
+    # derived from it as Xen would: equal but for PGE (see the global-pages xfail above)
+    assert int(hw["effective_cr4"], 16) & ~CR4.PGE == rec.ring1.cr4
     derived = _json(rec, "walk-4.17")[0]
     assert int(derived["cr4"], 16) == CR4_GUEST_VIEW != int(derived["effective_cr4"], 16)
     assert not int(derived["effective_cr4"], 16) & xen.XEN_CR4_PV32_BITS
