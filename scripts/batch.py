@@ -27,7 +27,8 @@ from .cli import UsageError
 from .mi import CommandError, GdbFailure, GdbSession
 from .records import RecordError, Tally
 
-__all__ = ["Job", "Run", "Target", "TargetResult", "expand_targets", "run_target"]
+__all__ = ["Job", "Run", "Target", "TargetResult", "expand_targets", "init_worker",
+           "release_session", "run_target"]
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,36 @@ def _connect(gdb: GdbSession, spec: str) -> None:
     gdb.mi(f"-target-select remote {spec}")
 
 
+# This process's gdb, kept from one dump to the next: starting gdb and loading the extension
+# costs more than a small walk (benchmarks/bench_batch.py). Dropped after any gdb failure and
+# after live targets (connection state), so a fresh gdb serves the next target then.
+_SESSION: Optional[GdbSession] = None
+
+
+def _session(job: Job, deadline: Optional[float]) -> GdbSession:
+    global _SESSION
+    if _SESSION is not None and (_SESSION.gdb != job.gdb or not _SESSION.alive()):
+        release_session()
+    if _SESSION is None:
+        _SESSION = GdbSession(job.gdb, deadline)
+    _SESSION.deadline = deadline
+    return _SESSION
+
+
+def release_session() -> None:
+    """Close this process's kept gdb, if any."""
+    global _SESSION
+    if _SESSION is not None:
+        _SESSION.close()
+        _SESSION = None
+
+
+def init_worker() -> None:
+    """Pool initializer: close the worker's gdb when the pool shuts the worker down."""
+    from multiprocessing import util
+    util.Finalize(None, release_session, exitpriority=10)  # atexit does not run in workers
+
+
 def run_target(job: Job) -> TargetResult:
     """Read one target; every failure is recorded in the runs, nothing raises."""
     start = time.monotonic()
@@ -194,30 +225,36 @@ def run_target(job: Job) -> TargetResult:
     runs: List[Run] = []
     plan: List[Tuple[Optional[int], List[int]]] = []
     finished = 0  # runs whose command has returned (with records or its own error)
+    keep = False
     try:
         if job.target.kind != "remote":
             plan = _dump_plan(job.target, job.vcpu)
-        with GdbSession(job.gdb, deadline) as gdb:
-            if job.target.kind == "remote":
-                _connect(gdb, job.target.spec)
-                plan = _remote_plan(gdb, job.vcpu)
-            for n, (index, members) in enumerate(plan):
-                run = Run(index, members, os.path.join(job.workdir, f"t{job.index}-{n}.jsonl"))
-                runs.append(run)
-                try:
-                    gdb.to_file(_command_line(job, index), run.path)
-                except CommandError as err:
-                    run.error = str(err)
-                finished += 1
-            if job.target.kind == "remote":
-                gdb.mi("-target-detach")  # the guest runs on while we count
+        gdb = _session(job, deadline)
+        if job.target.kind == "remote":
+            _connect(gdb, job.target.spec)
+            plan = _remote_plan(gdb, job.vcpu)
+        for n, (index, members) in enumerate(plan):
+            run = Run(index, members, os.path.join(job.workdir, f"t{job.index}-{n}.jsonl"))
+            runs.append(run)
+            try:
+                gdb.to_file(_command_line(job, index), run.path)
+            except CommandError as err:
+                run.error = str(err)
+            finished += 1
+        if job.target.kind == "remote":
+            gdb.mi("-target-detach")  # the guest runs on while we count
+        keep = job.target.kind != "remote"
     except GdbFailure as err:
         _fail_rest(runs, plan, finished, str(err))
     except (XenpteError, OSError) as err:  # a dump the engine's reader refuses
+        keep = True  # gdb was not involved
         _fail_rest(runs, plan, finished, _one_line(err))
     except Exception as err:  # noqa: BLE001 — one target's bug must not stop the fleet
         _fail_rest(runs, plan, finished, f"internal error: {type(err).__name__}: "
                                          f"{_one_line(err)}")
+    finally:
+        if not keep:
+            release_session()
     for run in runs:
         if run.error is None and job.tally:
             try:

@@ -68,6 +68,7 @@ class GdbSession:
         path = shutil.which(gdb)
         if path is None:
             raise GdbFailure(f"gdb not found: {gdb!r} (install Debian's 'gdb' or give --gdb PATH)")
+        self.gdb = gdb
         self.deadline = deadline
         self._token = 0
         # A short grace period: pygdbmi otherwise waits 0.2 s after the last output per read.
@@ -169,6 +170,10 @@ class GdbSession:
         return self.mi("-thread-info")[-1]["payload"].get("threads", [])
 
     # ---- lifetime --------------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        """gdb is still running."""
+        return self._ctl.gdb_process is not None and self._ctl.gdb_process.poll() is None
 
     def close(self) -> None:
         """Kill gdb (safe to call twice)."""

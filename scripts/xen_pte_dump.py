@@ -33,7 +33,8 @@ import sys
 import tempfile
 from typing import IO, Dict, Iterable, List, Optional
 
-from .batch import Job, TargetResult, expand_targets, run_target
+from .batch import (Job, TargetResult, expand_targets, init_worker, release_session,
+                    run_target)
 from .cli import ArgumentParser, UsageError, run_main
 from .mi import GdbFailure, GdbSession
 from .records import CSV_COLUMNS, csv_row, dumps, error_record, tag_line
@@ -157,10 +158,14 @@ def _progress(total: int, quiet: bool):
 def _results(jobs: List[Job], workers: int) -> Iterable[TargetResult]:
     """Results in completion order (inline for one worker: no pool to start)."""
     if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield run_target(job)
+        try:
+            for job in jobs:
+                yield run_target(job)
+        finally:
+            release_session()
         return
-    with cf.ProcessPoolExecutor(max_workers=workers) as pool:
+    # Each worker keeps one gdb for its dumps; it ends with the worker (gdb reads EOF).
+    with cf.ProcessPoolExecutor(max_workers=workers, initializer=init_worker) as pool:
         futures = [pool.submit(run_target, job) for job in jobs]
         try:
             for fut in cf.as_completed(futures):

@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 DATA = ROOT / "gdb_xenpte" / "data"
 
 
-def run_tool(module: str, *args: str, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
+def run_tool(module: str, *args, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
     """Run ``python3 -m scripts.<module> ARGS`` in the repo root; stdout and stderr as text."""
     return subprocess.run([sys.executable, "-m", f"scripts.{module}", *map(str, args)],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout,
