@@ -194,6 +194,9 @@ def test_guest_booted_in_ring1_and_saw_no_fault(rec):
 
 def test_guest_made_its_pages_user(rec):
     data, code = rec.report["user-data"], rec.report["user-code"]
+    assert (data["va"], code["va"]) == (rec.symbols["user_data"], rec.symbols["user_code"])
+    lo, hi = (int(x, 16) for x in _USER_PAGES.split())  # the range the gdb commands look at
+    assert lo <= code["va"] < hi and lo <= data["va"] < hi
     assert data["pte"] & 0x7 == 0x7  # P RW US
     assert code["pte"] & 0x7 == 0x5  # P US, read-only
 
