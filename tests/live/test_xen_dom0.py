@@ -112,6 +112,10 @@ def _digest(cap: XenCapture, mappings: List[str]) -> None:
     cap.offenders = offenders
 
 
+def _bit_names(value: int) -> str:
+    return ", ".join(CR4.NAMES.get(1 << b, f"bit {b}") for b in range(64) if value >> b & 1)
+
+
 def _is_kernel_l4(vm, cr3: int) -> bool:
     """True if the L4 at ``cr3`` maps Linux's kernel image (a user L4 of PV64 does not)."""
     entry = struct.unpack("<Q", vm.pmemsave((cr3 & ~0xFFF) + 8 * KERNEL_TEXT_SLOT, 8))[0]
@@ -209,7 +213,10 @@ def test_effective_cr4_matches_the_cpu(xen_capture):
     """dom0's effective CR4 equals pCPU 0's hardware CR4: in the walk's header, and as xen.py
     derives it from Xen's own CR4 (pCPU 1) and dom0's CR4 choices."""
     cpu0_cr4, xen_cr4 = xen_capture.cpu0["cr4"], xen_capture.cpu1["cr4"]
-    assert int(xen_capture.header["effective_cr4"], 16) == cpu0_cr4, xen_capture.header
+    header_cr4 = int(xen_capture.header["effective_cr4"], 16)
+    assert header_cr4 == cpu0_cr4, (
+        f"walk header: effective CR4 {header_cr4:#x}, CPU in dom0 context {cpu0_cr4:#x}; differ "
+        f"in {_bit_names(header_cr4 ^ cpu0_cr4)}; notes {xen_capture.header['notes']}")
     # xen.py from Xen's own CR4 (pCPU 1) with the policy this boot log states.
     log = xen_capture.serial
     assert re.search(r"XPTI \(64-bit PV only\): Dom0 disabled", log), "XPTI state not in the log"
@@ -227,5 +234,6 @@ def test_effective_cr4_matches_the_cpu(xen_capture):
     derived = xen.effective_cr4(policy, guest_view, xen_cr4=xen_cr4, context="kernel")
     assert derived.value == cpu0_cr4, (
         f"xen.effective_cr4 from Xen's CR4 {xen_cr4:#x} and dom0's view {guest_view:#x}: "
-        f"{derived.value:#x}; CPU in dom0 context {cpu0_cr4:#x}\n" +
+        f"{derived.value:#x}; CPU in dom0 context {cpu0_cr4:#x}; differ in "
+        f"{_bit_names(derived.value ^ cpu0_cr4)}\n" +
         "\n".join(derived.explanation))
