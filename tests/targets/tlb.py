@@ -13,7 +13,12 @@ What it shows, and what we normalise our side to before comparing:
   (1 GiB): so the PAT bit of a large page and bits 50–63 never show;
 * the leaf's own bits only (no AND of U/W across levels), ``P`` only on 2 MiB/1 GiB leaves;
 * every present leaf, aliases included (the same table reached twice prints twice, under each VA);
-  QEMU does not check reserved bits, so a leaf below a reserved-bit entry still prints.
+  QEMU does not check reserved bits (a leaf below a reserved-bit entry still prints, and PS in a
+  PML4E/PML5E is ignored), and follows table addresses masked to bits 12–49 too.
+
+Our side is put in the same terms: the walk's PA under the same mask, its decoded leaf flags
+(``NX G PS D A PCD PWT US RW``) as letters. Records of walks stopped at a reserved bit or an
+unreadable table are not leaves and are compared separately (tests expect none).
 
 Failure modes: :class:`ValueError` for a line that is neither a tlb line nor blank, or a VA that
 QEMU printed twice.
@@ -21,13 +26,12 @@ QEMU printed twice.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Tuple
 
-__all__ = ["Comparison", "Leaf", "compare", "leaf_from_record", "leaves_from_walk_json",
-           "parse_info_tlb", "qemu_flags", "qemu_pa_mask"]
+__all__ = ["Comparison", "Leaf", "compare", "leaf_from_record", "parse_info_tlb", "qemu_flags",
+           "qemu_pa_mask"]
 
 _LINE = re.compile(r"^([0-9a-f]{16}): ([0-9a-f]{16}) ([X-][G-][P-][D-][A-][C-][T-][U-][W-])$")
 # Engine flag name for each column of QEMU's flag string, in QEMU's order.
@@ -91,40 +95,6 @@ def leaf_from_record(rec: dict) -> Leaf:
                          f"--no-coalesce")
     pa = int(rec["pa"], 16) if rec["pa"] is not None else -1
     return Leaf(int(rec["va"], 16), pa & qemu_pa_mask(rec["page_size"]), qemu_flags(rec["flags"]))
-
-
-def leaves_from_walk_json(lines: Iterable[str]) -> Tuple[Dict[int, Leaf], dict, dict]:
-    """Turn ``xen-pte-walk --no-coalesce --json`` output into QEMU's view of each page.
-
-    Records that are not pages (a walk stopped at a reserved bit or an unreadable table) are not
-    leaves QEMU prints and are returned in the summary's ``"stops"`` list instead.
-
-    :returns: ``({va: Leaf}, header record, summary record + "stops")``.
-    :raises ValueError: if the output is not a walk (no header/summary) or a VA repeats.
-    """
-    leaves: Dict[int, Leaf] = {}
-    header, summary, stops = None, None, []
-    for line in lines:
-        if not line.strip():
-            continue
-        rec = json.loads(line)
-        kind = rec.get("type")
-        if kind == "header":
-            header = rec
-        elif kind == "summary":
-            summary = rec
-        elif kind == "mapping":
-            if rec.get("kind", "page") != "page" or rec["count"] == 0:
-                stops.append(rec)
-                continue
-            leaf = leaf_from_record(rec)
-            if leaf.va in leaves:
-                raise ValueError(f"walk printed VA {leaf.va:#x} twice")
-            leaves[leaf.va] = leaf
-    if header is None or summary is None:
-        raise ValueError("not xen-pte-walk --json output: header or summary record missing")
-    summary = dict(summary, stops=stops)
-    return leaves, header, summary
 
 
 @dataclass
