@@ -20,13 +20,15 @@ the paths.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from contextlib import contextmanager
+from typing import Dict, Iterable, Iterator, List, Optional
 
 __all__ = [
     "TargetSetupError",
@@ -60,6 +62,17 @@ def cache_dir() -> Path:
     path = Path(os.environ.get("XENPTE_CACHE") or REPO / ".cache" / "debs")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextmanager
+def _cache_lock() -> Iterator[None]:
+    """Hold an exclusive lock on the cache: test runs sharing a checkout may fetch at once."""
+    with open(cache_dir() / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _run(argv: List[str], cwd: Optional[Path] = None) -> str:
@@ -154,12 +167,15 @@ def unpack(package: str) -> Path:
     root = cache_dir() / "root" / f"{package}_{version.replace(':', '%3a')}"
     if (root / UNPACKED_MARK).exists():
         return root
-    deb = _deb_file(package, version)
-    if root.exists():
-        shutil.rmtree(root)  # a half-done unpack from an interrupted run
-    root.mkdir(parents=True)
-    _run(["dpkg", "-x", str(deb), str(root)])
-    (root / UNPACKED_MARK).write_text(f"{deb.name}\n")
+    with _cache_lock():
+        if (root / UNPACKED_MARK).exists():  # another run finished it while we waited
+            return root
+        deb = _deb_file(package, version)
+        if root.exists():
+            shutil.rmtree(root)  # a half-done unpack from an interrupted run
+        root.mkdir(parents=True)
+        _run(["dpkg", "-x", str(deb), str(root)])
+        (root / UNPACKED_MARK).write_text(f"{deb.name}\n")
     return root
 
 
@@ -202,10 +218,11 @@ def xen_hypervisor() -> Path:
     target = cache_dir() / f"xen-{version.replace(':', '%3a')}.elf"
     if not target.exists():
         compressed = _one(unpack(XEN_PACKAGE), "boot/xen-4.17-amd64.gz", XEN_PACKAGE)
-        partial = target.with_suffix(".part")
-        with gzip.open(compressed, "rb") as src, open(partial, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        partial.replace(target)  # atomic: a reader never sees half a file
+        with _cache_lock():
+            partial = target.with_suffix(".part")
+            with gzip.open(compressed, "rb") as src, open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            partial.replace(target)  # atomic: a reader never sees half a file
     return target
 
 
