@@ -77,9 +77,12 @@ class Run:
 
 @dataclass
 class TargetResult:
+    """What a worker hands back: the runs, and the vCPUs ``--vcpu all`` left out and why."""
+
     target: Target
     runs: List[Run]
     seconds: float
+    skipped: List[Tuple[int, str]] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -122,52 +125,69 @@ def expand_targets(cores: Sequence[str], raws: Sequence[str],
 
 # ---- vCPU plans --------------------------------------------------------------------------------
 
-def _group(vcpus: Sequence[Tuple[int, tuple]]) -> List[Tuple[int, List[int]]]:
-    """``(index, key)`` pairs -> ``(first index, all indices)`` per distinct key, in order.
+Plan = List[Tuple[Optional[int], List[int]]]  # (vCPU to walk, every vCPU it stands for)
+CR0_PG = 1 << 31
 
-    The key is (CR3, CR0, CR4, EFER): vCPUs sharing page tables walk identically unless their
-    control registers differ, and then the verdicts differ too.
+
+def _plan_all(vcpus: Sequence[tuple]) -> Tuple[Plan, List[Tuple[int, str]]]:
+    """``--vcpu all``: one run per distinct (CR3, CR0, CR4, EFER), and the vCPUs left out.
+
+    vCPUs sharing page tables walk identically unless their control registers differ (then the
+    verdicts differ too). Offline vCPUs and vCPUs with paging off (an AP still waiting for its
+    start-up IPI) have nothing to walk and are skipped — unless every vCPU is, in which case the
+    first is walked so that the command says why.
+
+    :param vcpus: ``(index, cr3, cr0, cr4, efer, online)`` per vCPU.
     """
     groups: dict = {}
-    for index, key in vcpus:
-        groups.setdefault(key, []).append(index)
-    return [(members[0], members) for members in groups.values()]
+    skipped: List[Tuple[int, str]] = []
+    for index, cr3, cr0, cr4, efer, online in vcpus:
+        if not online:
+            skipped.append((index, "offline"))
+        elif cr3 is None:
+            skipped.append((index, "no CR3"))
+        elif cr0 is not None and not cr0 & CR0_PG:
+            skipped.append((index, "paging off"))
+        else:
+            groups.setdefault((cr3, cr0, cr4, efer), []).append(index)
+    plan: Plan = [(members[0], members) for members in groups.values()]
+    if not plan and vcpus:
+        return [(vcpus[0][0], [vcpus[0][0]])], []
+    return plan, skipped
 
 
-def _dump_plan(target: Target, vcpu: Optional[str]) -> List[Tuple[Optional[int], List[int]]]:
+def _dump_plan(target: Target, vcpu: Optional[str]) -> Tuple[Plan, List[Tuple[int, str]]]:
     """The vCPU runs for a dump, from the engine's reader (registers only, no page read)."""
     if target.kind == "raw":
-        return [(None, [])]  # a raw image has no registers: --cr3 etc. come from the options
+        return [(None, [])], []  # a raw image has no registers: --cr3 etc. come from options
     from gdb_xenpte.sources.open import open_dump
     with open_dump(target.spec) as src:
-        regs = [r for r in src.vcpus()]
-        if vcpu == "all":
-            live = [(r.index, (r.cr3, r.cr0, r.cr4, r.efer)) for r in regs
-                    if r.online and r.cr3 is not None]
-            return _group(live) or [(None, [])]
-        if vcpu is not None:
-            return [(int(vcpu), [int(vcpu)])]
+        regs = src.vcpus()
+        if vcpu == "all" and regs:
+            return _plan_all([(r.index, r.cr3, r.cr0, r.cr4, r.efer, r.online) for r in regs])
+        if vcpu not in (None, "all"):
+            return [(int(vcpu), [int(vcpu)])], []
         default = getattr(src, "current_vcpu", None)
         if default is None and regs:
             default = regs[0].index
-        return [(default, [default] if default is not None else [])]
+        return [(default, [default] if default is not None else [])], []
 
 
-def _remote_plan(gdb: GdbSession, vcpu: Optional[str]) -> List[Tuple[Optional[int], List[int]]]:
+def _remote_plan(gdb: GdbSession, vcpu: Optional[str]) -> Tuple[Plan, List[Tuple[int, str]]]:
     """The vCPU runs for a live target: QEMU shows one gdb thread per vCPU (vCPU = id - 1)."""
     if vcpu not in (None, "all"):
-        return [(int(vcpu), [int(vcpu)])]
-    threads = gdb.threads()
+        return [(int(vcpu), [int(vcpu)])], []
+    info = gdb.mi("-thread-info")[-1]["payload"]
     if vcpu is None:
-        current = gdb.mi("-thread-info")[-1]["payload"].get("current-thread-id", "1")
-        return [(int(current) - 1, [int(current) - 1])]
-    keyed = []
-    for th in threads:
+        current = int(info.get("current-thread-id", "1")) - 1
+        return [(current, [current])], []
+    regs = []
+    for th in info.get("threads", []):
         tid = int(th["id"])
-        key = tuple(gdb.evaluate(f"(unsigned long long)${r}", tid)
-                    for r in ("cr3", "cr0", "cr4", "efer"))
-        keyed.append((tid - 1, key))
-    return _group(keyed)
+        cr3, cr0, cr4, efer = (int(gdb.evaluate(f"(unsigned long long)${r}", tid), 0)
+                               for r in ("cr3", "cr0", "cr4", "efer"))
+        regs.append((tid - 1, cr3, cr0, cr4, efer, True))
+    return _plan_all(regs)
 
 
 # ---- the worker --------------------------------------------------------------------------------
@@ -223,16 +243,17 @@ def run_target(job: Job) -> TargetResult:
     start = time.monotonic()
     deadline = start + job.deadline_s if job.deadline_s else None
     runs: List[Run] = []
-    plan: List[Tuple[Optional[int], List[int]]] = []
+    plan: Plan = []
+    skipped: List[Tuple[int, str]] = []
     finished = 0  # runs whose command has returned (with records or its own error)
     keep = False
     try:
         if job.target.kind != "remote":
-            plan = _dump_plan(job.target, job.vcpu)
+            plan, skipped = _dump_plan(job.target, job.vcpu)
         gdb = _session(job, deadline)
         if job.target.kind == "remote":
             _connect(gdb, job.target.spec)
-            plan = _remote_plan(gdb, job.vcpu)
+            plan, skipped = _remote_plan(gdb, job.vcpu)
         for n, (index, members) in enumerate(plan):
             run = Run(index, members, os.path.join(job.workdir, f"t{job.index}-{n}.jsonl"))
             runs.append(run)
@@ -265,7 +286,7 @@ def run_target(job: Job) -> TargetResult:
             if os.path.exists(run.path):
                 os.unlink(run.path)
             run.path = None
-    return TargetResult(job.target, runs, time.monotonic() - start)
+    return TargetResult(job.target, runs, time.monotonic() - start, skipped)
 
 
 def _fail_rest(runs: List[Run], plan, finished: int, message: str) -> None:

@@ -165,10 +165,6 @@ class GdbSession:
         recs = self.mi(f"-data-evaluate-expression {where}{_mi_quote(expr)}")
         return recs[-1]["payload"]["value"]
 
-    def threads(self) -> List[Dict]:
-        """MI ``-thread-info``: one dict per thread (``id``, ``target-id`` ...)."""
-        return self.mi("-thread-info")[-1]["payload"].get("threads", [])
-
     # ---- lifetime --------------------------------------------------------------------------
 
     def alive(self) -> bool:

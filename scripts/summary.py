@@ -71,6 +71,9 @@ def render_summary(results: Sequence) -> List[str]:
             lines += detail_table(tally) + [""]
             overview.append([res.target.label, _vcpu_text(run), "ok"]
                             + [tally.get(what, but=but) for _h, what, but in OVERVIEW])
+        if res.skipped:
+            lines += [f"== {res.target.label}: not walked: " + ", ".join(
+                f"vCPU {index} ({why})" for index, why in res.skipped), ""]
     failed = sum(1 for row in overview if row[2] == "FAILED")
     overview.append(["fleet total", f"{len(overview)} runs",
                      f"{failed} failed" if failed else "ok"]

@@ -71,3 +71,19 @@ def test_unreachable_remote_is_an_error_record(tmp_path):
     (rec,) = read_jsonl(out)
     assert rec["type"] == "error" and rec["target"].startswith("127.0.0.1:")
     assert rec["message"] == "timed out in -target-select remote " + rec["target"]
+
+
+def test_vcpu_all_live_skips_a_vcpu_without_paging(tmp_path):
+    """Two vCPUs: the AP never gets its start-up IPI, so it has paging off and is left out."""
+    from tests.targets.oracle import build_guest
+    from tests.targets.qemu import Qemu
+    args = ["-kernel", str(build_guest("long")), "-append", "paging=4", "-smp", "2"]
+    with Qemu(args, memory="32M", workdir=tmp_path / "smp") as vm:
+        vm.wait_for_serial(r"^ORACLE: done", 60)
+        out = tmp_path / "smp.jsonl"
+        res = run_tool("xen_pte_dump", "--remote", f"127.0.0.1:{vm.gdb_port}", "--vcpu", "all",
+                       "-o", out, "--summary")
+        assert res.returncode == 0, res.stderr
+        assert {r["vcpu"] for r in read_jsonl(out)} == {0}
+        assert f"127.0.0.1:{vm.gdb_port}: not walked: vCPU 1 (paging off)" in res.stdout
+        assert "running" in vm.monitor("info status")
