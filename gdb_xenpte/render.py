@@ -239,16 +239,21 @@ def bits_table(bits: Sequence[Tuple[str, int, str]], style: Style = Style()) -> 
                                          tablefmt="simple", disable_numparse=True).splitlines()]
 
 
-def cr4_text(policy: Any, guest_cr4: int, effective: Any, visible: Any, prot: Any, context: str,
-             style: Style = Style()) -> List[str]:
+def cr4_text(policy: Any, cr4: int, guest_view: bool, effective: Any, visible: Any, prot: Any,
+             context: str, style: Style = Style()) -> List[str]:
     """Lines explaining a domain's effective CR4 (``xen.Cr4``), its guest view and the kernel's
-    protections (``xen.KernelProtections``)."""
+    protections (``xen.KernelProtections``).
+
+    :param cr4: the CR4 given or read; ``guest_view``: it is the guest's own CR4 (else a CPU's,
+        from which a PV context's CR4 is derived).
+    """
     v = policy.version
     sm = lambda x: "hvm" if x == "hvm" else ("on" if x else "off")
     lines = [style("head", f"Xen {v[0]}.{v[1]}{'.' + str(v[2]) if v[2] else ''} "
                            f"({'debug' if policy.debug else 'release'} build), {policy.domain} "
                            f"domain, smep={sm(policy.smep)} smap={sm(policy.smap)}"),
-             f"guest CR4 {guest_cr4:#x}",
+             f"guest CR4 {cr4:#x}" if guest_view or not policy.is_pv else
+             f"CPU CR4 {cr4:#x} (Xen's own or the PV context's: the guest's is derived from it)",
              f"effective CR4 {effective.value:#x} (what the hardware runs while the guest "
              f"{context if context != 'xen' else 'is served by Xen'} runs):"]
     lines += ["  " + ln for ln in effective.explanation]

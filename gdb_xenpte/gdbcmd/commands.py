@@ -285,16 +285,22 @@ class XenCr4Command(XenPteCommand):
             args.direct_map = None
             source = open_source(args)
         try:
-            guest_cr4 = args.value if args.value is not None else guest_cr4_of(source, args.vcpu)
+            cr4, guest_view = ((args.value, True) if args.value is not None
+                               else guest_cr4_of(source, args.vcpu))
             domain, version, debug = domain_and_xen(args, source)
         finally:
             if source is not None:
                 source.close()
         policy = make_policy(args, domain, version, debug)
-        eff = xen.effective_cr4(policy, guest_cr4, args.xen_cr4, args.context)
-        seen = xen.guest_visible_cr4(policy, guest_cr4, args.xen_cr4) if policy.is_pv else None
-        prot = xen.kernel_protections(policy, guest_cr4, args.xen_cr4)
-        write_lines(render.cr4_text(policy, guest_cr4, eff, seen, prot, args.context, style()))
+        # A CPU's CR4 under a PV guest is Xen's own or the PV context's, never the guest's view:
+        # derive from it as Xen would (as session.prepare does for walks).
+        guest, xen_cr4 = ((None, _first(args.xen_cr4, cr4)) if policy.is_pv and not guest_view
+                          else (cr4, args.xen_cr4))
+        eff = xen.effective_cr4(policy, guest, xen_cr4, args.context)
+        seen = xen.guest_visible_cr4(policy, guest or 0, xen_cr4) if policy.is_pv else None
+        prot = xen.kernel_protections(policy, guest, xen_cr4)
+        write_lines(render.cr4_text(policy, cr4, guest_view, eff, seen, prot, args.context,
+                                    style()))
 
 
 class XenPteCheckCommand(XenPteCommand):

@@ -10,7 +10,7 @@ option, then parameter, then what the source says, then the engine's default.
 from __future__ import annotations
 
 import argparse
-from typing import Optional
+from typing import Optional, Tuple
 
 import gdb
 
@@ -141,8 +141,9 @@ def domain_and_xen(args: argparse.Namespace, source: Optional[PhysSource] = None
             _first(o.xen, ".".join(map(str, sv)) if sv else None), bool(o.xen_debug))
 
 
-def guest_cr4_of(source: Optional[PhysSource], vcpu: Optional[int]) -> int:
-    """The CR4 of a dump's vCPU, or of the live target's selected (or given) vCPU.
+def guest_cr4_of(source: Optional[PhysSource], vcpu: Optional[int]) -> Tuple[int, bool]:
+    """The CR4 of a dump's vCPU, or of the live target's selected (or given) vCPU, and whether
+    it is the guest's own view (``ctrlreg[4]`` of a PV dump) rather than a CPU's CR4.
 
     :raises OptionError: when there is no target, or the vCPU's CR4 is unknown.
     """
@@ -163,4 +164,4 @@ def guest_cr4_of(source: Optional[PhysSource], vcpu: Optional[int]) -> int:
         where = f"vCPU {regs.index} of {source.name}" if regs.index >= 0 else source.name
     if regs.cr4 is None:
         raise OptionError(f"{where} has no CR4: give VALUE")
-    return regs.cr4
+    return regs.cr4, regs.cr4_is_guest_view

@@ -146,3 +146,14 @@ def test_mapping_records_carry_disallowed_bits(image):
     recs = run_gdb(f"xen-pte-walk --json --domain pv64 --xen 4.17 {image}").json_lines()
     big = next(r for r in recs if r.get("va") == "0xffff800000000000")
     assert big["disallowed"] == ["pd[0]: bit 7 (PSE)", "pd[0]: bit 8 (G)"]
+
+
+def test_cr4_of_the_bundled_dom0_sample_agrees_with_the_walk():
+    sample = ROOT / "gdb_xenpte" / "data" / "sample-xen-dom0.elf"
+    out = _ok(run_gdb(f"xen-cr4 --core {sample} --domain pv64 --xen 4.17"))
+    eff = next(ln for ln in out.splitlines() if ln.startswith("effective CR4 ")).split()[2]
+    head = run_gdb(f"xen-pte-walk --json --core {sample} --domain pv64 --xen 4.17 "
+                   "0xffffffff81000000").json_lines()[0]
+    assert eff == head["effective_cr4"]
+    assert "CPU CR4 " + head["cr4"] in out  # a QEMU dump holds the CPU's CR4, not the guest view
+    assert "guest kernel: CPL 3; SMEP does not apply, SMAP does not apply" in out
