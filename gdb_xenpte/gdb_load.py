@@ -34,7 +34,8 @@ def main(argv=None) -> int:
 
 def _base_site_dirs(site: str):
     """site-packages of a venv's base interpreter when the venv includes system packages."""
-    prefix = os.path.dirname(os.path.dirname(os.path.dirname(site)))  # venv/lib/pythonX.Y/site-packages
+    # site is <venv>/lib/pythonX.Y/site-packages
+    prefix = os.path.dirname(os.path.dirname(os.path.dirname(site)))
     cfg = os.path.join(prefix, "pyvenv.cfg")
     try:
         with open(cfg) as f:

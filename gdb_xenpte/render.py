@@ -56,7 +56,7 @@ OWN_RIGHTS_REASONS = ("USER-on-SUPERVISOR-page", "RO", "RO+WP", "NX")
 
 
 class Style:
-    """ANSI colours, or nothing when ``enabled`` is False (batch mode, ``set style enabled off``)."""
+    """ANSI colours, or nothing when ``enabled`` is False (batch mode, style off, no terminal)."""
 
     _CODES = {"bad": "31;1", "warn": "33", "user": "36", "kernel": "35", "dim": "2", "head": "1"}
 
@@ -168,7 +168,8 @@ def trace_text(trace: Trace, style: Style = Style()) -> List[str]:
 def mapping_record(m: Mapping) -> Dict[str, Any]:
     """Return the ``mapping`` record of one (coalesced) mapping."""
     return {
-        "type": "mapping", "kind": getattr(m, "kind", "page"), "va": hexa(m.va), "pa": hexa(m.pa), "size": m.size,
+        "type": "mapping", "kind": getattr(m, "kind", "page"), "va": hexa(m.va),
+        "pa": hexa(m.pa), "size": m.size,
         "page_size": m.page_size, "level": m.level, "count": m.count,
         "entries": [{"level": e.level, "index": e.index, "table_pa": hexa(e.table_pa),
                      "raw": hexa(e.raw)} for e in m.entries],

@@ -131,7 +131,8 @@ def test_mode_restored_after_success(guest, before):
 def test_mode_restored_after_error(guest):
     # A read fails with an unexpected error in the middle of the walk (after the mode switched).
     res = _live(guest, "set xen-pte fast-path off",
-                "python from gdb_xenpte.gdbcmd import live as L; n = [0]; _r = L.GdbStub.read_memory",
+                "python from gdb_xenpte.gdbcmd import live as L; n = [0]; "
+                "_r = L.GdbStub.read_memory",
                 "python exec('def _bad(self, a, s):\\n n[0] += 1\\n if n[0] == 3: raise "
                 "RuntimeError(\"boom\")\\n return _r(self, a, s)'); L.GdbStub.read_memory = _bad",
                 f"xen-pte-walk {_regs(guest)}")
@@ -141,7 +142,8 @@ def test_mode_restored_after_error(guest):
 
 def test_mode_restored_after_interrupt(guest):
     res = _live(guest, "set xen-pte fast-path off",
-                "python from gdb_xenpte.gdbcmd import live as L; n = [0]; _r = L.GdbStub.read_memory",
+                "python from gdb_xenpte.gdbcmd import live as L; n = [0]; "
+                "_r = L.GdbStub.read_memory",
                 "python exec('def _int(self, a, s):\\n n[0] += 1\\n if n[0] == 3: raise "
                 "KeyboardInterrupt\\n return _r(self, a, s)'); L.GdbStub.read_memory = _int",
                 f"xen-pte-walk --json {_regs(guest)}")
