@@ -205,7 +205,7 @@ def _command_line(job: Job, index: Optional[int]) -> str:
 def _connect(gdb: GdbSession, spec: str) -> None:
     # A 32-bit guest must not make gdb reject QEMU's 64-bit register packet.
     gdb.mi("-gdb-set architecture i386:x86-64")
-    gdb.mi(f"-target-select remote {spec}")
+    gdb.mi(f"-target-select remote {spec}", label=f"target remote {spec}")
 
 
 # This process's gdb, kept from one dump to the next: starting gdb and loading the extension
@@ -224,11 +224,11 @@ def _session(job: Job, deadline: Optional[float]) -> GdbSession:
     return _SESSION
 
 
-def release_session() -> None:
-    """Close this process's kept gdb, if any."""
+def release_session(detach: bool = False) -> None:
+    """Close this process's kept gdb, if any (``detach``: let a live guest run on first)."""
     global _SESSION
     if _SESSION is not None:
-        _SESSION.close()
+        _SESSION.abort(detach)
         _SESSION = None
 
 
@@ -275,7 +275,7 @@ def run_target(job: Job) -> TargetResult:
                                          f"{_one_line(err)}")
     finally:
         if not keep:
-            release_session()
+            release_session(detach=job.target.kind == "remote")
     for run in runs:
         if run.error is None and job.tally:
             try:

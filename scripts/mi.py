@@ -8,7 +8,7 @@ gathers a command's records in a list) — see benchmarks/bench_batch.py for the
 
 Failure modes (all :class:`GdbFailure`): gdb is missing or dies, a command reports ``^error``
 (:class:`CommandError`, carrying gdb's one-line message), or the deadline passes
-(:class:`GdbTimeout`; gdb is then killed).
+(:class:`GdbTimeout`; :meth:`GdbSession.abort` then detaches a live target and kills gdb).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import time
 from typing import Dict, List, Optional
 
@@ -71,6 +72,7 @@ class GdbSession:
         self.gdb = gdb
         self.deadline = deadline
         self._token = 0
+        self._pending: Optional[int] = None  # token of a command still running
         # A short grace period: pygdbmi otherwise waits 0.2 s after the last output per read.
         self._ctl = GdbController(command=[path, "--nx", "--quiet", "--interpreter=mi3"],
                                   time_to_check_for_additional_output_sec=0.01)
@@ -92,25 +94,37 @@ class GdbSession:
 
     # ---- running commands --------------------------------------------------------------------
 
-    def mi(self, command: str) -> List[Dict]:
+    def mi(self, command: str, label: Optional[str] = None) -> List[Dict]:
         """Run one MI command; return its records up to and including the result record.
 
-        :raises CommandError: on ``^error``; :class:`GdbTimeout`; :class:`GdbFailure` if gdb dies.
+        :param label: how messages name the command (default: the MI command itself).
+
+        :raises CommandError: on ``^error``; :class:`GdbTimeout` (gdb is left running: see
+            :meth:`abort`); :class:`GdbFailure` if gdb dies.
         """
         self._token += 1
         token = self._token
-        proc = self._ctl.gdb_process
         try:
             self._ctl.write(f"{token}{command}", read_response=False)
         except (OSError, ValueError) as err:  # broken pipe: gdb is gone
-            raise GdbFailure(f"gdb exited (status {proc.poll()}) before {command!r}: {err}") \
-                from None
+            raise GdbFailure(f"gdb exited (status {self._ctl.gdb_process.poll()}) before "
+                             f"{_short(label or command)}: {err}") from None
+        self._pending = token
+        try:
+            records = self._wait(token, label or command)
+        except CommandError:
+            self._pending = None  # finished, with an error; a timeout leaves it pending
+            raise
+        self._pending = None
+        return records
+
+    def _wait(self, token: int, command: str) -> List[Dict]:
+        proc = self._ctl.gdb_process
         records: List[Dict] = []
         while True:
             left = None if self.deadline is None else self.deadline - time.monotonic()
             if left is not None and left <= 0:
-                self.close()
-                raise GdbTimeout(f"timed out in {_short(command)}")
+                raise GdbTimeout(f"timed out (--timeout) during: {_short(command)}")
             batch = self._ctl.get_gdb_response(timeout_sec=min(0.5, left or 0.5),
                                                raise_error_on_timeout=False)
             for rec in batch:
@@ -124,9 +138,32 @@ class GdbSession:
                 raise GdbFailure(f"gdb exited with status {proc.returncode} during "
                                  f"{_short(command)}")
 
-    def console(self, line: str) -> str:
+    def abort(self, detach: bool, grace: float = 10.0) -> None:
+        """Stop gdb; with ``detach``, first interrupt the running command and detach.
+
+        Why: QEMU keeps a guest paused when its gdb vanishes without detaching, so a live
+        target must be let go before gdb is killed (timeout, Ctrl-C, a failed walk).
+        """
+        if detach and self.alive():
+            self.deadline = time.monotonic() + grace
+            try:
+                if self._pending is not None:
+                    # gdb turns SIGINT into an interrupted command (the glue restores
+                    # QEMU's PhyMemMode on its way out); wait for that command's result.
+                    os.kill(self._ctl.gdb_process.pid, signal.SIGINT)
+                    try:
+                        self._wait(self._pending, "the interrupted command")
+                    except CommandError:
+                        pass
+                    self._pending = None
+                self.mi("-target-detach")
+            except GdbFailure:
+                pass
+        self.close()
+
+    def console(self, line: str, label: Optional[str] = None) -> str:
         """Run a CLI command; return what it wrote to the console (small outputs only)."""
-        records = self.mi(f"-interpreter-exec console {_mi_quote(line)}")
+        records = self.mi(f"-interpreter-exec console {_mi_quote(line)}", label)
         return "".join(r["payload"] for r in records
                        if r.get("type") == "console" and isinstance(r.get("payload"), str))
 
@@ -135,7 +172,9 @@ class GdbSession:
 
         :raises CommandError: if the command fails (the file then holds what it wrote before).
         """
-        self.console(f"pipe {line} | cat > {shlex.quote(path)}")
+        delim = "|" if "|" not in line else "@@xen-pte-dump@@"
+        self.console(f"pipe -d {delim} {line} {delim} cat > {shlex.quote(path)}"
+                     if delim != "|" else f"pipe {line} | cat > {shlex.quote(path)}", line)
 
     def check_options(self, command: str, argv: List[str]) -> Optional[str]:
         """Parse ``argv`` with ``command``'s own option parser; return its error, or None.
@@ -189,5 +228,5 @@ class GdbSession:
         return False
 
 
-def _short(command: str, width: int = 80) -> str:
+def _short(command: str, width: int = 120) -> str:
     return command if len(command) <= width else command[:width - 3] + "..."

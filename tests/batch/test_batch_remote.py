@@ -70,7 +70,7 @@ def test_unreachable_remote_is_an_error_record(tmp_path):
     assert res.returncode == 1
     (rec,) = read_jsonl(out)
     assert rec["type"] == "error" and rec["target"].startswith("127.0.0.1:")
-    assert rec["message"] == "timed out in -target-select remote " + rec["target"]
+    assert rec["message"] == "timed out (--timeout) during: target remote " + rec["target"]
 
 
 def test_vcpu_all_live_skips_a_vcpu_without_paging(tmp_path):
@@ -87,3 +87,22 @@ def test_vcpu_all_live_skips_a_vcpu_without_paging(tmp_path):
         assert {r["vcpu"] for r in read_jsonl(out)} == {0}
         assert f"127.0.0.1:{vm.gdb_port}: not walked: vCPU 1 (paging off)" in res.stdout
         assert "running" in vm.monitor("info status")
+
+
+def test_timeout_mid_walk_lets_the_guest_run_on(oracle):
+    """QEMU keeps a guest paused when its gdb vanishes: a timed-out live walk is interrupted and
+    detached before gdb is killed."""
+    import time
+    from scripts.batch import _connect
+    from scripts.mi import GdbSession, GdbTimeout
+    gdb = GdbSession()
+    try:
+        _connect(gdb, f"127.0.0.1:{oracle.vm.gdb_port}")
+        assert "paused" in oracle.vm.monitor("info status")
+        gdb.deadline = time.monotonic()  # already past: the walk times out at once
+        with pytest.raises(GdbTimeout):
+            gdb.to_file("xen-pte-walk --json --no-coalesce", "/dev/null")
+    finally:
+        gdb.abort(detach=True)
+    assert not gdb.alive()
+    assert "running" in oracle.vm.monitor("info status")
