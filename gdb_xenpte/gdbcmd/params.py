@@ -78,7 +78,7 @@ PARAMETERS: Sequence[Spec] = (
     Spec("coalesce", gdb.PARAM_BOOLEAN, True, "whether walks merge equal neighbouring pages",
          "Say whether walks merge neighbouring pages with equal attributes into ranges."),
     Spec("limit", gdb.PARAM_ZUINTEGER_UNLIMITED, -1, "the most mappings a walk prints",
-         "Give the most mappings a walk prints.\nunlimited means no limit."),
+         "Give the most mappings a walk prints.\nunlimited (or 0) means no limit."),
     Spec("fast-path", gdb.PARAM_BOOLEAN, True, "whether live QEMU reads may use /proc/PID/mem",
          "Say whether live QEMU reads may use /proc/<qemu-pid>/mem.\n"
          "The fast path reads each RAM block at its host address (needs ptrace rights); without\n"
@@ -174,5 +174,5 @@ def value(name: str) -> Any:
     if name == "maxphyaddr":
         return v or None
     if name == "limit":
-        return None if v == -1 else v
+        return None if v in (-1, 0) else v
     return v

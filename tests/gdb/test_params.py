@@ -49,7 +49,9 @@ gdb.execute("set xen-pte pkru 0x10")
 gdb.execute("set xen-pte ac 1")
 gdb.execute("set xen-pte coalesce off")
 gdb.execute("set xen-pte limit unlimited")
-print(json.dumps([params.value(n) for n in ("pkru", "ac", "coalesce", "limit", "domain",
-                                              "xen-version", "maxphyaddr")]))
+got = [params.value(n) for n in ("pkru", "ac", "coalesce", "limit", "domain", "xen-version",
+                                 "maxphyaddr")]
+gdb.execute("set xen-pte limit 0")
+print(json.dumps(got + [params.value("limit")]))
 ''')
-    assert got == [16, 1, False, None, None, None, None]
+    assert got == [16, 1, False, None, None, None, None, None]

@@ -227,3 +227,12 @@ def test_direct_map_with_m2p_on_a_real_pv_dom0(tmp_path):
     pas = [(p["pa"], d["pa"]) for p, d in zip(phys, dm) if p["type"] == "mapping"]
     assert all(d is not None and d != p for p, d in pas)  # machine -> pseudo-physical
     assert dm[-1]["unreadable"] == [] and dm[-1]["counts"]["pages"] > 1000
+
+
+def test_extended_remote_connections_work_too(guest):
+    res = run_gdb("set architecture i386:x86-64",
+                  f"target extended-remote 127.0.0.1:{guest.vm.gdb_port}",
+                  f"xen-pte-walk --json {_regs(guest)} --limit 1", "detach")
+    recs = res.json_lines()
+    assert recs and "/proc/" in recs[0]["source"], res.stderr
+    assert _mode(guest) == "0"
