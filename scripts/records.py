@@ -145,6 +145,7 @@ class Tally:
     ``what`` is one of ``verdict`` (``kernel_read=fault:SMAP``), ``Xen bit``, ``pkey``, ``W+X``,
     ``disallowed``, ``kernel SMEP/SMAP`` (a guest-kernel access faults under SMEP or SMAP: the
     #PF-loop pattern), ``faulting`` (some access faults), ``anomaly`` (xen-pte-check categories),
+    ``what-if`` (``SCENARIO: changes|breaks|fixes``, from ``--what-if`` change records),
     ``mappings``, or ``record`` (record types other than the above).
     """
 
@@ -168,6 +169,15 @@ class Tally:
             self._mapping(rec)
         elif kind == "anomaly":
             self._add("anomaly", rec.get("category", "?"), 1)
+        elif kind == "what-if":  # the scenario's row exists even when nothing changes
+            self.counts.setdefault(("what-if", f"{rec.get('scenario')}: changes"), [0, 0])
+        elif kind == "change":
+            pages = int(rec.get("count", 1))
+            scenario = rec.get("scenario")
+            self._add("what-if", f"{scenario}: changes", pages)
+            for verb in ("breaks", "fixes"):
+                if rec.get(verb):
+                    self._add("what-if", f"{scenario}: {verb}", pages)
         elif kind == "summary":
             self.unreadable += len(rec.get("unreadable", ()))
             self.budget_hit |= bool(rec.get("budget_hit"))
@@ -205,10 +215,13 @@ class Tally:
         self.unreadable += other.unreadable
         self.budget_hit |= other.budget_hit
 
-    def get(self, what: str, name: Optional[str] = None, but: Sequence[str] = ()) -> int:
-        """Records counted under ``what`` (and ``name``, else every name not in ``but``)."""
+    def get(self, what: str, name: Optional[str] = None, but: Sequence[str] = (),
+            suffix: str = "") -> int:
+        """Records counted under ``what`` (and ``name``, else every name not in ``but`` that
+        ends with ``suffix``)."""
         return sum(v[0] for (w, n), v in self.counts.items()
-                   if w == what and (name is None or n == name) and n not in but)
+                   if w == what and (name is None or n == name) and n not in but
+                   and n.endswith(suffix))
 
     def __getstate__(self):  # the memo and engine view stay in the worker
         return {"counts": self.counts, "unreadable": self.unreadable,

@@ -19,14 +19,15 @@ __all__ = ["OVERVIEW", "render_summary"]
 
 # Row order of the detail tables; within a group, names sort.
 WHAT_ORDER = ("mappings", "faulting", "kernel SMEP/SMAP", "verdict", "W+X", "Xen bit", "pkey",
-              "disallowed", "anomaly", "record")
-# Overview columns: (heading, what, names left out) — records counted under ``what``; a mapping
-# with several Xen bits counts once per bit. Key 0 is every page's default, so "pkeys" counts
-# the others.
-OVERVIEW = (("mappings", "mappings", ()), ("faulting", "faulting", ()),
-            ("kernel SMEP/SMAP", "kernel SMEP/SMAP", ()), ("W+X", "W+X", ()),
-            ("Xen bits", "Xen bit", ()), ("pkeys", "pkey", ("0",)),
-            ("disallowed", "disallowed", ()), ("anomalies", "anomaly", ()))
+              "disallowed", "anomaly", "what-if", "record")
+# Overview columns: (heading, what, names left out, name suffix) — records counted under
+# ``what``; a mapping with several Xen bits counts once per bit. Key 0 is every page's default,
+# so "pkeys" counts the others; "what-if breaks" adds up the change ranges every scenario breaks.
+OVERVIEW = (("mappings", "mappings", (), ""), ("faulting", "faulting", (), ""),
+            ("kernel SMEP/SMAP", "kernel SMEP/SMAP", (), ""), ("W+X", "W+X", (), ""),
+            ("Xen bits", "Xen bit", (), ""), ("pkeys", "pkey", ("0",), ""),
+            ("disallowed", "disallowed", (), ""), ("anomalies", "anomaly", (), ""),
+            ("what-if breaks", "what-if", (), ": breaks"))
 
 
 def _vcpu_text(run) -> str:
@@ -34,6 +35,10 @@ def _vcpu_text(run) -> str:
         return "-"
     shared = [v for v in run.vcpus if v != run.vcpu]
     return str(run.vcpu) + (f" (+{','.join(map(str, shared))})" if shared else "")
+
+
+def _overview_counts(tally: Tally) -> List[int]:
+    return [tally.get(what, but=but, suffix=end) for _h, what, but, end in OVERVIEW]
 
 
 def detail_table(tally: Tally) -> List[str]:
@@ -70,16 +75,16 @@ def render_summary(results: Sequence) -> List[str]:
             lines += [f"== {title}" + (f" ({'; '.join(extra)})" if extra else "")]
             lines += detail_table(tally) + [""]
             overview.append([res.target.label, _vcpu_text(run), "ok"]
-                            + [tally.get(what, but=but) for _h, what, but in OVERVIEW])
+                            + _overview_counts(tally))
         if res.skipped:
             lines += [f"== {res.target.label}: not walked: " + ", ".join(
                 f"vCPU {index} ({why})" for index, why in res.skipped), ""]
     failed = sum(1 for row in overview if row[2] == "FAILED")
     overview.append(["fleet total", f"{len(overview)} runs",
                      f"{failed} failed" if failed else "ok"]
-                    + [fleet.get(what, but=but) for _h, what, but in OVERVIEW])
+                    + _overview_counts(fleet))
     lines += ["== fleet"]
-    heads = ["target", "vCPU", "status"] + [h for h, _w, _b in OVERVIEW]
+    heads = ["target", "vCPU", "status"] + [h for h, *_rest in OVERVIEW]
     lines += tabulate(overview, headers=heads,
                       tablefmt="simple", disable_numparse=True).splitlines()
     lines += ["", "== fleet total"] + detail_table(fleet)

@@ -169,19 +169,40 @@ def test_check_records_validate(fleet, tmp_path):
     assert re.search(r"anomaly\s+pv-disallowed\s+1\s+1", res.stdout)
 
 
-def test_what_if_reaches_xen_pte_check(fleet, tmp_path):
-    """--what-if goes to xen-pte-check as is: records if the glue has it, else its parser's error
-    before any target is read."""
+def test_what_if_passes_through_to_xen_pte_check(fleet, tmp_path):
     out = tmp_path / "whatif.jsonl"
-    res = run_tool("xen_pte_dump", "--core", fleet["pv64.xc"], "--what-if", "pke",
-                   "--what-if", "xen=4.6", "-o", out)
-    if res.returncode == 2:
-        assert res.stderr.strip() == ("xen-pte-dump: xen-pte-check: unrecognized arguments: "
-                                      "--what-if pke --what-if xen=4.6")
-        assert not out.exists()
-    else:
-        assert res.returncode == 0, res.stderr
-        assert read_jsonl(out)[0]["type"] == "header"
+    res = run_tool("xen_pte_dump", "--core", fleet["pv64.xc"], "--what-if", "no-guest-kernel-bit",
+                   "--what-if", "release", "-o", out, "--summary")
+    assert res.returncode == 0, res.stderr
+    _walk, check = validators()
+    recs = read_jsonl(out)
+    for r in recs:
+        check.validate(r)
+    heads = {r["scenario"]: r for r in recs if r["type"] == "what-if"}
+    assert set(heads) == {"no-guest-kernel-bit", "release"}
+    assert heads["release"]["changed"] == 0
+    (change,) = [r for r in recs if r["type"] == "change"]
+    assert change["scenario"] == "no-guest-kernel-bit" and change["va"] == "0xffffffff81000000"
+    assert change["count"] == 4 and "_PAGE_GUEST_KERNEL" in " ".join(change["what"])
+    assert re.search(r"what-if\s+no-guest-kernel-bit: changes\s+1\s+4", res.stdout)
+    assert re.search(r"what-if\s+release: changes\s+0\s+0", res.stdout)
+
+
+def test_bundled_real_sample(tmp_path):
+    """The bundled Xen 4.17 dom0 dump: Xen bits and disallow violations counted as in the JSONL."""
+    from batchrun import DATA
+    out = tmp_path / "sample.jsonl"
+    res = run_tool("xen_pte_dump", "--core", DATA / "sample-xen-dom0.elf", "--domain", "pv64",
+                   "--xen", "4.17", "-o", out, "--summary")
+    assert res.returncode == 0, res.stderr
+    recs = read_jsonl(out)
+    lines = res.stdout.splitlines()
+    row = _table(lines, lines.index("== fleet") + 1)[0]
+    want = _expected(recs)
+    assert want["Xen bits"] > 10_000
+    cols = ["mappings", "faulting", "kernel SMEP/SMAP", "W+X", "Xen bits", "pkeys", "disallowed"]
+    want["disallowed"] = sum(bool(r.get("disallowed")) for r in recs if r["type"] == "mapping")
+    assert dict(zip(cols, map(int, row[3:3 + len(cols)]))) == want
 
 
 def test_bad_options_are_one_line(fleet):
