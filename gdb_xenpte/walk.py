@@ -86,6 +86,7 @@ class _Ctx:
     path: Tuple[EntryRef, ...]
     notes: Tuple[str, ...]
     disallowed: Tuple[str, ...] = ()
+    xen_owned: bool = False  # below a Xen-owned entry: the PV ABI (bits, masks) does not apply
 
 
 class Walker:
@@ -98,7 +99,8 @@ class Walker:
         (e.g. ``"pv32"`` to walk a 32-bit PV guest's own tables from its L3).
     :param root: override the top table's physical/machine address (default: from CR3).
     :param domain: optional Xen view of the domain with ``xen_bits(raw, level, leaf)`` and
-        ``slot_label(level, index)`` (see :mod:`gdb_xenpte.xen`), for Xen annotations.
+        ``xen_area(level, index, va, span)`` and ``disallowed(raw, level)`` (see
+        :class:`gdb_xenpte.xenview.XenView`), for Xen annotations.
     :param judge: optional :class:`~gdb_xenpte.verdicts.Judge`; mappings then carry verdicts.
     :param entry_budget: stop after this many present entries (hostile/aliased tables).
     :param time_budget: stop after this many seconds.
@@ -197,7 +199,7 @@ class Walker:
     # -- per-entry semantics ----------------------------------------------------------------
 
     def _child_ctx(self, ctx: _Ctx, rule: LevelRule, index: int, table_pa: int, raw: int,
-                   rsvd: int) -> _Ctx:
+                   rsvd: int, va: int = 0) -> _Ctx:
         user, write, nx = ctx.user, ctx.write, ctx.nx
         if rule.has_rights:
             user = user and bool(raw & 4)
@@ -209,13 +211,16 @@ class Walker:
             rs = rs + (f"{rule.name}[{index}]: {bits_text(rsvd)} reserved",)
         notes = ctx.notes
         dis = ctx.disallowed
-        if self.domain is not None:
-            label = self.domain.slot_label(rule.name, index)
+        owned = ctx.xen_owned
+        if self.domain is not None and not owned:
+            label = self.domain.xen_area(rule.name, index, va, rule.page_size)
             if label:
                 notes = notes + (label,)
-            dis = dis + _disallowed_texts(self.domain, rule, index, raw)
+                owned = True
+            else:
+                dis = dis + _disallowed_texts(self.domain, rule, index, raw)
         return _Ctx(user, write, nx, rs, ctx.path + (EntryRef(rule.name, index, table_pa, raw),),
-                    notes, dis)
+                    notes, dis, owned)
 
     def _attrs(self, rule: LevelRule, raw: int, ctx_key: tuple, rsvd_here: int):
         """Derived attributes of a leaf, cached by everything they depend on."""
@@ -223,7 +228,7 @@ class Walker:
         hit = self._attr_cache.get(key)
         if hit is not None:
             return hit
-        user, write, nx, has_rsvd = ctx_key
+        user, write, nx, has_rsvd, xen_owned = ctx_key
         if rule.has_rights:
             user = user and bool(raw & 4)
             write = write and bool(raw & 2)
@@ -243,7 +248,7 @@ class Walker:
         pkey = (raw >> 59) & 0xF if rule.has_pkey else None
         xen_bits: Tuple[str, ...] = ()
         dis: Tuple[str, ...] = ()
-        if self.domain is not None:
+        if self.domain is not None and not xen_owned:
             xen_bits = tuple(self.domain.xen_bits(raw, rule.name, True))
             dis = tuple((bit, name) for bit, name in self.domain.disallowed(raw, rule.name))
         mt = memory_type(raw, rule, self.cpu.pat)
@@ -259,7 +264,7 @@ class Walker:
     def _make_mapping(self, rule: LevelRule, ctx: _Ctx, va_lin: int, index: int, table_pa: int,
                       raw: int, rsvd: int, count: int, and_ad: int, pa: Optional[int],
                       notes: Tuple[str, ...] = ()) -> Mapping:
-        ctx_key = (ctx.user, ctx.write, ctx.nx, bool(ctx.rsvd))
+        ctx_key = (ctx.user, ctx.write, ctx.nx, bool(ctx.rsvd), ctx.xen_owned)
         eff, flags, pkey, xen_bits, mt, verdicts, dis = self._attrs(rule, raw, ctx_key, rsvd)
         if and_ad & 0x20:
             flags = flags | {"A"}
@@ -282,7 +287,7 @@ class Walker:
     def _stop_record(self, kind: str, rule: LevelRule, ctx: _Ctx, va_lin: int, index: int,
                      table_pa: int, raw: int, rsvd: int, why: str) -> Mapping:
         """A record for a present entry the walk cannot follow (RSVD stop, unreadable table)."""
-        child = self._child_ctx(ctx, rule, index, table_pa, raw, rsvd)
+        child = self._child_ctx(ctx, rule, index, table_pa, raw, rsvd, va_lin)
         eff = Effective(child.user, child.write, not child.nx)
         verdicts = {}
         if self.judge is not None and kind == "rsvd":
@@ -319,7 +324,7 @@ class Walker:
                 return Trace(va, tuple(steps), None, f"unreadable: {dt}")
             raw = int(dt.all_raw[index])
             bits = explain_entry(raw, rule)
-            if self.domain is not None and raw & 1:
+            if self.domain is not None and raw & 1 and not ctx.xen_owned:
                 leaf_now = rule.is_leaf(raw)
                 bits = bits + tuple((name, 1, meaning) for name, meaning in
                                     self.domain.explain_bits(raw, rule.name, leaf_now))
@@ -330,7 +335,8 @@ class Walker:
                 return Trace(va, tuple(steps), None, "not present")
             leaf = rule.is_leaf(raw)
             rsvd = rule.reserved(raw, leaf)
-            child = self._child_ctx(ctx, rule, index, table_pa, raw, rsvd)
+            entry_lin = (lin >> rule.shift) << rule.shift
+            child = self._child_ctx(ctx, rule, index, table_pa, raw, rsvd, entry_lin)
             eff = Effective(child.user, child.write, not child.nx)
             if rule.ps_reserved and raw & 0x80:
                 steps.append(Step(rule.name, index, table_pa, entry_pa, raw, bits, eff,
@@ -456,7 +462,7 @@ class Walker:
                 yield ("rec", self._stop_record("rsvd", rule, ctx, va, index, table_pa, raw, rsvd,
                                                 f"PS=1 in a {rule.name} entry: #PF with RSVD"))
                 continue
-            child_ctx = self._child_ctx(ctx, rule, index, table_pa, raw, rsvd)
+            child_ctx = self._child_ctx(ctx, rule, index, table_pa, raw, rsvd, va)
             child_pa = self._frame_to_pa(rule.frame(raw, False))
             if child_pa is None:
                 yield ("rec", self._stop_record(
@@ -479,7 +485,7 @@ class Walker:
         """Yield runs of leaves of one table: ``("run", ...)`` tuples merged by the caller."""
         n = len(pos)
         self.stats.leaves += n
-        ctx_key = (ctx.user, ctx.write, ctx.nx, bool(ctx.rsvd))
+        ctx_key = (ctx.user, ctx.write, ctx.nx, bool(ctx.rsvd), ctx.xen_owned)
         page = rule.page_size
         keymask = ~(rule.leaf_frame_mask | _A_D | _pse36_mask(rule)) & 0xFFFFFFFFFFFFFFFF
         translate = self._translate is not None

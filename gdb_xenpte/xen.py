@@ -36,6 +36,7 @@ __all__ = [
     "FACTS",
     "Hardware",
     "KernelProtections",
+    "PV32_HYPERVISOR_START",
     "PV_CR4_GUEST_MASK",
     "PV_CR4_GUEST_VISIBLE_MASK",
     "XEN_CR4_PV32_BITS",
@@ -54,6 +55,7 @@ __all__ = [
     "parse_version",
     "pkey_collision",
     "put_pte_flags",
+    "pv32_hypervisor_area",
     "xen_bits",
 ]
 
@@ -221,6 +223,13 @@ FACTS: Dict[str, XenFact] = {f.key: f for f in (
             "carries Xen's own entries in slots 256-271 (init_xen_l4_slots); they point at Xen "
             "frames, not the guest's", "xen/arch/x86/mm.c init_xen_l4_slots(); "
             f"{_ASM}/config.h (virtual memory map)", "", (3, 0, 0)),
+    XenFact("compat_alt_slot", "a 32-bit PV vCPU's compat L4 also maps Xen's per-domain area at "
+            "slot 4 (PERDOMAIN_ALT_VIRT_START: the compat argument-translation area), the same "
+            "L3 as slot 260", f"{_ASM}/config.h:208-209", "", (4, 0, 0)),
+    XenFact("pv32_hv_area", "in a 32-bit PV guest, VAs from HYPERVISOR_VIRT_START_PAE "
+            "(0xF5800000) up are Xen's: it fills the guest's top L2 there (read-only compat M2P "
+            "and Xen mappings)", "xen/include/public/arch-x86/xen-x86_32.h:41-61; "
+            "init_xen_pae_l2_slots() in xen/arch/x86/mm.c", "", (3, 1, 0)),
     XenFact("hvm_pks", "HAP HVM guests on VMX may set PKS when the CPU has PKS",
             "xen/arch/x86/hvm/hvm.c; xen/arch/x86/cpu-policy.c:~828-834", "1d60c20260",
             (4, 18, 0)),
@@ -1003,8 +1012,25 @@ def l4_slot_label(index: int, policy: XenPolicy) -> Optional[str]:
     :param policy: the domain (only PV L4s carry Xen slots; HVM tables hold nothing of Xen's).
     :returns: a label such as ``"Xen L4 slot 258: linear page table ..."``.
     """
+    if policy.domain == "pv32" and index == 4:
+        return (f"Xen L4 slot 4: per-domain area mirror (compat translation area) "
+                f"({cite('compat_alt_slot')})")
     if not policy.is_pv or not 256 <= index <= 271:
         return None
     what = _L4_SLOTS.get(index, "1:1 direct map of all memory")
     return f"Xen L4 slot {index}: {what} ({cite('xen_l4_slots')})"
+
+
+PV32_HYPERVISOR_START = 0xF5800000
+
+
+def pv32_hypervisor_area(va: int, span: int, policy: XenPolicy) -> Optional[str]:
+    """Label an entry of a 32-bit PV guest's tables that lies wholly in Xen's area, else None.
+
+    :param va: first guest VA the entry covers (32-bit); ``span``: bytes it covers.
+    """
+    if policy.domain != "pv32" or va < PV32_HYPERVISOR_START or va + span > 1 << 32:
+        return None
+    return (f"Xen's area of a 32-bit PV guest (VA >= {PV32_HYPERVISOR_START:#x}) "
+            f"({cite('pv32_hv_area')})")
 

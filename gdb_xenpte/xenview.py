@@ -66,7 +66,14 @@ class XenView:
             return []
 
     def slot_label(self, level: str, index: int) -> Optional[str]:
-        """Label of a Xen-owned top-level slot, or None."""
+        """Label of a Xen-owned top-level (L4) slot, or None."""
         if level != "pml4" or not self.root_is_xen_l4:
             return None
         return xen.l4_slot_label(index, self.policy)
+
+    def xen_area(self, level: str, index: int, va: int, span: int) -> Optional[str]:
+        """Label an entry whose whole span is Xen's (a Xen L4 slot, a PV32 guest's hypervisor
+        area), or None. Entries below it are Xen's, not the guest's: no guest ABI applies."""
+        if not self.policy.is_pv:
+            return None
+        return self.slot_label(level, index) or xen.pv32_hypervisor_area(va, span, self.policy)

@@ -132,3 +132,25 @@ def test_xen_l4_slots_are_labelled():
     s = prepare(source(b, "pv64", 0x660), Options(xen="4.17"))
     lin = [m for m in s.walker().iter_mappings() if m.va >> 39 & 511 == 258]
     assert lin and all("Xen L4 slot 258" in m.notes[0] for m in lin)
+
+
+def test_pv32_hypervisor_area_is_xens_not_the_guests():
+    """From 0xF5800000 up a PV32 guest's top L2 holds Xen's entries (compat M2P): they are
+    labelled Xen's and Xen's guest ABI (disallow masks, Xen bits) is not applied to them."""
+    b = pv32_guest()
+    b.map(0xF5800000, 0x7000, flags=P | RW | A | 0x100)  # G: disallowed on a guest L1
+    b.map(0xC0002000, 0x8000, flags=P | RW | A | 0x10)    # PCD: disallowed for a guest page
+    s = prepare(source(b, "pv32", 0x660), Options(xen="4.17"))
+    m = by_va(s)
+    assert "Xen's area of a 32-bit PV guest" in m[0xF5800000].notes[0]
+    assert m[0xF5800000].disallowed == ()
+    assert m[0xC0002000].disallowed == ("pt[2]: bit 4 (PCD)",)
+
+
+def test_pv32_compat_l4_slot_4_is_xens():
+    """A PV32 vCPU's compat L4 maps Xen's per-domain area at slot 4 as well (config.h:208)."""
+    b = Builder("4level", upper=P | RW | US | A)
+    b.map(4 << 39, 0x7000, flags=P | RW | A)
+    s = prepare(source(b, "pv32", 0x50660, guest_view=False), Options(xen="4.17"))
+    (m,) = s.walker().iter_mappings()
+    assert m.notes[0].startswith("Xen L4 slot 4: per-domain area") and m.disallowed == ()
