@@ -62,7 +62,7 @@ from .packages import TargetSetupError
 from .qemu import QemuError
 from .xen import boot_xen
 
-__all__ = ["DOMU_NAME", "Marker", "XlDumps", "generate", "marker_page", "parse_xenctx",
+__all__ = ["DOMU_NAME", "Marker", "XlDumps", "generate", "load", "marker_page", "parse_xenctx",
            "parse_xenctx_code", "parse_xenctx_memory"]
 
 HERE = Path(__file__).resolve().parent / "dumpcore"
@@ -329,10 +329,9 @@ def build_dom0_initramfs(workdir: Path) -> Path:
 
 # -- reading the results ----------------------------------------------------------------------
 
-def _unpack_disk(disk: Path, dest: Path) -> Dict[str, Path]:
+def _unpack_disk(disk: Path, dest: Path) -> None:
     """Extract the tar dom0 wrote at the start of ``disk`` (regular files only, flat names)."""
     dest.mkdir(parents=True, exist_ok=True)
-    out: Dict[str, Path] = {}
     with tarfile.open(disk, mode="r:") as tar:
         for member in tar:
             name = Path(member.name).name
@@ -341,8 +340,6 @@ def _unpack_disk(disk: Path, dest: Path) -> Dict[str, Path]:
             src = tar.extractfile(member)
             with open(dest / name, "wb") as f:
                 shutil.copyfileobj(src, f, 1 << 20)
-            out[name] = dest / name
-    return out
 
 
 def _parse_marker(console: str) -> Marker:
@@ -412,8 +409,21 @@ def generate(workdir: Path, timeout: float = 600.0) -> XlDumps:
         serial = guest.vm.serial_text()
         if FAILED in serial:
             raise QemuError(f"dom0 reported a failed step; serial log tail: {serial[-4000:]}")
-    files = _unpack_disk(disk, workdir / "out")
+    _unpack_disk(disk, workdir / "out")
     disk.unlink()  # ~270 MB, nearly all of it the two dumps again
+    result = load(workdir)
+    result.seconds = {"build": built - started, "qemu": qemu_seconds,
+                      "total": time.monotonic() - started}
+    return result
+
+
+def load(workdir: Path) -> XlDumps:
+    """Read the results :func:`generate` left in ``workdir`` (``out/`` and ``serial.log``).
+
+    :raises QemuError: if a file dom0 should have written is missing.
+    """
+    workdir = Path(workdir)
+    files = {p.name: p for p in (workdir / "out").iterdir() if p.is_file()}
     for name in ("running.core", "paused.core", "xl-list-l.json", "domu-console.log", "domid"):
         if name not in files:
             raise QemuError(f"dom0's results lack {name} (have {sorted(files)})")
@@ -422,12 +432,11 @@ def generate(workdir: Path, timeout: float = 600.0) -> XlDumps:
     console = texts["domu-console.log"].replace("\r\n", "\n")
     kallsyms = {name: int(addr, 16) for addr, name in
                 re.findall(r"XENPTE-KALLSYMS ([0-9a-f]+) \w (\w+)", console)}
+    serial = (workdir / "serial.log").read_text(errors="replace")
     return XlDumps(
         workdir=workdir, running=files["running.core"], paused=files["paused.core"],
         domid=int(texts["domid"]), xl_list=json.loads(texts["xl-list-l.json"]), texts=texts,
-        console=console, marker=_parse_marker(console), kallsyms=kallsyms, serial=serial,
-        seconds={"build": built - started, "qemu": qemu_seconds,
-                 "total": time.monotonic() - started})
+        console=console, marker=_parse_marker(console), kallsyms=kallsyms, serial=serial)
 
 
 if __name__ == "__main__":
