@@ -59,6 +59,7 @@ class XenCapture:
     summary: dict = field(default_factory=dict)
     leaves: Dict[int, Leaf] = field(default_factory=dict)
     tlb_text: str = ""
+    cr4_text: str = ""  # what `xen-cr4 --domain pv64 --xen 4.17` says live
     serial: str = ""
     attempts: int = 0
     regions: Counter = field(default_factory=Counter)  # (region, property) -> leaf count
@@ -148,6 +149,7 @@ def xen_capture(tmp_path_factory) -> XenCapture:
                 start = time.monotonic()
                 cap.tlb_text = vm.monitor("info tlb", timeout=300)
                 cap.seconds["info tlb"] = time.monotonic() - start
+                cap.cr4_text = gdb.cli("xen-cr4 --domain pv64 --xen 4.17")
                 break
             time.sleep(0.3)
         else:
@@ -203,10 +205,14 @@ def test_xen_l4_slots_are_labelled(xen_capture):
 
 
 def test_smep_smap_do_not_apply_to_the_cpl3_kernel(xen_capture):
-    """SMEP is on in the CPU, yet no verdict blames SMEP/SMAP: the PV64 kernel runs at CPL3."""
+    """SMEP is on in the CPU, yet no verdict blames SMEP/SMAP, and xen-cr4 reports them as not
+    applicable: the PV64 kernel runs at CPL3."""
     assert xen_capture.cpu0["cr4"] & CR4.SMEP, hex(xen_capture.cpu0["cr4"])
     bad = {k: v for k, v in xen_capture.offenders.items() if k.startswith("SMEP/SMAP")}
     assert not bad, bad
+    # ... and xen-cr4 says so in words.
+    assert re.search(r"guest kernel: CPL 3; SMEP does not apply, SMAP does not apply",
+                     xen_capture.cr4_text), xen_capture.cr4_text
 
 
 @pytest.mark.xfail(strict=True, reason=(
