@@ -56,6 +56,8 @@ class Options:
     xen_debug: Optional[bool] = None
     smep: Union[None, bool, str] = None
     smap: Union[None, bool, str] = None
+    global_pages: Optional[bool] = None
+    vendor: Optional[str] = None
     mode: Optional[str] = None
 
     def with_(self, **changes) -> "Options":
@@ -173,7 +175,7 @@ def prepare(source: PhysSource, opts: Options = Options()) -> Session:
         efer=_first(opts.efer, regs.efer), pkru=_first(opts.pkru, regs.pkru),
         pkrs=_first(opts.pkrs, regs.pkrs), ac=opts.ac,
         maxphyaddr=_first(opts.maxphyaddr, getattr(source, "maxphyaddr", None), 52),
-        long_mode=regs.long_mode)
+        long_mode=regs.long_mode, vendor=_first(opts.vendor, "intel"))
     policy = None
     xen_view = None
     mode = opts.mode
@@ -186,23 +188,35 @@ def prepare(source: PhysSource, opts: Options = Options()) -> Session:
             notes.append(f"Xen version unknown: assuming {version} (give --xen VERSION)")
         # An HVM guest's CR4 is evidence: it could only set PKE/PKS if the CPU had PKU/PKS.
         hw = xen.Hardware(pku=bool(guest_cr4 & CR4.PKE), pks=bool(guest_cr4 & CR4.PKS))
+        hardware_cr4 = domain != "hvm" and not regs.cr4_is_guest_view and opts.cr4 is None
+        in_guest = hardware_cr4 and regs.cs is not None and regs.cs & 3 != 0
+        global_pages = opts.global_pages
+        if global_pages is None and in_guest and not guest_cr4 & CR4.PGE and domain == "pv32":
+            global_pages = False  # PV32 never uses XPTI/PCID: no PGE means global-pages off
+            notes.append("PGE clear in the PV context the CPU shows: global-pages off assumed")
         policy = xen.XenPolicy(version, domain, bool(opts.xen_debug), smep=_sm(opts.smep),
-                               smap=_sm(opts.smap), hw=hw)
-        if domain == "hvm":
-            derived = xen.effective_cr4(policy, guest_cr4)
-        elif regs.cr4_is_guest_view or opts.cr4 is not None:
+                               smap=_sm(opts.smap), hw=hw,
+                               global_pages=True if global_pages is None else global_pages)
+        if not hardware_cr4:
             derived = xen.effective_cr4(policy, guest_cr4)
         else:
-            # A live CPU's CR4 is Xen's own (stopped in Xen) or already the PV context's: derive
-            # the guest-context value from it either way.
-            derived = xen.effective_cr4(policy, None, xen_cr4=guest_cr4)
-            notes.append(f"CR4 {guest_cr4:#x} was read from the CPU; the PV context's CR4 is "
-                         f"derived from it as Xen would")
+            xen_cr4 = guest_cr4
+            if in_guest:
+                # Stopped in guest code (CS RPL != 0): the CPU shows the PV context's CR4, which
+                # lacks what Xen strips on exit to the guest; put back Xen's SMEP/SMAP choice.
+                xen_cr4 |= xen.default_xen_cr4(policy).value & (CR4.SMEP | CR4.SMAP)
+                notes.append(f"CPU stopped in guest context (CS {regs.cs:#x}): Xen's own CR4 "
+                             f"taken as {xen_cr4:#x} (the CPU's {guest_cr4:#x} plus Xen's "
+                             f"SMEP/SMAP as smep=/smap= say)")
+            else:
+                notes.append(f"CR4 {guest_cr4:#x} was read from the CPU in Xen: the PV "
+                             f"context's CR4 is derived from it as Xen would")
+            derived = xen.effective_cr4(policy, None, xen_cr4=xen_cr4)
         effective = derived.value
         explanation = list(derived.explanation)
         kernel_notes = list(xen.kernel_protections(
-            policy, guest_cr4 if domain == "hvm" or regs.cr4_is_guest_view else None,
-            None if domain == "hvm" or regs.cr4_is_guest_view else guest_cr4).notes)
+            policy, None if hardware_cr4 else guest_cr4,
+            xen_cr4 if hardware_cr4 else None).notes)
         if mode is None and domain == "pv32" and regs.cr4_is_guest_view:
             mode = "pv32"  # a dump's PV32 CR3 names the guest's own PAE L3
         xen_view = XenView(policy, root_is_xen_l4=mode != "pv32")

@@ -154,3 +154,22 @@ def test_pv32_compat_l4_slot_4_is_xens():
     s = prepare(source(b, "pv32", 0x50660, guest_view=False), Options(xen="4.17"))
     (m,) = s.walker().iter_mappings()
     assert m.notes[0].startswith("Xen L4 slot 4: per-domain area") and m.disallowed == ()
+
+
+def test_live_stop_in_ring1_is_the_pv_context_not_xens_cr4():
+    """Measured on real Xen 4.17 (real-targets.md): CR4 is 0x50660 while ring-1 PV32 code runs
+    and 0x350660 in Xen on the same CPU. A live stop in ring 1 (CS 0xe019) must give the same
+    effective CR4 for 4.17 as a stop in Xen, and still show SMEP/SMAP for the 4.6 what-if."""
+    b = pv32_guest()
+
+    def live(cr4, cs):
+        regs = VcpuRegs(0, cr0=CR0, cr3=b.cr3, cr4=cr4, efer=LM, cs=cs)
+        return MemorySource(b.image(), "live", vcpus=[regs], domain="pv32")
+
+    for cr4, cs in ((0x50660, 0xE019), (0x350660, 0xE008)):
+        s = prepare(live(cr4, cs), Options(xen="4.17", global_pages=False))
+        assert s.effective_cr4 == 0x50660, (hex(cr4), hex(s.effective_cr4))
+        s = prepare(live(cr4, cs), Options(xen="4.6", global_pages=False))
+        assert s.effective_cr4 & 0x300000 == 0x300000
+    s = prepare(live(0x50660, 0xE019), Options(xen="4.17"))
+    assert s.effective_cr4 == 0x50660 and any("global-pages off" in n for n in s.notes)
