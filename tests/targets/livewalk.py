@@ -1,8 +1,8 @@
 """Run our ``xen-pte-walk`` inside a real gdb attached to a QEMU guest, and read back its output.
 
-gdb embeds its own Python, which need not see this interpreter's packages: the folder holding
-``tabulate`` (and numpy, pyelftools next to it) goes on gdb's ``sys.path`` ahead of the working
-tree, then ``gdb_xenpte/gdb_load.py`` is sourced as a user would. A walk's JSON Lines output is
+gdb embeds its own Python, which need not see this interpreter's packages: the working tree and
+the folder holding ``tabulate`` (numpy and pyelftools sit next to it) go first on gdb's
+``sys.path``, then ``gdb_xenpte/gdb_load.py`` is sourced as a user would. A walk's JSON Lines output is
 written to a file by gdb's Python itself (tens of MB for a whole address space: far too much to
 ship through MI console records).
 
@@ -42,15 +42,22 @@ SOURCE_INDEPENDENT = ("kind", "va", "pa", "size", "page_size", "level", "count",
 
 
 def load_extension(gdb: GdbMi) -> None:
-    """Make gdb_xenpte importable in gdb's Python and register its commands."""
+    """Make gdb_xenpte importable in gdb's Python and register its commands.
+
+    :param gdb: an attached :class:`~tests.targets.gdb.GdbMi` session.
+    :raises GdbError: if gdb cannot load the extension (its message says why).
+    """
     paths = [str(REPO), str(DEPS)]
     gdb.cli(f"python import sys; sys.path[:0] = [p for p in {paths!r} if p not in sys.path]")
     gdb.cli(f"source {LOADER}")
 
 
 def run_to_file(gdb: GdbMi, command: str, path: Path, timeout: float = 900.0) -> float:
-    """Run one gdb command, writing what it prints to ``path``; return the seconds it took.
+    """Run one gdb command, writing what it prints to ``path``.
 
+    :param command: a gdb command line, e.g. ``"xen-pte-walk --no-coalesce --json"``.
+    :param timeout: seconds to wait for it.
+    :returns: the seconds it took.
     :raises GdbError: with gdb's message if the command fails.
     """
     start = time.monotonic()
