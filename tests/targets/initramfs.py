@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Dict, List, Optional
 
 __all__ = ["READY_MARKER", "NewcArchive", "busybox_initramfs", "default_init_script",
-           "write_busybox_initramfs"]
+           "write_busybox_initramfs", "write_initramfs"]
 
 # Printed by /init once the guest is up; the launchers wait for this line on the serial console.
 READY_MARKER = "XENPTE-GUEST-READY"
@@ -166,19 +166,30 @@ def busybox_initramfs(busybox: Path, init_script: Optional[str] = None,
     return archive
 
 
-def write_busybox_initramfs(dest: Path, busybox: Path, init_script: Optional[str] = None,
-                            extra: Optional[Dict[str, bytes]] = None) -> Path:
-    """Write a gzip-compressed busybox initramfs to ``dest`` (only when its contents changed).
+def write_initramfs(dest: Path, archive: NewcArchive) -> Path:
+    """Finish ``archive`` and write it gzip-compressed to ``dest`` (only when its bytes changed).
 
-    :param dest: the file to write (e.g. ``<cache>/linux-initramfs.cpio.gz``).
+    :param dest: the file to write (e.g. ``<workdir>/initramfs.cpio.gz``).
     :returns: ``dest``.
     """
-    data = busybox_initramfs(busybox, init_script, extra).finish()
-    # mtime=0 keeps the gzip bytes reproducible; level 6 is instant for ~2 MB.
-    packed = gzip.compress(data, compresslevel=6, mtime=0)
+    # mtime=0 keeps the gzip bytes reproducible; level 6 takes well under a second for ~2 MB.
+    packed = gzip.compress(archive.finish(), compresslevel=6, mtime=0)
     dest = Path(dest)
     if not dest.exists() or dest.read_bytes() != packed:
         partial = dest.with_name(dest.name + ".part")
         partial.write_bytes(packed)
         partial.replace(dest)
     return dest
+
+
+def write_busybox_initramfs(dest: Path, busybox: Path, init_script: Optional[str] = None,
+                            extra: Optional[Dict[str, bytes]] = None) -> Path:
+    """Write a gzip-compressed busybox initramfs (see :func:`busybox_initramfs`) to ``dest``.
+
+    For more than a few files (kernel modules, a toolstack), build the archive with
+    :func:`busybox_initramfs`, add trees with :meth:`NewcArchive.tree`, then
+    :func:`write_initramfs`.
+
+    :returns: ``dest``.
+    """
+    return write_initramfs(dest, busybox_initramfs(busybox, init_script, extra))
