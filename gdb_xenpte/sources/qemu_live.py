@@ -225,7 +225,7 @@ class QemuLiveSource(PhysSource):
         self._starts = [b.start for b in self.blocks]
         self._mem = None  # file object of /proc/<pid>/mem on the fast path
         self.pid: Optional[int] = None
-        self.fallback_reason: Optional[str] = "disabled by --no-fast" if not fast else None
+        self.fallback_reason: Optional[str] = None if fast else "fast path off (xen-pte fast-path)"
         self._depth = 0
         self._saved_mode: Optional[str] = None  # old PhyMemMode while ours is on
         if fast:

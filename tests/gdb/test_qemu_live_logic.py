@@ -109,7 +109,7 @@ def test_phymem_session_switches_once_and_restores():
         assert stub.mode == "1"
     assert stub.mode == "0"
     assert stub.packets == ["qqemu.PhyMemMode", "Qqemu.PhyMemMode:1", "Qqemu.PhyMemMode:0"]
-    assert src.path == "PhyMemMode" and "disabled by --no-fast" in src.describe()
+    assert src.path == "PhyMemMode" and "fast path off (xen-pte fast-path)" in src.describe()
 
 
 def test_a_read_outside_a_session_restores_at_once():
