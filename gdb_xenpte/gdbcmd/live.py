@@ -110,7 +110,8 @@ def open_live_source(direct_map: Optional[int] = None, domain: Optional[str] = N
     if direct_map is not None:
         m2p = {"pv64": M2P_PV64, "pv32": M2P_PV32}.get(domain or "")
         return DirectMapSource(stub.read_memory, direct_map, m2p, domain, stub.vcpus())
-    if stub.conn_type not in ("remote", "extended-remote") or not _has_phymem(stub):
+    # gdb < 11 has no Inferior.connection (conn_type None): let the stub's answer decide.
+    if stub.conn_type not in ("remote", "extended-remote", None) or not _has_phymem(stub):
         raise OptionError(f"target '{stub.description}' offers no physical memory access "
                           "(QEMU's gdbstub does): give --direct-map BASE, --core FILE or --raw "
                           "FILE@BASE")
