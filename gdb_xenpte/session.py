@@ -59,6 +59,7 @@ class Options:
     global_pages: Optional[bool] = None
     vendor: Optional[str] = None
     mode: Optional[str] = None
+    derive_cr4: bool = False  # what-if: derive the PV context's CR4 even from a guest-context stop
 
     def with_(self, **changes) -> "Options":
         return replace(self, **changes)
@@ -66,6 +67,10 @@ class Options:
 
 def _first(*values):
     return next((v for v in values if v is not None), None)
+
+
+def _names(mask: int) -> str:
+    return ", ".join(name for bit, name in sorted(CR4.NAMES.items()) if mask & bit) or "nothing"
 
 
 def _sm(value) -> Union[bool, str]:
@@ -212,6 +217,15 @@ def prepare(source: PhysSource, opts: Options = Options()) -> Session:
                 notes.append(f"CR4 {guest_cr4:#x} was read from the CPU in Xen: the PV "
                              f"context's CR4 is derived from it as Xen would")
             derived = xen.effective_cr4(policy, None, xen_cr4=xen_cr4)
+            if in_guest and not opts.derive_cr4:
+                # The CPU already runs the PV context: its CR4 is the effective one, bit for bit.
+                if derived.value != guest_cr4:
+                    notes.append(f"the policy would give {derived.value:#x}; the CPU's "
+                                 f"{guest_cr4:#x} is used (differs in "
+                                 f"{_names(derived.value ^ guest_cr4)})")
+                derived = xen.Cr4(guest_cr4, [f"CR4={guest_cr4:#x}: read from the CPU while the "
+                                              f"guest ran (CS {regs.cs:#x})"]
+                                  + list(derived.explanation))
         effective = derived.value
         explanation = list(derived.explanation)
         kernel_notes = list(xen.kernel_protections(

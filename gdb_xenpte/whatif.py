@@ -122,12 +122,14 @@ def _after_session(session: Session, scenario: str, base: Options) -> Tuple[Sess
                                                                             List[str]]:
     """The session as it would be under ``scenario``, a description, and notes."""
     notes: List[str] = []
+    # Another version or build: derive its CR4 even where the CPU showed the current one.
+    derived = base.with_(derive_cr4=True)
     if scenario.startswith("xen="):
         version = scenario[4:]
-        after = prepare(session.source, base.with_(xen=version))
+        after = prepare(session.source, derived.with_(xen=version))
         return after, f"the same guest under Xen {version}'s policy", notes
     if scenario in ("release", "debug"):
-        after = prepare(session.source, base.with_(xen_debug=scenario == "debug"))
+        after = prepare(session.source, derived.with_(xen_debug=scenario == "debug"))
         return after, f"the same guest on a {scenario} build of Xen", notes
     after = prepare(session.source, base)
     if scenario == "no-guest-kernel-bit":

@@ -173,3 +173,16 @@ def test_live_stop_in_ring1_is_the_pv_context_not_xens_cr4():
         assert s.effective_cr4 & 0x300000 == 0x300000
     s = prepare(live(0x50660, 0xE019), Options(xen="4.17"))
     assert s.effective_cr4 == 0x50660 and any("global-pages off" in n for n in s.notes)
+
+
+def test_live_stop_in_guest_context_uses_the_cpus_cr4_as_is():
+    """Measured on real Xen 4.17 + PV64 dom0 (tests/live/test_xen_dom0.py): the CPU shows
+    0x150660 in dom0 context, while deriving from Xen's CR4 with default options gives PGE and
+    drops dom0's own FSGSBASE. A stop in guest context is the truth: it is used bit for bit."""
+    b = pv64_guest()
+    regs = VcpuRegs(0, cr0=CR0, cr3=b.cr3, cr4=0x150660, efer=LM, cs=0xE033)
+    src = MemorySource(b.image(), "live", vcpus=[regs], domain="pv64")
+    s = prepare(src, Options(xen="4.17"))
+    assert s.effective_cr4 == 0x150660
+    assert s.cr4_explanation[0].startswith("CR4=0x150660: read from the CPU while the guest ran")
+    assert any("differs in" in n for n in s.notes)
