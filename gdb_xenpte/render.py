@@ -107,7 +107,14 @@ def _va_range(m: Mapping) -> str:
     return f"{m.va:#018x}-{m.va + m.size - 1:#018x}"
 
 
+_KIND_TEXT = {"rsvd": "(#PF RSVD)", "unreadable": "(table unreadable)",
+              "not-in-dump": "(table not in dump)"}
+
+
 def _pa_range(m: Mapping) -> str:
+    kind = getattr(m, "kind", "page")
+    if kind != "page":
+        return _KIND_TEXT.get(kind, f"({kind})")
     if m.pa is None:
         return "not in source"
     if m.count > 1 and m.size != m.page_size:
@@ -125,7 +132,8 @@ def mapping_table(mappings: Iterable[Mapping], style: Style = Style()) -> List[s
         verdict = verdict_summary(m.verdicts)
         xen = " ".join(m.xen_bits) or "-"
         rows.append([
-            _va_range(m), _pa_range(m), human_size(m.size), human_size(m.page_size),
+            _va_range(m), _pa_range(m), human_size(m.size),
+            human_size(m.page_size) if getattr(m, "kind", "page") == "page" else "-",
             _rights(m, style), "-" if m.pkey is None else m.pkey,
             style("warn", xen) if m.xen_bits else xen,
             style("bad", verdict) if verdict not in ("ok", "-") else verdict,
@@ -195,8 +203,9 @@ class RecordCounter:
 
     def add(self, m: Mapping) -> None:
         self.mappings += 1
-        self.pages += m.count
-        self.bytes += m.size
+        if getattr(m, "kind", "page") == "page":  # RSVD/unreadable records map nothing
+            self.pages += m.count
+            self.bytes += m.size
         self.faulting += has_extra_fault(m)
 
 

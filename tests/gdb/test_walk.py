@@ -173,3 +173,27 @@ def test_ctrl_c_stops_the_walk_with_a_summary(image):
     assert recs[0]["type"] == "header" and recs[-1]["type"] == "summary"
     assert recs[-1]["interrupted"] is True
     _validate(recs)
+
+
+def test_entries_the_walk_cannot_follow(tmp_path):
+    """A PML4E with PS=1 (#PF RSVD) and one whose table lies outside the image are records of
+    their own kind, in the table and in JSON, and map nothing."""
+    from builder import P, RW, US, Builder
+    b = Builder("4level")
+    b.map(0x400000, 0x200000, flags=P | RW | US)
+    b.set(0x8000000000, "pml4", 0x83)
+    b.set(0x10000000000, "pml4", 0x7FFF000 | 0x27)
+    img = bytearray(0x800000)
+    for addr, page in b.image().items():
+        img[addr:addr + 4096] = page
+    path = tmp_path / "odd.raw"
+    path.write_bytes(bytes(img))
+    regs = f"--raw {path}@0 --cr3 0x100000 --cr4 0x3006a0 --efer 0xd01"
+    out = _ok(run_gdb(f"xen-pte-walk {regs}")).stdout
+    assert "(#PF RSVD)" in out and "(table unreadable)" in out
+    assert out.splitlines()[-1].startswith("3 mappings; 1 pages; 4K mapped; ")
+    recs = _ok(run_gdb(f"xen-pte-walk --json {regs}")).json_lines()
+    _validate(recs)
+    assert [r.get("kind") for r in recs[1:-1]] == ["page", "rsvd", "unreadable"]
+    assert recs[2]["verdicts"]["user_read"] == "fault:RSVD" and recs[2]["pa"] is None
+    assert recs[-1]["counts"]["bytes"] == 4096 and len(recs[-1]["unreadable"]) == 1
