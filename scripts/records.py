@@ -83,7 +83,10 @@ def _rights(eff: dict) -> str:
 
 
 def csv_row(rec: dict) -> Optional[dict]:
-    """The CSV row of a mapping, anomaly or error record (None for headers and summaries)."""
+    """The CSV row of a mapping, anomaly, what-if change or error record (None for others).
+
+    For a change, the verdict columns hold the verdicts *after* the scenario.
+    """
     kind = rec.get("type")
     row = {k: rec.get(k) for k in ("type", "target", "vcpu", "va", "size", "pa", "level")}
     if kind == "mapping":
@@ -96,6 +99,9 @@ def csv_row(rec: dict) -> Optional[dict]:
         row.update(rights=rec.get("rights"), category=rec.get("category"),
                    detail=rec.get("detail"))
         row.update({k: rec.get("verdicts", {}).get(k) for k in ACCESS_KEYS})
+    elif kind == "change":  # --what-if: the scenario as the category, what changes as detail
+        row.update(category=rec.get("scenario"), detail="; ".join(rec.get("what", ())))
+        row.update({k: rec.get("after", {}).get("verdicts", {}).get(k) for k in ACCESS_KEYS})
     elif kind == "error":
         row["detail"] = rec.get("message")
     else:

@@ -63,8 +63,10 @@ def _positive(text: str) -> float:
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(PROG, description=__doc__.split("\n\n")[0], epilog=(
-        "Options not listed here go to xen-pte-walk / xen-pte-check unchanged.\n"
-        "--summary without -o prints only the tables; with -o the records go to the file."))
+        "Options not listed here go to xen-pte-walk / xen-pte-check unchanged; a VA range\n"
+        "(START END) goes before the targets or after --.\n"
+        "--summary without -o prints only the tables; with -o the records go to the file.\n"
+        "Exit status: 0 all targets read, 1 some target failed, 2 bad usage."))
     t = p.add_argument_group("targets (any mix, at least one)")
     t.add_argument("--core", metavar="FILE", nargs="+", action="extend", default=[],
                    help="dumps: QEMU ELF, kdump-compressed, xl dump-core (globs allowed)")
@@ -91,7 +93,8 @@ def build_parser() -> ArgumentParser:
                    help="targets read in parallel (default: the CPU count)")
     r.add_argument("--timeout", metavar="S", type=_positive,
                    help="give up on a target after S seconds (an error record; the run goes on)")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--quiet", action="store_true",
+                   help="no progress bar, and no line per failed target on stderr")
     r.add_argument("--gdb", metavar="PATH", default=os.environ.get("XEN_PTE_GDB", "gdb"),
                    help="the gdb to run (default: $XEN_PTE_GDB, else gdb on PATH)")
     return p
@@ -164,7 +167,7 @@ def _results(jobs: List[Job], workers: int) -> Iterable[TargetResult]:
         finally:
             release_session()
         return
-    # Each worker keeps one gdb for its dumps; it ends with the worker (gdb reads EOF).
+    # Each worker keeps one gdb for its dumps (batch.init_worker closes it with the worker).
     with cf.ProcessPoolExecutor(max_workers=workers, initializer=init_worker) as pool:
         futures = [pool.submit(run_target, job) for job in jobs]
         try:
