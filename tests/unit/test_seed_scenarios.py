@@ -168,7 +168,7 @@ def test_live_stop_in_ring1_is_the_pv_context_not_xens_cr4():
 
     from gdb_xenpte.whatif import what_if
     for cr4, cs in ((0x50660, 0xE019), (0x350660, 0xE008)):
-        opts = Options(xen="4.17", global_pages=False, ac=0)
+        opts = Options(xen="4.17", global_pages=False, ac=0, mode="pv32")  # root: guest L3
         s = prepare(live(cr4, cs), opts)
         assert s.effective_cr4 == 0x50660, (hex(cr4), hex(s.effective_cr4))
         # "What if this were Xen 4.6?" derives 4.6's ring-1 CR4: SMEP/SMAP stay on.
