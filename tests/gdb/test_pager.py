@@ -59,3 +59,16 @@ def test_pager_stops_a_long_walk_and_q_ends_it(image):
         assert "unlimited." in term.read_until(b"(gdb) ")
     finally:
         term.close()
+
+
+def test_enter_does_not_repeat_a_walk(image):
+    term = Terminal("set height 0", "set style enabled off")
+    try:
+        term.read_until(b"(gdb) ")
+        term.send(f"xen-pte-walk {image}")
+        assert "4 mappings;" in term.read_until(b"(gdb) ")
+        term.send("")  # Enter on an empty line repeats the last command unless dont_repeat()
+        again = term.read_until(b"(gdb) ")
+        assert "mappings;" not in again and "VA range" not in again
+    finally:
+        term.close()
