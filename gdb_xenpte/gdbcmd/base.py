@@ -70,6 +70,7 @@ class XenPteCommand(gdb.Command):
     """Base of the xen-pte commands (not registered itself)."""
 
     command = ""
+    takes_address = False  # positional arguments are gdb expressions (complete as such)
 
     def __init__(self):
         self.parser = self.build_parser()
@@ -115,5 +116,3 @@ class XenPteCommand(gdb.Command):
             return gdb.COMPLETE_EXPRESSION if self.takes_address else []
         cut = len(current) - len(word)
         return [f[cut:] for f in found]
-
-    takes_address = False

@@ -27,3 +27,16 @@ def test_files_after_core_and_raw():
     assert f"xen-pte-walk --raw {base}/data/" in _complete(f"xen-pte-walk --raw {base}/da")
     assert f"xen-pte-walk --json --core {ROOT}/setup.py" in _complete(
         f"xen-pte-walk --json --core {ROOT}/se")
+
+
+def test_addresses_complete_as_gdb_expressions(tmp_path):
+    # A symbol file with one known symbol: ADDR arguments complete it like `print` does.
+    import subprocess
+    src = tmp_path / "s.c"
+    src.write_text("int xen_pte_probe_symbol = 1;\n")
+    obj = tmp_path / "s.o"
+    subprocess.run(["cc", "-c", "-o", str(obj), str(src)], check=True)
+    res = run_gdb(f"file {obj}", "complete xen-pte-walk xen_pte_probe_s",
+                  "complete xen-pte-walk --json xen_pte_probe_s")
+    assert res.stdout.splitlines() == ["xen-pte-walk xen_pte_probe_symbol",
+                                       "xen-pte-walk --json xen_pte_probe_symbol"], res.stderr
