@@ -11,7 +11,8 @@
  * The pattern must match PATTERN in tests/targets/xl_dumpcore.py.
  */
 #define PAGE 4096
-static unsigned char page[PAGE] __attribute__((aligned(PAGE)));  /* .bss: anonymous, written below */
+/* .bss, so the page is anonymous memory that _start writes (not a page-cache copy of the file). */
+static unsigned char page[PAGE] __attribute__((aligned(PAGE)));
 static const char magic[] = "XENPTE-DUMPCORE-MARKER-PAGE-v1\n";
 
 static long sys3(long nr, long a, long b, long c)
