@@ -39,7 +39,7 @@ mount -t devtmpfs devtmpfs /dev
 # xenconsoled opens a pty per guest console: without devpts, xl create fails "Failed to create tty".
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 for d in /run /var/lib /var/log /tmp; do mkdir -p $d && mount -t tmpfs tmpfs $d; done
-# Both dumps (each a bit over the domU's memory) wait here for the tar: more than tmpfs's 50% default.
+# Both dumps (each a bit over the domU's memory) wait here for the tar: above tmpfs's 50% default.
 mkdir -p /out && mount -t tmpfs -o size=90% tmpfs /out
 mkdir -p /run/lock /run/xen /run/xenstored /var/lib/xen /var/lib/xenstored /var/log/xen/console
 ln -sf /run /var/run
