@@ -13,6 +13,7 @@ What must hold, and against what (so that a wrong MFN->PFN translation cannot pa
   in the paused dump every register equals ``xenctx -a`` taken before and after that dump;
 * every frame in every walked entry goes MFN->PFN exactly as the raw ``.xen_p2m`` says, and the
   frames missing from the dump are Xen's (Xen L4 slots) or Xen-owned pages mapped by the kernel;
+  the domU's own p2m list, read through our walk at ``shared_info.arch.p2m_vaddr``, equals it;
 * the marker page: its user VA (printed by the domU) walks to the PFN that the domU's own
   ``/proc/self/pagemap`` gave and holds the marker bytes; the same bytes are found through
   Linux's direct map at ``PAGE_OFFSET + pfn * 4096``, and match what ``xenctx -m`` read through
@@ -52,6 +53,11 @@ LINEAR_SLOT = 258                   # Xen's linear self-map of the guest's L4
 PAGE_OFFSET = 0xFFFF888000000000    # Linux x86-64 direct map, 4-level; no KASLR in a PV guest
 PTE_FRAME = 0x000FFFFFFFFFF000      # PTE_FRAME_MASK (xg_sr_common_x86_pv.h)
 GUEST_KERNEL = "_PAGE_GUEST_KERNEL"
+# struct shared_info (x86_64): vcpu_info[32] (64 bytes each), evtchn_pending[64], evtchn_mask[64],
+# wc_version/wc_sec/wc_nsec/wc_sec_hi, then arch_shared_info {max_pfn,
+# pfn_to_mfn_frame_list_list, nmi_reason, p2m_cr3, p2m_vaddr, p2m_generation} (public/xen.h,
+# public/arch-x86/xen.h).
+SHARED_INFO_ARCH = 32 * 64 + 64 * 8 + 64 * 8 + 4 * 4
 DUMPS = ("running", "paused")
 
 
@@ -234,6 +240,21 @@ def test_direct_map_is_pfn_for_pfn(walked):
               if m.kind == "page" and PAGE_OFFSET <= m.va < PAGE_OFFSET + nr_pages * 4096]
     assert len(direct) > nr_pages // 2  # the kernel maps (nearly) all its memory there
     assert all(m.pa == m.va - PAGE_OFFSET for m in direct)
+
+
+def test_guest_p2m_list_read_through_the_walk_equals_xen_p2m(walked):
+    """The domU's own linear p2m list (``arch_shared_info.p2m_vaddr``, in its vmalloc area), read
+    through our walk, gives every pfn the same MFN as the dump's ``.xen_p2m``."""
+    shared = walked.source.shared_info
+    max_pfn, _frame_list, _nmi, p2m_cr3, p2m_vaddr = struct.unpack_from(
+        "<5Q", shared, SHARED_INFO_ARCH)
+    assert max_pfn == len(walked.p2m)
+    data = walked.read_va(p2m_vaddr, max_pfn * 8)
+    assert dict(enumerate(struct.unpack(f"<{max_pfn}Q", data))) == walked.p2m
+    # p2m_cr3 (xen_pfn_to_cr3 format) names a kernel L4 the dump holds; it maps the list too.
+    root = walked.source.translate_frame(p2m_cr3 >> 12) << 12
+    kernel = Walker(walked.source, walked.session.cpu, root=root)
+    assert kernel.trace(p2m_vaddr).mapping.pa == walked.walker.trace(p2m_vaddr).mapping.pa
 
 
 # -- the marker page and kallsyms: the domU's and libxc's views ---------------------------------
