@@ -102,7 +102,6 @@ class Walked:
 @pytest.fixture(scope="module", params=DUMPS)
 def walked(request, xl_dumps):
     dump = Walked(getattr(xl_dumps, request.param))
-    dump.name = request.param
     yield dump
     dump.source.close()
 

@@ -24,6 +24,10 @@ page-aligned ``.bss`` page with :func:`marker_page`, prints its VA and its PFN (
 domU's ``/init`` also prints ``_text``/``_etext`` from ``/proc/kallsyms``. These are the
 independent views the tests check the dump walk against.
 
+Only a 64-bit PV domU can be made here: no HVM guest (TCG offers no VMX) and no 32-bit PV one
+(Debian 12 has no 32-bit PV kernel, and its Xen is built without ``CONFIG_PV32``); the PV32 and
+HVM dump-core fixtures stay writer-made (``tests/sources/writers.py``).
+
 Measured here (2 cores, QEMU 7.2 TCG, one pCPU for Xen): 44 s from call to return inside pytest
 (images ~2 s; dom0 userspace ~6 s after QEMU starts; toolstack up and ``xl create`` ~6 s; domU
 marker ~6 s later; running dump ~9 s, paused dump ~8 s, each 128 MiB; tar onto the disk ~5 s), up
