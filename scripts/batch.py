@@ -3,7 +3,8 @@
 :func:`expand_targets` turns ``--core`` globs, ``--raw FILE@BASE`` and ``--remote HOST:PORT`` into
 :class:`Target` objects; :func:`run_target` (run in a worker process) starts gdb, loads the
 extension, runs ``xen-pte-walk --json`` (or ``xen-pte-check --json``) once per distinct vCPU
-and leaves each run's JSON Lines in a file of its own, counting them on the way if asked. A
+and leaves each run's JSON Lines, tagged with target and vCPU, in a file of its own, counting
+them on the way if asked. A
 live target is attached only for the walks themselves: the extension is loaded first, and gdb
 detaches (the guest runs on) before anything is counted.
 
@@ -25,7 +26,7 @@ from gdb_xenpte.errors import XenpteError
 
 from .cli import UsageError
 from .mi import CommandError, GdbFailure, GdbSession
-from .records import RecordError, Tally
+from .records import RecordError, Tally, parse_line, tag_line
 
 __all__ = ["Job", "Run", "Target", "TargetResult", "expand_targets", "init_worker",
            "release_session", "run_target"]
@@ -277,9 +278,9 @@ def run_target(job: Job) -> TargetResult:
         if not keep:
             release_session(detach=job.target.kind == "remote")
     for run in runs:
-        if run.error is None and job.tally:
+        if run.error is None:
             try:
-                run.tally = Tally.of_file(run.path)
+                _tag_and_count(run, job)
             except (OSError, RecordError) as err:
                 run.error = f"unreadable output from gdb: {err}"
         if run.error is not None and run.path is not None:
@@ -287,6 +288,25 @@ def run_target(job: Job) -> TargetResult:
                 os.unlink(run.path)
             run.path = None
     return TargetResult(job.target, runs, time.monotonic() - start, skipped)
+
+
+def _tag_and_count(run: Run, job: Job) -> None:
+    """Rewrite a run's file with every record tagged (and count it, if asked), in one pass.
+
+    Done here, in the worker, so that with ``-j N`` this per-line work runs in parallel and the
+    parent only copies finished files.
+    """
+    tally = Tally() if job.tally else None
+    tagged = run.path + ".tagged"
+    with open(run.path, encoding="utf-8") as src, open(tagged, "w", encoding="utf-8") as dst:
+        for number, line in enumerate(src, 1):
+            if not line.strip():
+                continue
+            if tally is not None:
+                tally.add(parse_line(line, run.path, number))
+            dst.write(tag_line(line, job.target.label, run.vcpu, run.vcpus) + "\n")
+    os.replace(tagged, run.path)
+    run.tally = tally
 
 
 def _fail_rest(runs: List[Run], plan, finished: int, message: str) -> None:

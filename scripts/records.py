@@ -4,7 +4,7 @@ Records are the JSON Lines ``xen-pte-walk --json`` / ``xen-pte-check --json`` pr
 (gdb_xenpte/data/*.schema.json); ``xen-pte-dump`` adds ``target`` and ``vcpu`` (and ``vcpus`` when
 several vCPUs share one set of page tables) to each, and writes ``{"type": "error", ...}`` records
 for targets it could not read. Nothing here keeps more than one record: files are read line by
-line and counted into a :class:`Tally`, whose size depends on the number of distinct verdicts,
+line (:func:`parse_line`) and counted into a :class:`Tally`, whose size depends on the number of distinct verdicts,
 keys and bits, not on the number of mappings.
 
 Failure modes: :class:`RecordError` for a line that is not a JSON object (naming file and line).
@@ -13,10 +13,10 @@ Failure modes: :class:`RecordError` for a line that is not a JSON object (naming
 from __future__ import annotations
 
 import json
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["ACCESS_KEYS", "CSV_COLUMNS", "RecordError", "Tally", "csv_row", "dumps",
-           "error_record", "iter_records", "tag_line"]
+           "error_record", "parse_line", "tag_line"]
 
 ACCESS_KEYS = ("kernel_read", "kernel_write", "kernel_exec", "user_read", "user_write",
                "user_exec")
@@ -28,22 +28,18 @@ class RecordError(ValueError):
     """A line that is not a JSON object."""
 
 
-def iter_records(path: str) -> Iterator[dict]:
-    """Yield the JSON objects of a JSON Lines file one by one (blank lines skipped).
+def parse_line(line: str, path: str, number: int) -> dict:
+    """One JSON Lines line as a dict.
 
-    :raises RecordError: naming the file and line of anything that is not a JSON object.
+    :raises RecordError: naming the file and line if it is not a JSON object.
     """
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError as err:
-                raise RecordError(f"{path}:{number}: not JSON ({err})") from None
-            if not isinstance(rec, dict):
-                raise RecordError(f"{path}:{number}: not a JSON object")
-            yield rec
+    try:
+        rec = json.loads(line)
+    except ValueError as err:
+        raise RecordError(f"{path}:{number}: not JSON ({err})") from None
+    if not isinstance(rec, dict):
+        raise RecordError(f"{path}:{number}: not a JSON object")
+    return rec
 
 
 def tag_line(line: str, target: str, vcpu: Optional[int], vcpus: Sequence[int] = ()) -> str:
@@ -232,11 +228,3 @@ class Tally:
     def __getstate__(self):  # the memo and engine view stay in the worker
         return {"counts": self.counts, "unreadable": self.unreadable,
                 "budget_hit": self.budget_hit, "_disallow": None}
-
-    @classmethod
-    def of_file(cls, path: str) -> "Tally":
-        """Count every record of a JSON Lines file, streaming."""
-        tally = cls()
-        for rec in iter_records(path):
-            tally.add(rec)
-        return tally

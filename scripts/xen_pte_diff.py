@@ -28,7 +28,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 from tabulate import tabulate
 
 from .cli import ArgumentParser, UsageError, run_main
-from .records import ACCESS_KEYS, RecordError, dumps
+from .records import ACCESS_KEYS, RecordError, dumps, parse_line
 
 __all__ = ["Range", "diff_streams", "main", "stream_index"]
 
@@ -71,7 +71,8 @@ def _as_dict(state: Optional[tuple]) -> Optional[dict]:
 def stream_index(path: str) -> Dict[StreamKey, List[Tuple[int, int]]]:
     """First pass: for each (target, vCPU), the (first, last) line numbers of its mappings.
 
-    :raises UsageError: for an unreadable file or a line that is not a JSON object.
+    :raises UsageError: for an unreadable file; :class:`RecordError` for a line that is not a
+        JSON object.
     """
     spans: Dict[StreamKey, List[Tuple[int, int]]] = {}
     try:
@@ -79,12 +80,7 @@ def stream_index(path: str) -> Dict[StreamKey, List[Tuple[int, int]]]:
             for number, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
-                try:
-                    rec = json.loads(line)
-                except ValueError as err:
-                    raise UsageError(f"{path}:{number}: not JSON ({err})") from None
-                if not isinstance(rec, dict):
-                    raise UsageError(f"{path}:{number}: not a JSON object")
+                rec = parse_line(line, path, number)
                 if rec.get("type") != "mapping":
                     continue
                 key = (rec.get("target"), rec.get("vcpu"))
@@ -234,9 +230,16 @@ def _run(argv: List[str]) -> int:
     counts = {"added": 0, "removed": 0, "changed": 0}
     sizes = dict(counts)
     table_rows: List[dict] = []  # --table only: a table is read by people, so it is short
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
-        for label, ka, kb in _pairs(args.a, args.b):
+        pairs = _pairs(args.a, args.b)  # the first pass validates both files
+    except RecordError as err:
+        raise UsageError(str(err)) from None
+    try:
+        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    except OSError as err:
+        raise UsageError(f"{args.output}: {err.strerror}") from None
+    try:
+        for label, ka, kb in pairs:
             a = _ranges(args.a, *ka, args.pa) if ka is not None else _empty()
             b = _ranges(args.b, *kb, args.pa) if kb is not None else _empty()
             for rec in diff_streams(a, b):

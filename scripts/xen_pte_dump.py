@@ -37,7 +37,7 @@ from .batch import (Job, TargetResult, expand_targets, init_worker, release_sess
                     run_target)
 from .cli import ArgumentParser, UsageError, run_main
 from .mi import GdbFailure, GdbSession
-from .records import CSV_COLUMNS, csv_row, dumps, error_record, tag_line
+from .records import CSV_COLUMNS, csv_row, dumps, error_record
 from .summary import render_summary
 
 __all__ = ["build_parser", "main"]
@@ -130,11 +130,13 @@ class _Writer:
             if self.out is not None:
                 if run.error:
                     self._line(dumps(error_record(res.target.label, run.vcpu, run.error)))
+                elif self.csv is None:
+                    with open(run.path, encoding="utf-8") as fh:
+                        shutil.copyfileobj(fh, self.out, 1 << 20)  # tagged by the worker
                 else:
                     with open(run.path, encoding="utf-8") as fh:
                         for line in fh:
-                            if line.strip():
-                                self._line(tag_line(line, res.target.label, run.vcpu, run.vcpus))
+                            self._line(line)
             if run.path:
                 os.unlink(run.path)
                 run.path = None
