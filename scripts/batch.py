@@ -15,6 +15,7 @@ corrupt dump, a gdb that dies or a timeout becomes the ``error`` of the runs con
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shlex
@@ -63,6 +64,7 @@ class Job:
     deadline_s: Optional[float] = None
     gdb: str = "gdb"
     tally: bool = True
+    tag: bool = True  # tag records here (parallel workers); else the parent tags as it copies
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Run:
     path: Optional[str] = None
     error: Optional[str] = None
     tally: Optional[Tally] = None
+    tagged: bool = False
 
 
 @dataclass
@@ -291,21 +294,28 @@ def run_target(job: Job) -> TargetResult:
 
 
 def _tag_and_count(run: Run, job: Job) -> None:
-    """Rewrite a run's file with every record tagged (and count it, if asked), in one pass.
+    """Tag a run's records (``job.tag``: rewrite its file) and count them (``job.tally``).
 
-    Done here, in the worker, so that with ``-j N`` this per-line work runs in parallel and the
-    parent only copies finished files.
+    One pass over the file. Tagging here, in a pool worker, runs in parallel with the other
+    workers and leaves the parent a plain file copy; a lone inline worker leaves it to the
+    parent instead, which saves writing the file twice.
     """
+    if not (job.tag or job.tally):
+        return
     tally = Tally() if job.tally else None
     tagged = run.path + ".tagged"
-    with open(run.path, encoding="utf-8") as src, open(tagged, "w", encoding="utf-8") as dst:
+    with open(run.path, encoding="utf-8") as src, \
+            (open(tagged, "w", encoding="utf-8") if job.tag else contextlib.nullcontext()) as dst:
         for number, line in enumerate(src, 1):
             if not line.strip():
                 continue
             if tally is not None:
                 tally.add(parse_line(line, run.path, number))
-            dst.write(tag_line(line, job.target.label, run.vcpu, run.vcpus) + "\n")
-    os.replace(tagged, run.path)
+            if job.tag:
+                dst.write(tag_line(line, job.target.label, run.vcpu, run.vcpus) + "\n")
+    if job.tag:
+        os.replace(tagged, run.path)
+        run.tagged = True
     run.tally = tally
 
 

@@ -4,8 +4,8 @@ Records are the JSON Lines ``xen-pte-walk --json`` / ``xen-pte-check --json`` pr
 (gdb_xenpte/data/*.schema.json); ``xen-pte-dump`` adds ``target`` and ``vcpu`` (and ``vcpus`` when
 several vCPUs share one set of page tables) to each, and writes ``{"type": "error", ...}`` records
 for targets it could not read. Nothing here keeps more than one record: files are read line by
-line (:func:`parse_line`) and counted into a :class:`Tally`, whose size depends on the number of distinct verdicts,
-keys and bits, not on the number of mappings.
+line (:func:`parse_line`) and counted into a :class:`Tally`, whose size depends on the number of
+distinct verdicts, keys and bits, not on the number of mappings.
 
 Failure modes: :class:`RecordError` for a line that is not a JSON object (naming file and line).
 """

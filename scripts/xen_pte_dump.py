@@ -37,7 +37,7 @@ from .batch import (Job, TargetResult, expand_targets, init_worker, release_sess
                     run_target)
 from .cli import ArgumentParser, UsageError, run_main
 from .mi import GdbFailure, GdbSession
-from .records import CSV_COLUMNS, csv_row, dumps, error_record
+from .records import CSV_COLUMNS, csv_row, dumps, error_record, tag_line
 from .summary import render_summary
 
 __all__ = ["build_parser", "main"]
@@ -130,13 +130,15 @@ class _Writer:
             if self.out is not None:
                 if run.error:
                     self._line(dumps(error_record(res.target.label, run.vcpu, run.error)))
-                elif self.csv is None:
+                elif run.tagged and self.csv is None:
                     with open(run.path, encoding="utf-8") as fh:
-                        shutil.copyfileobj(fh, self.out, 1 << 20)  # tagged by the worker
+                        shutil.copyfileobj(fh, self.out, 1 << 20)
                 else:
                     with open(run.path, encoding="utf-8") as fh:
                         for line in fh:
-                            self._line(line)
+                            if line.strip():
+                                self._line(line if run.tagged else tag_line(
+                                    line, res.target.label, run.vcpu, run.vcpus))
             if run.path:
                 os.unlink(run.path)
                 run.path = None
@@ -206,13 +208,14 @@ def _run(argv: List[str]) -> int:
         elif not args.summary:
             out = sys.stdout
         writer = _Writer(out, args.format)
+        workers = min(args.jobs, len(targets))
         jobs = [Job(t, command, tuple(options), args.vcpu, workdir, i, args.timeout, args.gdb,
-                    tally=args.summary) for i, t in enumerate(targets)]
+                    tally=args.summary, tag=workers > 1) for i, t in enumerate(targets)]
         bar = _progress(len(jobs), args.quiet)
         done: Dict[int, TargetResult] = {}
         ordered: List[TargetResult] = []
         index = {t: i for i, t in enumerate(targets)}
-        for res in _results(jobs, min(args.jobs, len(jobs))):
+        for res in _results(jobs, workers):
             done[index[res.target]] = res
             if bar is not None:
                 bar.update(1)
