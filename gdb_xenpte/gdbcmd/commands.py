@@ -219,7 +219,9 @@ class XenPteDecodeCommand(XenPteCommand):
                        help="EFER.NXE: bit 63 is XD (1, default) or reserved (0)")
         p.add_argument("--vendor", metavar="intel|amd", type=choice_of("intel", "amd"),
                        default="intel", help="CPU vendor (AMD reserves more PML4E bits)")
-        add_cpu_options(p, registers=False)
+        p.add_argument("--maxphyaddr", metavar="N", type=int_in(32, 52),
+                       help="physical-address width in bits (default: set xen-pte maxphyaddr, "
+                            "else 52)")
         add_xen_options(p)
         return p
 
@@ -266,8 +268,6 @@ class XenCr4Command(XenPteCommand):
                        help="the guest's CR4 (default: from the target or dump)")
         g = p.add_argument_group("source (when VALUE is not given)")
         g.add_argument("--core", metavar="FILE", help="take CR4 from a dump's vCPU")
-        g.add_argument("--raw", metavar="FILE@BASE", help="accepted for symmetry; a raw image "
-                                                          "has no registers")
         g.add_argument("--vcpu", metavar="N", type=int_in(0, 4095), help="which vCPU's CR4")
         add_xen_options(p)
         p.add_argument("--xen-cr4", metavar="VALUE", type=address,
@@ -281,8 +281,8 @@ class XenCr4Command(XenPteCommand):
 
     def run(self, args: argparse.Namespace) -> None:
         source = None
-        if args.value is None and (args.core or args.raw):
-            args.direct_map = None
+        if args.value is None and args.core:
+            args.raw = args.direct_map = None
             source = open_source(args)
         try:
             cr4, guest_view = ((args.value, True) if args.value is not None

@@ -43,14 +43,13 @@ def add_source_options(p: GdbArgumentParser) -> None:
                         "direct map at VA BASE (PV: frames translated through Xen's M2P)")
 
 
-def add_cpu_options(p: GdbArgumentParser, registers: bool = True) -> None:
+def add_cpu_options(p: GdbArgumentParser) -> None:
     g = p.add_argument_group("CPU state (overrides what the source reports)")
-    if registers:
-        for reg, what in (("cr0", "CR0"), ("cr3", "CR3 (PV: machine address of the L4/L3)"),
-                          ("cr4", "guest CR4 (Xen PV: the guest-visible value)"),
-                          ("efer", "IA32_EFER"), ("pkru", "PKRU for user-page key verdicts"),
-                          ("pkrs", "IA32_PKRS for supervisor-page key verdicts")):
-            g.add_argument(f"--{reg}", metavar="VALUE", type=address, help=f"use VALUE as {what}")
+    for reg, what in (("cr0", "CR0"), ("cr3", "CR3 (PV: machine address of the L4/L3)"),
+                      ("cr4", "guest CR4 (Xen PV: the guest-visible value)"),
+                      ("efer", "IA32_EFER"), ("pkru", "PKRU for user-page key verdicts"),
+                      ("pkrs", "IA32_PKRS for supervisor-page key verdicts")):
+        g.add_argument(f"--{reg}", metavar="VALUE", type=address, help=f"use VALUE as {what}")
     g.add_argument("--maxphyaddr", metavar="N", type=int_in(32, 52),
                    help="physical-address width in bits (default: set xen-pte maxphyaddr, else 52)")
     g.add_argument("--ac", metavar="0|1", type=choice_of("0", "1"),
