@@ -15,7 +15,7 @@ from tabulate import tabulate
 
 from .records import Tally
 
-__all__ = ["OVERVIEW", "render_summary"]
+__all__ = ["OVERVIEW", "detail_table", "render_summary"]
 
 # Row order of the detail tables; within a group, names sort.
 WHAT_ORDER = ("mappings", "faulting", "kernel SMEP/SMAP", "verdict", "W+X", "Xen bit", "pkey",

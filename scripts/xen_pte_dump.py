@@ -62,6 +62,7 @@ def _positive(text: str) -> float:
 
 
 def build_parser() -> ArgumentParser:
+    """The tool's own options; everything else is left for the gdb command."""
     p = ArgumentParser(PROG, description=__doc__.split("\n\n")[0], epilog=(
         "Options not listed here go to xen-pte-walk / xen-pte-check unchanged; a VA range\n"
         "(START END) goes before the targets or after --.\n"
