@@ -203,6 +203,7 @@ def _run(argv: List[str]) -> int:
 
     workdir = tempfile.mkdtemp(prefix="xen-pte-dump-")
     out: Optional[IO[str]] = None
+    bar = None
     try:
         if args.output:
             out = open(args.output, "w", encoding="utf-8", newline="")
@@ -220,8 +221,8 @@ def _run(argv: List[str]) -> int:
             done[index[res.target]] = res
             if bar is not None:
                 bar.update(1)
-                if res.failed:
-                    bar.write(f"{PROG}: {res.target.label}: failed")
+                for line in _failures(res):  # as they happen; the bar stays below
+                    bar.write(line, file=sys.stderr)
             # Emit in target order as soon as every earlier target is out (files stay small).
             while len(ordered) in done:
                 nxt = done.pop(len(ordered))
@@ -241,12 +242,17 @@ def _run(argv: List[str]) -> int:
         sys.stdout.flush()
     if args.summary:
         print("\n".join(render_summary(ordered)))
-    failed = [(r, run) for r in ordered for run in r.runs if run.error]
-    if not args.quiet:
-        for res, run in failed:
-            vcpu = "" if run.vcpu is None else f" vCPU {run.vcpu}"
-            print(f"{PROG}: {res.target.label}{vcpu}: {run.error}", file=sys.stderr)
+    failed = [line for res in ordered for line in _failures(res)]
+    if not args.quiet and bar is None:
+        for line in failed:
+            print(line, file=sys.stderr)
     return 1 if failed else 0
+
+
+def _failures(res: TargetResult) -> List[str]:
+    """One stderr line per failed run of a target."""
+    return [f"{PROG}: {res.target.label}{'' if run.vcpu is None else f' vCPU {run.vcpu}'}: "
+            f"{run.error}" for run in res.runs if run.error]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
