@@ -107,7 +107,8 @@ def expand_targets(cores: Sequence[str], raws: Sequence[str],
             raise UsageError(f"--core {pattern}: no file matches")
         for path in found:
             if not os.path.isfile(path):
-                raise UsageError(f"--core {path}: no such file")
+                why = "not a regular file" if os.path.exists(path) else "no such file"
+                raise UsageError(f"--core {path}: {why}")
             out.append(Target("core", path))
     for spec in raws:
         path, at, base = spec.rpartition("@")

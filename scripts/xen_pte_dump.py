@@ -104,11 +104,16 @@ def build_parser() -> ArgumentParser:
 def _preflight(gdb: str, command: str, options: List[str]) -> None:
     """Start one gdb, load the extension and parse ``options`` with the command's own parser.
 
+    Options naming gdb values (``--cr3 $cr3``) only mean something once a target is there, so
+    with those the parse is left to the per-target runs.
+
     :raises UsageError: when gdb or the extension is unusable or an option is bad, so that a
         typo is one message, not one error record per target.
     """
     try:
         with GdbSession(gdb) as session:
+            if any("$" in o for o in options):
+                return
             err = session.check_options(command, ["--json", *options])
     except GdbFailure as failure:
         raise UsageError(str(failure)) from None

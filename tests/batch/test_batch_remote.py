@@ -37,8 +37,9 @@ def test_remote_walk_equals_ram_image_walk(oracle, tmp_path):
     spec = f"127.0.0.1:{oracle.vm.gdb_port}"
     maxphy = str(oracle.header["maxphyaddr"])
     live_out = tmp_path / "live.jsonl"
+    # "$cr4" is a gdb value: it can only be parsed once the target is there (no preflight).
     res = run_tool("xen_pte_dump", "--remote", spec, "--vcpu", "all", "--maxphyaddr", maxphy,
-                   "--ac", "0", "-o", live_out, "--summary")
+                   "--ac", "0", "--cr4", "$cr4", "-o", live_out, "--summary")
     assert res.returncode == 0, res.stderr
     live = read_jsonl(live_out)
     walk, _check = validators()
