@@ -187,6 +187,9 @@ def _pairs(path_a: str, path_b: str):
     """Streams to compare: ``(label, (key, span) in A or None, (key, span) in B or None)``."""
     ia, ib = stream_index(path_a), stream_index(path_b)
     for path, index in ((path_a, ia), (path_b, ib)):
+        if not index:
+            raise UsageError(f"{path}: no mapping records (give the output of a walk: "
+                             "xen-pte-dump without --check, or xen-pte-walk --json)")
         for key, spans in index.items():
             if len(spans) > 1:
                 raise UsageError(f"{path}: the mappings of {_label(key)} are not contiguous "

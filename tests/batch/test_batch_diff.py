@@ -88,3 +88,7 @@ def test_bad_input_is_one_line(tmp_path, walks):
     res = run_tool("xen_pte_diff", walks[0], unordered)
     assert res.returncode == 2 and "out of VA order" in res.stderr
     assert read_jsonl(walks[0])  # untouched
+    header_only = tmp_path / "header.jsonl"
+    header_only.write_text('{"type": "header"}\n')
+    res = run_tool("xen_pte_diff", walks[0], header_only)
+    assert res.returncode == 2 and "no mapping records" in res.stderr
