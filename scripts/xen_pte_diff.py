@@ -69,10 +69,11 @@ def _as_dict(state: Optional[tuple]) -> Optional[dict]:
 
 
 def stream_index(path: str) -> Dict[StreamKey, List[Tuple[int, int]]]:
-    """First pass: for each (target, vCPU), the (first, last) line numbers of its mappings.
+    """First pass: for each (target, vCPU), the (first, last) line numbers of its header and
+    mappings (a walk that matched nothing is a stream too: everything else was removed).
 
-    :raises UsageError: for an unreadable file; :class:`RecordError` for a line that is not a
-        JSON object.
+    :raises UsageError: for an unreadable file, or one that holds no walk (check output, or no
+        header and no mappings); :class:`RecordError` for a line that is not a JSON object.
     """
     spans: Dict[StreamKey, List[Tuple[int, int]]] = {}
     try:
@@ -81,7 +82,10 @@ def stream_index(path: str) -> Dict[StreamKey, List[Tuple[int, int]]]:
                 if not line.strip():
                     continue
                 rec = parse_line(line, path, number)
-                if rec.get("type") != "mapping":
+                if rec.get("type") in ("anomaly", "what-if", "change"):
+                    raise UsageError(f"{path}:{number}: {rec['type']!r} record: this is "
+                                     "xen-pte-check output, not a walk")
+                if rec.get("type") not in ("header", "mapping"):
                     continue
                 key = (rec.get("target"), rec.get("vcpu"))
                 runs = spans.setdefault(key, [])
@@ -188,8 +192,8 @@ def _pairs(path_a: str, path_b: str):
     ia, ib = stream_index(path_a), stream_index(path_b)
     for path, index in ((path_a, ia), (path_b, ib)):
         if not index:
-            raise UsageError(f"{path}: no mapping records (give the output of a walk: "
-                             "xen-pte-dump without --check, or xen-pte-walk --json)")
+            raise UsageError(f"{path}: no walk in it (no header or mapping records; give the "
+                             "output of xen-pte-dump without --check, or xen-pte-walk --json)")
         for key, spans in index.items():
             if len(spans) > 1:
                 raise UsageError(f"{path}: the mappings of {_label(key)} are not contiguous "

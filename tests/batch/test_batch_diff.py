@@ -88,7 +88,23 @@ def test_bad_input_is_one_line(tmp_path, walks):
     res = run_tool("xen_pte_diff", walks[0], unordered)
     assert res.returncode == 2 and "out of VA order" in res.stderr
     assert read_jsonl(walks[0])  # untouched
-    header_only = tmp_path / "header.jsonl"
-    header_only.write_text('{"type": "header"}\n')
-    res = run_tool("xen_pte_diff", walks[0], header_only)
-    assert res.returncode == 2 and "no mapping records" in res.stderr
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"type": "summary"}\n')
+    res = run_tool("xen_pte_diff", walks[0], empty)
+    assert res.returncode == 2 and "no walk in it" in res.stderr
+    check = tmp_path / "check.jsonl"
+    check.write_text('{"type": "header"}\n{"type": "anomaly", "category": "wx"}\n')
+    res = run_tool("xen_pte_diff", walks[0], check)
+    assert res.returncode == 2 and f"{check}:2: 'anomaly' record" in res.stderr
+
+
+def test_walk_that_matched_nothing(walks, tmp_path):
+    """A filtered walk with no mappings left: everything in A was removed."""
+    a, _b = walks
+    nothing = tmp_path / "nothing.jsonl"
+    header = next(ln for ln in a.read_text().splitlines() if '"header"' in ln)
+    nothing.write_text(header + "\n")
+    res = run_tool("xen_pte_diff", a, nothing)
+    recs = [json.loads(ln) for ln in res.stdout.splitlines()]
+    mappings = [json.loads(ln) for ln in a.read_text().splitlines() if '"mapping"' in ln]
+    assert recs[-1]["counts"] == {"added": 0, "removed": len(mappings), "changed": 0}
