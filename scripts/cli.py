@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Callable, List, Optional
 
-__all__ = ["ArgumentParser", "UsageError", "run_main"]
+__all__ = ["ArgumentParser", "EXIT_USAGE", "UsageError", "run_main"]
 
 EXIT_USAGE = 2
 

@@ -14,8 +14,11 @@ compared whatever their names. Output: JSON Lines ``{"type": "added"|"removed"|"
 Memory stays flat: each stream is read in VA order straight from the file (a first pass notes
 where each stream's lines are), so only the current range of each side is held.
 
-Exit status: 0 no differences, 1 differences, 2 bad usage or unreadable input (one line naming
-the file and line).
+A stream that xen-pte-dump could not read (an ``error`` record) is reported as ``not-compared``
+rather than as everything added or removed.
+
+Exit status: 0 no differences, 1 differences, 2 bad usage, unreadable input (one line naming
+the file and line) or a stream not compared.
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 from tabulate import tabulate
 
-from .cli import ArgumentParser, UsageError, run_main
+from .cli import EXIT_USAGE as EXIT_TROUBLE, ArgumentParser, UsageError, run_main
 from .records import ACCESS_KEYS, RecordError, dumps, parse_line
 
 __all__ = ["Range", "diff_streams", "main", "stream_index"]
@@ -68,14 +71,15 @@ def _as_dict(state: Optional[tuple]) -> Optional[dict]:
     return out
 
 
-def stream_index(path: str) -> Dict[StreamKey, List[Tuple[int, int]]]:
+def stream_index(path: str) -> Dict[StreamKey, Union[List[Tuple[int, int]], str]]:
     """First pass: for each (target, vCPU), the (first, last) line numbers of its header and
-    mappings (a walk that matched nothing is a stream too: everything else was removed).
+    mappings (a walk that matched nothing is a stream too: everything else was removed), or the
+    message of the error record xen-pte-dump wrote instead.
 
     :raises UsageError: for an unreadable file, or one that holds no walk (check output, or no
         header and no mappings); :class:`RecordError` for a line that is not a JSON object.
     """
-    spans: Dict[StreamKey, List[Tuple[int, int]]] = {}
+    spans: Dict[StreamKey, Union[List[Tuple[int, int]], str]] = {}
     try:
         with open(path, encoding="utf-8") as fh:
             for number, line in enumerate(fh, 1):
@@ -85,9 +89,11 @@ def stream_index(path: str) -> Dict[StreamKey, List[Tuple[int, int]]]:
                 if rec.get("type") in ("anomaly", "what-if", "change"):
                     raise UsageError(f"{path}:{number}: {rec['type']!r} record: this is "
                                      "xen-pte-check output, not a walk")
+                key = (rec.get("target"), rec.get("vcpu"))
+                if rec.get("type") == "error":
+                    spans[key] = str(rec.get("message"))
                 if rec.get("type") not in ("header", "mapping"):
                     continue
-                key = (rec.get("target"), rec.get("vcpu"))
                 runs = spans.setdefault(key, [])
                 if runs and runs[-1][1] == number - 1:
                     runs[-1] = (runs[-1][0], number)
@@ -195,10 +201,14 @@ def _pairs(path_a: str, path_b: str):
             raise UsageError(f"{path}: no walk in it (no header or mapping records; give the "
                              "output of xen-pte-dump without --check, or xen-pte-walk --json)")
         for key, spans in index.items():
-            if len(spans) > 1:
+            if not isinstance(spans, str) and len(spans) > 1:
                 raise UsageError(f"{path}: the mappings of {_label(key)} are not contiguous "
                                  f"(lines {spans[0][0]} and {spans[1][0]}): concatenated walks?")
-    side = lambda index, k: (k, index[k][0]) if k in index else None  # noqa: E731
+    def side(index, k):
+        if k not in index:
+            return None
+        return index[k] if isinstance(index[k], str) else (k, index[k][0])
+
     if len(ia) == 1 and len(ib) == 1:
         (ka,), (kb,) = ia, ib
         return [(_label(ka) if ka == kb else f"{_label(ka)} vs {_label(kb)}", side(ia, ka),
@@ -219,7 +229,9 @@ def _empty() -> Iterator[Range]:
 
 
 def _table(rows: List[dict]) -> List[str]:
-    out = [[r["stream"], r["type"], r["va"], f"{int(r['va'], 16) + r['size'] - 1:#x}",
+    out = [[r["stream"], r["type"], "-", "-", "-", f"{r['side']}: {r['message']}"]
+           if r["type"] == "not-compared" else
+           [r["stream"], r["type"], r["va"], f"{int(r['va'], 16) + r['size'] - 1:#x}",
             r["size"], "; ".join(r["what"]) if r["type"] == "changed" else
             (r["after"] or r["before"])["rights"]] for r in rows]
     return tabulate(out, headers=["stream", "change", "VA start", "VA end", "bytes", "what"],
@@ -237,6 +249,7 @@ def _run(argv: List[str]) -> int:
     counts = {"added": 0, "removed": 0, "changed": 0}
     sizes = dict(counts)
     table_rows: List[dict] = []  # --table only: a table is read by people, so it is short
+    not_compared = 0
     try:
         pairs = _pairs(args.a, args.b)  # the first pass validates both files
     except RecordError as err:
@@ -247,6 +260,17 @@ def _run(argv: List[str]) -> int:
         raise UsageError(f"{args.output}: {err.strerror}") from None
     try:
         for label, ka, kb in pairs:
+            failed = [(name, msg) for name, msg in (("A", ka), ("B", kb)) if isinstance(msg, str)]
+            if failed:  # that walk failed: nothing to compare it with
+                for name, msg in failed:
+                    rec = {"type": "not-compared", "stream": label, "side": name,
+                           "message": msg}
+                    if args.table:
+                        table_rows.append(rec)
+                    else:
+                        out.write(dumps(rec) + "\n")
+                not_compared += 1
+                continue
             a = _ranges(args.a, *ka, args.pa) if ka is not None else _empty()
             b = _ranges(args.b, *kb, args.pa) if kb is not None else _empty()
             for rec in diff_streams(a, b):
@@ -258,10 +282,13 @@ def _run(argv: List[str]) -> int:
                     table_rows.append(rec)
                 else:
                     out.write(dumps(rec) + "\n")
-        summary = {"type": "summary", "counts": counts, "bytes": sizes}
+        summary = {"type": "summary", "counts": counts, "bytes": sizes,
+                   "not_compared": not_compared}
         if args.table:
             lines = _table(table_rows) if table_rows else ["no differences."]
-            lines.append(", ".join(f"{counts[k]} {k} ({sizes[k]} bytes)" for k in counts))
+            lines.append(", ".join(f"{counts[k]} {k} ({sizes[k]} bytes)" for k in counts)
+                         + (f"; {not_compared} not compared (a walk failed)"
+                            if not_compared else ""))
             out.write("\n".join(lines) + "\n")
         else:
             out.write(dumps(summary) + "\n")
@@ -270,6 +297,8 @@ def _run(argv: List[str]) -> int:
     finally:
         if out is not sys.stdout:
             out.close()
+    if not_compared:
+        return EXIT_TROUBLE
     return 1 if any(counts.values()) else 0
 
 

@@ -35,7 +35,8 @@ def test_added_removed_changed(walks):
     assert "user_write ok -> fault:RO" in changed["what"]
     assert "hvm-a.elf vCPU 0 vs " in changed["stream"]
     assert recs[-1] == {"type": "summary", "counts": {"added": 1, "removed": 1, "changed": 1},
-                        "bytes": {"added": 4096, "removed": 4096, "changed": 4096}}
+                        "bytes": {"added": 4096, "removed": 4096, "changed": 4096},
+                        "not_compared": 0}
 
 
 def test_table(walks):
@@ -108,3 +109,19 @@ def test_walk_that_matched_nothing(walks, tmp_path):
     recs = [json.loads(ln) for ln in res.stdout.splitlines()]
     mappings = [json.loads(ln) for ln in a.read_text().splitlines() if '"mapping"' in ln]
     assert recs[-1]["counts"] == {"added": 0, "removed": len(mappings), "changed": 0}
+
+
+def test_failed_walk_is_not_compared(walks, tmp_path):
+    """B's dump could not be read (an error record): not "everything removed", and exit 2."""
+    a, _b = walks
+    failed = tmp_path / "failed.jsonl"
+    failed.write_text(json.dumps({"type": "error", "target": "x.elf", "vcpu": None,
+                                  "message": "x.elf: truncated"}) + "\n")
+    res = run_tool("xen_pte_diff", a, failed)
+    recs = [json.loads(ln) for ln in res.stdout.splitlines()]
+    assert res.returncode == 2
+    assert recs[0]["type"] == "not-compared" and recs[0]["side"] == "B"
+    assert recs[0]["message"] == "x.elf: truncated"
+    assert recs[-1]["not_compared"] == 1 and recs[-1]["counts"]["removed"] == 0
+    res = run_tool("xen_pte_diff", a, failed, "--table")
+    assert "B: x.elf: truncated" in res.stdout and "1 not compared" in res.stdout
