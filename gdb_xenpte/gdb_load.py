@@ -6,7 +6,7 @@ puts the directory it was installed into (and, for a venv made with ``--system-s
 the base interpreter's site-packages) on gdb's ``sys.path``, then registers the commands.
 
 As the console script ``xen-pte-gdbinit``: print that ``source`` line, e.g.
-``xen-pte-gdbinit >> ~/.gdbinit``.
+``xen-pte-gdbinit >> ~/.gdbinit``; with ``--sample``, the path of the bundled sample dump.
 
 Failure modes: in gdb, a missing dependency (tabulate) stops loading with one error line naming
 the directory searched; nothing is registered then.
@@ -26,9 +26,21 @@ def gdbinit_line() -> str:
     return f"source {os.path.join(HERE, 'gdb_load.py')}"
 
 
+SAMPLE = os.path.join(HERE, "data", "sample-xen-dom0.elf")
+
+
 def main(argv=None) -> int:
-    """Console script: print the line to add to ~/.gdbinit (or give to gdb with -ix/-ex)."""
-    print(gdbinit_line())
+    """Console script: print the line to add to ~/.gdbinit (or give to gdb with -ix/-ex).
+
+    ``--sample`` prints the path of the bundled sample dump instead (a trimmed QEMU ELF dump of
+    Xen 4.17 running a 64-bit PV dom0).
+    """
+    import argparse
+    ap = argparse.ArgumentParser(prog="xen-pte-gdbinit", description=main.__doc__.splitlines()[0])
+    ap.add_argument("--sample", action="store_true",
+                    help="print the path of the bundled sample dump (Xen 4.17 + PV dom0)")
+    args = ap.parse_args(argv)
+    print(SAMPLE if args.sample else gdbinit_line())
     return 0
 
 

@@ -90,6 +90,8 @@ class Mapping:
     :param notes: extra per-mapping remarks (e.g. "frame not in dump", "alias of pml4[258]").
     :param disallowed: bits on the path that Xen's PV disallow masks refuse, e.g.
         ``"pt[3]: bit 62 (_PAGE_GNTTAB)"`` (PV domains only).
+    :param xen_owned: reached through an entry that is Xen's, not the guest's (the guest PV ABI
+        does not apply: no Xen bits, no disallow masks).
     :param kind: ``"page"`` for a real leaf; ``"rsvd"`` for a present entry that raises #PF RSVD
         instead of mapping (e.g. PS=1 in a PML4E); ``"unreadable"`` when the next table cannot be
         read; ``"not-in-dump"`` when the next table's frame is not in the source. Non-page records
@@ -113,6 +115,7 @@ class Mapping:
     notes: Tuple[str, ...] = ()
     kind: str = "page"
     disallowed: Tuple[str, ...] = ()
+    xen_owned: bool = False  # reached through a Xen-owned entry (Xen L4 slot, PV32 Xen area)
 
     @property
     def end(self) -> int:

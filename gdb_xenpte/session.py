@@ -138,7 +138,7 @@ class Session:
     def header(self) -> Dict[str, object]:
         """The JSON header record's fields (addresses as hex strings)."""
         choice = paging_mode(self.cpu)
-        mode = self.mode or next(k for k, v in MODES.items() if v is choice.mode)
+        mode = MODES[self.mode].name if self.mode else choice.mode.name  # "4-level", as the SDM
         hx = lambda v: None if v is None else f"{v:#x}"
         return {
             "type": "header",
@@ -169,7 +169,14 @@ def prepare(source: PhysSource, opts: Options = Options()) -> Session:
     if guest_cr4 is None:
         notes.append("CR4 unknown: taken as 0 (give --cr4)")
         guest_cr4 = 0
-    domain = _first(opts.domain, source.domain, "hvm")
+    domain = _first(opts.domain, source.domain)
+    if domain is None:
+        guess = xen.domain_from_cs(regs.cs)
+        if guess is not None:
+            domain = guess[0]
+            notes.append(f"domain {domain} assumed: {guess[1]} (give --domain to override)")
+        else:
+            domain = "hvm"
     if domain not in xen.DOMAIN_TYPES:
         raise OptionError(f"unknown domain type {domain!r} (use one of "
                           f"{', '.join(xen.DOMAIN_TYPES)})")

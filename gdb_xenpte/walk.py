@@ -282,7 +282,7 @@ class Walker:
             effective=eff, pkey=pkey, xen_bits=xen_bits, rsvd=rs, memtype=mt, count=count,
             verdicts=verdicts, notes=ctx.notes + notes,
             disallowed=ctx.disallowed + tuple(f"{rule.name}[{index}]: bit {b} ({n})"
-                                              for b, n in dis))
+                                              for b, n in dis), xen_owned=ctx.xen_owned)
 
     def _stop_record(self, kind: str, rule: LevelRule, ctx: _Ctx, va_lin: int, index: int,
                      table_pa: int, raw: int, rsvd: int, why: str) -> Mapping:
@@ -296,7 +296,7 @@ class Walker:
             va=self.canonical(va_lin), pa=None, size=rule.page_size, page_size=rule.page_size,
             level=rule.name, entries=child.path, flags=frozenset(), effective=eff,
             rsvd=child.rsvd, count=0, verdicts=verdicts, notes=child.notes + (why,), kind=kind,
-            disallowed=child.disallowed)
+            disallowed=child.disallowed, xen_owned=child.xen_owned)
 
     # -- single address ---------------------------------------------------------------------
 

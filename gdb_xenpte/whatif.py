@@ -204,12 +204,13 @@ def what_if(session: Session, scenario: str, base: Options = Options(), *,
         result.mappings_seen += m.count
         leaf = m.entries[-1].raw
         key = (m.level, leaf & ~0x000FFFFFFFFFF060, m.effective, bool(m.rsvd), m.disallowed,
-               m.xen_bits, tuple(str(m.verdicts[k]) for k in ACCESS_KEYS))
+               m.xen_bits, m.xen_owned, tuple(str(m.verdicts[k]) for k in ACCESS_KEYS))
         hit = memo.get(key)
         if hit is None:
             before = _state(m, session, m.verdicts, m.xen_bits, m.disallowed)
             a_verdicts = after.judge.judge(m.effective, m.pkey, bool(m.rsvd))
-            a_bits = after.xen_view.xen_bits(leaf, m.level, True) if after.xen_view else ()
+            own = after.xen_view is not None and not m.xen_owned
+            a_bits = after.xen_view.xen_bits(leaf, m.level, True) if own else ()
             a_dis = _disallowed(after, m)
             a_state = _state(m, after, a_verdicts, a_bits, a_dis)
             hit = (before, a_state, _describe(m, before, a_state, session))
@@ -236,7 +237,9 @@ def what_if(session: Session, scenario: str, base: Options = Options(), *,
 
 
 def _disallowed(after: Session, m: Mapping) -> List[str]:
-    if after.xen_view is None:
+    """Disallow-mask violations on the path under ``after``'s policy, as the walker finds them
+    (Xen-owned entries and what lies below them are Xen's: no guest ABI applies)."""
+    if after.xen_view is None or m.xen_owned:
         return []
     out = []
     for ref in m.entries:

@@ -46,6 +46,7 @@ __all__ = [
     "default_xen_cr4",
     "disallow_mask",
     "disallow_violations",
+    "domain_from_cs",
     "effective_cr4",
     "get_pte_flags",
     "guest_visible_cr4",
@@ -1033,4 +1034,26 @@ def pv32_hypervisor_area(va: int, span: int, policy: XenPolicy) -> Optional[str]
         return None
     return (f"Xen's area of a 32-bit PV guest (VA >= {PV32_HYPERVISOR_START:#x}) "
             f"({cite('pv32_hv_area')})")
+
+
+# Xen's flat code selectors (public/arch-x86/xen-x86_64.h:30-41, xen-x86_32.h:27-34) and the
+# hypervisor's own (__HYPERVISOR_CS, asm/x86_64/asm_defns.h): a CPU state with one of them is a
+# Xen machine, and the selector tells whose code was running.
+_CS_DOMAINS = {
+    0xE033: ("pv64", "CS 0xe033 is Xen's FLAT_RING3_CS64: a 64-bit PV guest was running"),
+    0xE02B: ("pv64", "CS 0xe02b is Xen's FLAT_RING3_CS64 (64-bit PV user space)"),
+    0xE019: ("pv32", "CS 0xe019 is Xen's FLAT_RING1_CS: a 32-bit PV kernel was running"),
+    0xE008: ("pv64", "CS 0xe008 is Xen's own code segment: the CPU was in Xen, with a PV "
+                     "guest's tables loaded (taken as 64-bit PV; give --domain pv32 if not)"),
+}
+
+
+def domain_from_cs(cs: Optional[int]) -> Optional[Tuple[str, str]]:
+    """Guess the domain type from a stopped CPU's CS selector: ``(domain, why)`` or None.
+
+    :param cs: the CS selector (None when unknown).
+    """
+    if cs is None:
+        return None
+    return _CS_DOMAINS.get(cs & 0xFFFF)
 

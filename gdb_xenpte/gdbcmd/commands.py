@@ -142,12 +142,9 @@ def _first(*values):
 
 
 def _header(s, walker: Walker) -> dict:
-    """The header record of a walk: the session's (:meth:`~gdb_xenpte.session.Session.header`),
-    with the mode spelled as the SDM names it ("4-level"), as published since the first release
-    of the JSON format."""
-    header = s.header()
-    header["mode"] = walker.mode.name
-    return header
+    """The header record of a walk (:meth:`~gdb_xenpte.session.Session.header`)."""
+    del walker
+    return s.header()
 
 
 def _write_trace(trace, header: dict, as_json: bool) -> None:

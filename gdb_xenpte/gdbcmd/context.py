@@ -52,6 +52,9 @@ def add_cpu_options(p: GdbArgumentParser) -> None:
         g.add_argument(f"--{reg}", metavar="VALUE", type=address, help=f"use VALUE as {what}")
     g.add_argument("--maxphyaddr", metavar="N", type=int_in(32, 52),
                    help="physical-address width in bits (default: set xen-pte maxphyaddr, else 52)")
+    g.add_argument("--vendor", metavar="intel|amd", type=choice_of("intel", "amd"),
+                   help="CPU vendor whose reserved-bit rules apply (AMD also reserves bit 8 of "
+                        "non-leaf PML5/PML4/PDPT entries; default intel)")
     g.add_argument("--ac", metavar="0|1", type=choice_of("0", "1"),
                    help="EFLAGS.AC for SMAP verdicts (default: unknown, both outcomes)")
 
@@ -69,6 +72,9 @@ def add_xen_options(p: GdbArgumentParser) -> None:
                    help="Xen's smep= boot option (default: Xen's default)")
     g.add_argument("--smap", metavar="on|off|hvm", type=choice_of("on", "off", "hvm"),
                    help="Xen's smap= boot option (default: Xen's default)")
+    g.add_argument("--global-pages", metavar="on|off", type=choice_of("on", "off"),
+                   help="Xen's global-pages= option (default on; Xen turns it off when it runs "
+                        "virtualised on AMD, e.g. under QEMU -cpu max)")
 
 
 def open_source(args: argparse.Namespace) -> PhysSource:
@@ -110,7 +116,9 @@ def options(args: argparse.Namespace) -> Options:
         xen=_first(opt("xen"), params.value("xen-version")),
         xen_debug=_first(opt("xen_debug"), params.value("xen-debug") or None),
         smep=_first(opt("smep"), params.value("smep")),
-        smap=_first(opt("smap"), params.value("smap")))
+        smap=_first(opt("smap"), params.value("smap")),
+        global_pages=None if opt("global_pages") is None else opt("global_pages") == "on",
+        vendor=opt("vendor"))
 
 
 def setup(args: argparse.Namespace, source: PhysSource) -> Session:
@@ -129,7 +137,8 @@ def make_policy(args: argparse.Namespace, domain: str, version: Optional[str], d
     o = options(args)
     return xen.XenPolicy(version or NEWEST_XEN, domain, debug,
                          smep=True if o.smep is None else o.smep,
-                         smap=True if o.smap is None else o.smap)
+                         smap=True if o.smap is None else o.smap,
+                         global_pages=True if o.global_pages is None else o.global_pages)
 
 
 def domain_and_xen(args: argparse.Namespace, source: Optional[PhysSource] = None):

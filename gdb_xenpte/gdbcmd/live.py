@@ -23,7 +23,9 @@ from ..sources.qemu_live import M2P_PV32, M2P_PV64, DirectMapSource, QemuLiveSou
 __all__ = ["GdbStub", "open_live_source"]
 
 # Control registers QEMU's x86 gdbstub exposes (target/i386/gdbstub.c IDX_CTL_*); PKRU is not one.
-_REGISTERS = ("cr0", "cr2", "cr3", "cr4", "efer")
+# CS and RIP say where the vCPU stopped (its ring: Xen's CR4 vs a PV guest context's), RFLAGS
+# carries AC.
+_REGISTERS = ("cr0", "cr2", "cr3", "cr4", "efer", "cs", "rip")
 
 
 class GdbStub(Stub):
@@ -71,7 +73,8 @@ class GdbStub(Stub):
         try:
             for th in threads:
                 th.switch()
-                out.append(VcpuRegs(th.num - 1, **{r: _register(r) for r in _REGISTERS}))
+                regs = {r: _register(r) for r in _REGISTERS}
+                out.append(VcpuRegs(th.num - 1, rflags=_register("eflags"), **regs))
         finally:
             if current is not None and current.is_valid():
                 current.switch()

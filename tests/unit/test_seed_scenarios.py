@@ -189,3 +189,16 @@ def test_live_stop_in_guest_context_uses_the_cpus_cr4_as_is():
     assert s.effective_cr4 == 0x150660
     assert s.cr4_explanation[0].startswith("CR4=0x150660: read from the CPU while the guest ran")
     assert any("differs in" in n for n in s.notes)
+
+
+def test_domain_is_told_by_xens_code_selectors():
+    """Xen's flat selectors (xen-x86_64.h: FLAT_RING3_CS64 0xe033; xen-x86_32.h: FLAT_RING1_CS
+    0xe019) mark a PV guest's context; without them the tables are taken as the guest's own."""
+    b = pv64_guest()
+    for cs, domain in ((0xE033, "pv64"), (0xE019, "pv32"), (0xE008, "pv64"), (0x10, "hvm"),
+                       (None, "hvm")):
+        regs = VcpuRegs(0, cr0=CR0, cr3=b.cr3, cr4=0x20, efer=LM, cs=cs)
+        s = prepare(MemorySource(b.image(), "dump", vcpus=[regs]), Options())
+        assert s.domain == domain, hex(cs or 0)
+    assert prepare(MemorySource(b.image(), "d", vcpus=[regs]), Options(domain="pv64")).domain \
+        == "pv64"
