@@ -57,6 +57,7 @@ class Options:
     smep: Union[None, bool, str] = None
     smap: Union[None, bool, str] = None
     global_pages: Optional[bool] = None
+    io_capable: Optional[bool] = None
     vendor: Optional[str] = None
     mode: Optional[str] = None
     derive_cr4: bool = False  # what-if: derive the PV context's CR4 even from a guest-context stop
@@ -208,7 +209,8 @@ def prepare(source: PhysSource, opts: Options = Options()) -> Session:
             notes.append("PGE clear in the PV context the CPU shows: global-pages off assumed")
         policy = xen.XenPolicy(version, domain, bool(opts.xen_debug), smep=_sm(opts.smep),
                                smap=_sm(opts.smap), hw=hw,
-                               global_pages=True if global_pages is None else global_pages)
+                               global_pages=True if global_pages is None else global_pages,
+                               io_capable=bool(opts.io_capable))
         if not hardware_cr4:
             derived = xen.effective_cr4(policy, guest_cr4)
         else:

@@ -49,7 +49,11 @@ def classify(m: Mapping, domain: str, xen_view=None) -> List[Finding]:
     if smx:
         out.append(Finding("kernel-smep-smap", m, "; ".join(smx)))
     if m.disallowed:  # the walker asked XenView about every entry on the path
-        out.append(Finding("pv-disallowed", m, "; ".join(m.disallowed)))
+        detail = "; ".join(m.disallowed)
+        if all(d.endswith(("(PWT)", "(PCD)", "(PAT)")) for d in m.disallowed):
+            # l1_disallow_mask(): cache attributes are fine for I/O-capable domains (dom0).
+            detail += " — allowed if the domain is I/O-capable (dom0, passthrough): --io-capable"
+        out.append(Finding("pv-disallowed", m, detail))
     if kind == "page" and m.effective.write and m.effective.exec:
         out.append(Finding("wx", m, m.effective.rwx()))
     if domain == "hvm" and kind == "page" and m.effective.user and m.va >= _HALF:

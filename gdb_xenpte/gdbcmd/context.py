@@ -72,6 +72,9 @@ def add_xen_options(p: GdbArgumentParser) -> None:
                    help="Xen's smep= boot option (default: Xen's default)")
     g.add_argument("--smap", metavar="on|off|hvm", type=choice_of("on", "off", "hvm"),
                    help="Xen's smap= boot option (default: Xen's default)")
+    g.add_argument("--io-capable", action="store_true", default=None,
+                   help="the PV domain has I/O capabilities (dom0, passthrough): Xen lets it set "
+                        "PWT/PCD/PAT on L1 entries")
     g.add_argument("--global-pages", metavar="on|off", type=choice_of("on", "off"),
                    help="Xen's global-pages= option (default on; Xen turns it off when it runs "
                         "virtualised on AMD, e.g. under QEMU -cpu max)")
@@ -118,6 +121,7 @@ def options(args: argparse.Namespace) -> Options:
         smep=_first(opt("smep"), params.value("smep")),
         smap=_first(opt("smap"), params.value("smap")),
         global_pages=None if opt("global_pages") is None else opt("global_pages") == "on",
+        io_capable=opt("io_capable"),
         vendor=opt("vendor"))
 
 
@@ -138,7 +142,8 @@ def make_policy(args: argparse.Namespace, domain: str, version: Optional[str], d
     return xen.XenPolicy(version or NEWEST_XEN, domain, debug,
                          smep=True if o.smep is None else o.smep,
                          smap=True if o.smap is None else o.smap,
-                         global_pages=True if o.global_pages is None else o.global_pages)
+                         global_pages=True if o.global_pages is None else o.global_pages,
+                         io_capable=bool(o.io_capable))
 
 
 def domain_and_xen(args: argparse.Namespace, source: Optional[PhysSource] = None):

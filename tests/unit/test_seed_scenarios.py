@@ -202,3 +202,15 @@ def test_domain_is_told_by_xens_code_selectors():
         assert s.domain == domain, hex(cs or 0)
     assert prepare(MemorySource(b.image(), "d", vcpus=[regs]), Options(domain="pv64")).domain \
         == "pv64"
+
+
+def test_io_capable_domains_may_set_cache_attributes():
+    """l1_disallow_mask(): PWT/PCD/PAT are allowed on L1 for I/O-capable PV domains such as dom0
+    (xen/arch/x86/mm.c); others may not set them."""
+    b = Builder("4level", upper=P | RW | US | A)
+    b.map(0x1000, 0x5000, flags=P | RW | US | A | 0x18)
+    (m,) = prepare(source(b, "pv64", 0x660), Options(xen="4.17")).walker().iter_mappings()
+    assert m.disallowed == ("pt[1]: bit 3 (PWT)", "pt[1]: bit 4 (PCD)")
+    s = prepare(source(b, "pv64", 0x660), Options(xen="4.17", io_capable=True))
+    (m,) = s.walker().iter_mappings()
+    assert m.disallowed == ()
