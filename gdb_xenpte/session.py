@@ -152,7 +152,7 @@ class Session:
             "xen": None if self.policy is None else {
                 "version": ".".join(map(str, self.policy.version[:2])),
                 "debug": self.policy.debug},
-            "notes": list(self.notes) + list(choice.notes),
+            "notes": list(self.notes) + list(self.kernel_notes) + list(choice.notes),
         }
 
 

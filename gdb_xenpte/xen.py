@@ -1044,7 +1044,7 @@ _CS_DOMAINS = {
     0xE02B: ("pv64", "CS 0xe02b is Xen's FLAT_RING3_CS64 (64-bit PV user space)"),
     0xE019: ("pv32", "CS 0xe019 is Xen's FLAT_RING1_CS: a 32-bit PV kernel was running"),
     0xE008: ("pv64", "CS 0xe008 is Xen's own code segment: the CPU was in Xen, with a PV "
-                     "guest's tables loaded (taken as 64-bit PV; give --domain pv32 if not)"),
+                     "guest's tables loaded (taken as a 64-bit PV guest's)"),
 }
 
 
