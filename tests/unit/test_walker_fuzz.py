@@ -39,7 +39,8 @@ def entry(draw):
     """A random 64-bit entry, usually pointing at a pool page (or a random frame) with flags."""
     if draw(st.integers(0, 9)) == 0:
         return draw(st.integers(0, (1 << 64) - 1))
-    frame = draw(st.sampled_from(POOL) if draw(st.integers(0, 4)) else st.integers(0, (1 << 52) - 1))
+    frame = draw(st.sampled_from(POOL) if draw(st.integers(0, 4))
+                 else st.integers(0, (1 << 52) - 1))
     flags = draw(st.sampled_from(FLAG_BITS) if draw(st.integers(0, 3)) else st.integers(0, 0xFFF))
     return (frame & ~0xFFF | flags) & ((1 << 64) - 1)
 
