@@ -42,8 +42,8 @@ Use from a session-scoped fixture (nothing is cached across runs)::
     def xl_dumps(tmp_path_factory):
         return generate(tmp_path_factory.mktemp("xl-dumpcore"))   # QEMU is gone on return
 
-Run ``python3 -m tests.targets.xl_dumpcore [DIR]`` from the repository root to generate once and
-print the measured times.
+Run ``python3 -m tests.targets.xl_dumpcore [--pvh] [DIR]`` from the repository root to generate
+once and print the measured times.
 
 Failure modes: :class:`~tests.targets.packages.TargetSetupError` (no apt/gcc/ldd, a package or
 library missing), :class:`~tests.targets.qemu.QemuSetupError` (no QEMU),
@@ -62,7 +62,7 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from elftools.elf.elffile import ELFFile
 
@@ -77,10 +77,11 @@ __all__ = ["DOMU_NAME", "Marker", "XlDumps", "generate", "load", "marker_page", 
 
 HERE = Path(__file__).resolve().parent / "dumpcore"
 DOMU_NAME = "xenpte-domu"
+PVH_NAME = "xenpte-pvh"
 # Debian's 6.1 kernel needs 0x3a00 pages (58 MiB) laid out by the domain builder, which refuses a
 # 64 MiB domU ("segment kernel too large"); 128 MiB boots.
 DOMU_MEMORY_MB = 128
-# Holds the toolstack initramfs unpacked, the domU's kernel and both dumps in tmpfs.
+# Holds the toolstack initramfs unpacked, the domU kernel and all the dumps in tmpfs.
 DOM0_MEMORY = "768M"
 XEN_BIN = "/usr/lib/xen-4.17/bin"
 TOOLSTACK_PACKAGES = (
@@ -124,6 +125,7 @@ class XlDumps:
     """The files dom0 handed back and what the domU and dom0 said about the domU.
 
     :param running: ``xl dump-core`` of the running domU; :param paused: of the paused domU.
+    :param pvh: of the paused PVH domU when asked for (its texts are ``pvh-*``), else None.
     :param domid: the domU's domain id.
     :param xl_list: ``xl list -l`` parsed (a list with one record per domain).
     :param texts: the small text files by name: ``xenctx-paused.txt`` (``xenctx -a``, paused,
@@ -139,6 +141,7 @@ class XlDumps:
     workdir: Path
     running: Path
     paused: Path
+    pvh: Optional[Path]
     domid: int
     xl_list: list
     texts: Dict[str, str]
@@ -273,17 +276,25 @@ def build_domu_initramfs(workdir: Path, marker: Path) -> Path:
     return path
 
 
-def domu_config(kernel: str, ramdisk: str) -> str:
-    """Return the ``xl create`` config of the 64-bit PV domU (guest paths inside dom0)."""
+def domu_config(name: str, kind: str, kernel: str, ramdisk: str) -> str:
+    """Return an ``xl create`` config for a one-vCPU domU of ``kind`` ``"pv"`` or ``"pvh"``.
+
+    :param kernel: the kernel's path inside dom0; :param ramdisk: the initramfs's.
+    """
     return "\n".join([
-        f'name = "{DOMU_NAME}"', 'type = "pv"', f'kernel = "{kernel}"', f'ramdisk = "{ramdisk}"',
+        f'name = "{name}"', f'type = "{kind}"', f'kernel = "{kernel}"', f'ramdisk = "{ramdisk}"',
         'extra = "console=hvc0 panic=-1"', f"memory = {DOMU_MEMORY_MB}", "vcpus = 1",
+        # PVH under Xen's SVM on QEMU TCG: RDTSCP traps and Xen cannot emulate it ("SVM Insn
+        # len emulation failed"), and the kernel's FPU init dies with PKU offered.
+        *(['cpuid = "host,rdtscp=0,pku=0"'] if kind == "pvh" else []),
         # Keep a crashed domU around (its console log says why) instead of a silent restart.
         'on_crash = "preserve"', 'on_poweroff = "preserve"', ""])
 
 
-def build_dom0_initramfs(workdir: Path) -> Path:
+def build_dom0_initramfs(workdir: Path, pvh: bool = False) -> Path:
     """Write dom0's initramfs: busybox, the toolstack, modules, domU kernel and initramfs.
+
+    :param pvh: also make and dump a PVH domU (see :func:`generate`).
 
     Uncompressed: QEMU copies the module as is and dom0 unpacks it faster than gunzip under TCG.
     """
@@ -332,9 +343,11 @@ def build_dom0_initramfs(workdir: Path) -> Path:
     tree.file("/etc/xenpte-modules.txt", ("\n".join(guest_modules) + "\n").encode())
     tree.file("/domu/vmlinuz", packages.linux_kernel().read_bytes())
     tree.file("/domu/initrd.cpio", domu_initrd.read_bytes())
-    tree.file("/etc/xen/domu.cfg", domu_config("/domu/vmlinuz", "/domu/initrd.cpio").encode())
-    tree.file("/etc/xenpte.conf", (f"DOMU_NAME={DOMU_NAME}\nXEN_BIN={XEN_BIN}\n"
-                                   f"DISK=/dev/vda\n").encode())
+    for name, kind, cfg in ((DOMU_NAME, "pv", "domu.cfg"), (PVH_NAME, "pvh", "pvh.cfg")):
+        tree.file(f"/etc/xen/{cfg}",
+                  domu_config(name, kind, "/domu/vmlinuz", "/domu/initrd.cpio").encode())
+    tree.file("/etc/xenpte.conf", (f"DOMU_NAME={DOMU_NAME}\nPVH_NAME={PVH_NAME if pvh else ''}\n"
+                                   f"XEN_BIN={XEN_BIN}\nDISK=/dev/vda\n").encode())
     path = workdir / "dom0-initramfs.cpio"
     path.write_bytes(tree.archive.finish())
     return path
@@ -395,22 +408,25 @@ def parse_xenctx_code(text: str) -> Tuple[int, bytes, int]:
     return int(m.group(1), 16), bytes(int(tok.strip("<>"), 16) for tok in tokens), at
 
 
-def generate(workdir: Path, timeout: float = 600.0) -> XlDumps:
+def generate(workdir: Path, timeout: float = 600.0, pvh: bool = False) -> XlDumps:
     """Boot Xen + dom0, make the domU, dump it twice, and return what came back.
 
     QEMU is killed (by pid) before this returns, whatever happens.
 
     :param workdir: where images, the serial log, the disk and the unpacked results go.
     :param timeout: seconds from QEMU start to dom0's done line.
+    :param pvh: afterwards also boot the same kernel as a PVH domU (an HVM container: Xen uses
+        the SVM + NPT that QEMU TCG offers) and dump it paused (``pvh-*`` files, HVM format).
+        Off by default: that one ``xl dump-core`` takes ~200 s here.
     :raises QemuError: if dom0 reports a failed step (its step log is in the message).
     """
     started = time.monotonic()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    initramfs = build_dom0_initramfs(workdir)
+    initramfs = build_dom0_initramfs(workdir, pvh)
     disk = workdir / "results.disk"
-    with open(disk, "wb") as f:  # sparse: room for two dumps and the small files
-        f.truncate((2 * DOMU_MEMORY_MB + 64) << 20)
+    with open(disk, "wb") as f:  # sparse: room for three dumps and the small files
+        f.truncate(((3 if pvh else 2) * DOMU_MEMORY_MB + 64) << 20)
     built = time.monotonic()
     drive = ["-drive", f"file={disk},format=raw,if=virtio,cache=unsafe"]
     ready = f"{DONE}|{FAILED}.*"
@@ -423,7 +439,7 @@ def generate(workdir: Path, timeout: float = 600.0) -> XlDumps:
         if FAILED in serial:
             raise QemuError(f"dom0 reported a failed step; serial log tail: {serial[-4000:]}")
     _unpack_disk(disk, workdir / "out")
-    disk.unlink()  # ~270 MB, nearly all of it the two dumps again
+    disk.unlink()  # 270-400 MB, nearly all of it the dumps again
     result = load(workdir)
     result.seconds = {"build": built - started, "qemu": qemu_seconds,
                       "total": time.monotonic() - started}
@@ -448,7 +464,8 @@ def load(workdir: Path) -> XlDumps:
     serial = (workdir / "serial.log").read_text(errors="replace")
     return XlDumps(
         workdir=workdir, running=files["running.core"], paused=files["paused.core"],
-        domid=int(texts["domid"]), xl_list=json.loads(texts["xl-list-l.json"]), texts=texts,
+        pvh=files.get("pvh-paused.core"), domid=int(texts["domid"]),
+        xl_list=json.loads(texts["xl-list-l.json"]), texts=texts,
         console=console, marker=_parse_marker(console), kallsyms=kallsyms, serial=serial)
 
 
@@ -456,8 +473,9 @@ if __name__ == "__main__":
     import sys
     import tempfile
 
-    out_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="xlcore-"))
-    result = generate(out_dir)
+    args = [a for a in sys.argv[1:] if a != "--pvh"]
+    out_dir = Path(args[0]) if args else Path(tempfile.mkdtemp(prefix="xlcore-"))
+    result = generate(out_dir, pvh="--pvh" in sys.argv)
     print(f"results in {result.workdir}: domid {result.domid}, marker {result.marker}")
     print(f"kallsyms {({k: hex(v) for k, v in result.kallsyms.items()})}")
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
