@@ -217,7 +217,8 @@ def _run(argv: List[str]) -> int:
         writer = _Writer(out, args.format)
         workers = min(args.jobs, len(targets))
         jobs = [Job(t, command, tuple(options), args.vcpu, workdir, i, args.timeout, args.gdb,
-                    tally=args.summary, tag=workers > 1) for i, t in enumerate(targets)]
+                    tally=args.summary, tag=workers > 1 and out is not None)
+                for i, t in enumerate(targets)]
         bar = _progress(len(jobs), args.quiet)
         done: Dict[int, TargetResult] = {}
         ordered: List[TargetResult] = []
