@@ -74,3 +74,22 @@ def big_space(leaf_gib: int = 2, processes: int = 1) -> Tuple[Dict[int, bytes], 
         cr3s.append(sb.table([(0, user_pdpt | P | RW | US | A), (273, direct | P | RW | A),
                               (511, huge | P | RW | A)]))
     return sb.pages, cr3s, leaf_gib * 262144 + 16
+
+
+def table_pages(pages: Dict[int, bytes], cr3: int) -> List[int]:
+    """The distinct table pages a 4-level walk from ``cr3`` must read, found without the engine.
+
+    Present non-leaf entries (PS clear in PDPTEs and PDEs) are followed; PTs are not looked into.
+    """
+    seen, todo = {cr3 & ~0xFFF: 0}, [(cr3 & ~0xFFF, 0)]
+    while todo:
+        addr, depth = todo.pop()
+        if depth == 3:
+            continue
+        for raw in struct.unpack("<512Q", pages[addr]):
+            if raw & P and not (depth in (1, 2) and raw & PS):
+                child = raw & 0x000F_FFFF_FFFF_F000
+                if child not in seen:
+                    seen[child] = depth + 1
+                    todo.append((child, depth + 1))
+    return sorted(seen)
