@@ -22,10 +22,16 @@ What must hold, and against what (so that a wrong MFN->PFN translation cannot pa
   U=1 with bit 52 ``_PAGE_GUEST_KERNEL`` on every L1 leaf, and its first bytes match xenctx's;
 * Xen's L4 slots 256-271 carry their labels; those whose frames are Xen's are "not in dump",
   slot 258 is the L4's self-map (its frame is CR3's).
+
+With ``XENPTE_XL_PVH=1`` the same kernel also runs as a PVH domU (an HVM container: Xen uses the
+SVM + NPT QEMU TCG offers) and its HVM-format dump is checked the same way (magic, ``.xen_pfn``,
+guest-physical CR3, registers == xenctx, marker and memory == the guest's and libxc's). It is
+opt-in because that one ``xl dump-core`` takes ~200 s here.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from functools import cached_property
 from typing import Dict, Iterator, List, Tuple
@@ -59,15 +65,20 @@ GUEST_KERNEL = "_PAGE_GUEST_KERNEL"
 # public/arch-x86/xen.h).
 SHARED_INFO_ARCH = 32 * 64 + 64 * 8 + 64 * 8 + 4 * 4
 DUMPS = ("running", "paused")
+# The PVH (HVM-format) dump costs ~200 s more: made only when this variable is "1".
+PVH_OPT_IN = "XENPTE_XL_PVH"
+XC_CORE_MAGIC_HVM = 0xF00FEBEE
 
 
 @pytest.fixture(scope="session")
 def xl_dumps(tmp_path_factory) -> Iterator[XlDumps]:
     """Generate the dumps once per session; afterwards drop the big files (logs stay for triage)."""
-    dumps = xl_dumpcore.generate(tmp_path_factory.mktemp("xl-dumpcore"))
+    dumps = xl_dumpcore.generate(tmp_path_factory.mktemp("xl-dumpcore"),
+                                 pvh=os.environ.get(PVH_OPT_IN) == "1")
     yield dumps
-    for big in [dumps.running, dumps.paused, *dumps.workdir.glob("*.cpio")]:
-        big.unlink(missing_ok=True)
+    for big in [dumps.running, dumps.paused, dumps.pvh, *dumps.workdir.glob("*.cpio")]:
+        if big is not None:
+            big.unlink(missing_ok=True)
 
 
 class Walked:
@@ -107,9 +118,11 @@ def walked(request, xl_dumps):
 
 
 def raw_p2m(path) -> Dict[int, int]:
-    """pfn -> MFN straight from ``.xen_p2m`` with pyelftools (independent of our reader)."""
+    """pfn -> MFN straight from ``.xen_p2m`` with pyelftools (independent of our reader); empty
+    for an HVM-format dump, which has none."""
     with open(path, "rb") as f:
-        data = ELFFile(f).get_section_by_name(".xen_p2m").data()
+        section = ELFFile(f).get_section_by_name(".xen_p2m")
+        data = section.data() if section is not None else b""
     pairs = struct.unpack(f"<{len(data) // 8}Q", data)
     return {pfn: mfn for pfn, mfn in zip(pairs[::2], pairs[1::2])
             if pfn != INVALID and mfn != INVALID}
@@ -334,3 +347,48 @@ def test_linear_slot_is_the_l4_self_map(walked):
     assert entry & 1 and _frame(entry, 4096) == walked.regs.cr3 >> 12
     linear = [m for m in walked.mappings if m.entries[0].index == LINEAR_SLOT]
     assert linear and all(m.notes[0].startswith(f"Xen L4 slot {LINEAR_SLOT}:") for m in linear)
+
+
+# -- the PVH domU: an HVM-format dump (opt-in) --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pvh(xl_dumps):
+    if xl_dumps.pvh is None:
+        pytest.skip(f"the PVH dump adds ~200 s: set {PVH_OPT_IN}=1 to make and check it")
+    dump = Walked(xl_dumps.pvh)
+    yield dump
+    dump.source.close()
+
+
+def _pvh_marker(xl_dumps):
+    return xl_dumpcore._parse_marker(xl_dumps.texts["pvh-domu-console.log"])
+
+
+def test_pvh_dump_is_hvm_format(pvh, xl_dumps):
+    with open(xl_dumps.pvh, "rb") as f:
+        elf = ELFFile(f)
+        notes = {n["n_type"]: n["n_descdata"] for n in
+                 elf.get_section_by_name(".note.Xen").iter_notes()}
+        assert elf.get_section_by_name(".xen_pfn") is not None
+        assert elf.get_section_by_name(".xen_p2m") is None
+    assert struct.unpack_from("<Q", notes[NOTE_DUMPCORE_HEADER])[0] == XC_CORE_MAGIC_HVM
+    src = pvh.source
+    assert src.domain == "hvm" and src.translate_frame is None  # frames are guest-physical
+    regs = pvh.regs
+    assert not regs.cr4_is_guest_view and regs.cr4 & (CR4.PAE | CR4.PGE) == CR4.PAE | CR4.PGE
+    ctx = parse_xenctx(xl_dumps.texts["pvh-xenctx-paused.txt"])
+    ours = {"rip": regs.rip, "flags": regs.rflags, "cs": regs.cs, "cr0": regs.cr0,
+            "cr2": regs.cr2, "cr3": regs.cr3, "cr4": regs.cr4}
+    assert {k: ctx[k] for k in ours} == ours
+
+
+def test_pvh_marker_and_memory_equal_the_guest_and_libxc(pvh, xl_dumps):
+    marker = _pvh_marker(xl_dumps)
+    m = pvh.walker.trace(marker.va).mapping
+    assert m.pa == marker.pfn << 12 and pvh.source.read(m.pa, 4096) == marker_page()
+    for what in ("marker", "text"):
+        va, data = parse_xenctx_memory(xl_dumps.texts[f"pvh-xenctx-{what}.txt"])
+        assert len(data) == 512 and pvh.read_va(va, len(data)) == data
+    # An HVM kernel runs at CPL0: no Xen bits, no U on kernel text (va is now _text).
+    text = pvh.walker.trace(va).mapping
+    assert text.effective.exec and not text.effective.user and not text.xen_bits
