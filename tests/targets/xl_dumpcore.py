@@ -11,7 +11,9 @@ dom0's ``/init`` (``dumpcore/dom0-init.sh``) starts xenstored, ``xen-init-dom0``
 ``dumpcore/domu-init.sh``), waits for the domU's marker line in its console log, then takes
 
 * ``running.core``: ``xl dump-core`` of the running domU,
-* ``xenctx-paused.txt``: ``xenctx -a`` of vCPU 0 after ``xl pause``,
+* ``xenctx-paused.txt``: ``xenctx -a`` of vCPU 0 after ``xl pause`` (again after the dump:
+  ``xenctx-paused-after.txt``), ``xenctx-marker.txt`` / ``xenctx-text.txt``: ``xenctx -m VA``,
+  512 bytes at the marker VA and at ``_text`` through libxc's own page walk,
 * ``paused.core``: ``xl dump-core`` of the paused domU (same vCPU context as xenctx saw),
 * ``xl-list-l.json``, ``xl-info.txt``, ``domu-console.log``, ``xl-dmesg.txt``,
 
@@ -24,15 +26,18 @@ page-aligned ``.bss`` page with :func:`marker_page`, prints its VA and its PFN (
 domU's ``/init`` also prints ``_text``/``_etext`` from ``/proc/kallsyms``. These are the
 independent views the tests check the dump walk against.
 
-Only a 64-bit PV domU can be made here: no HVM guest (TCG offers no VMX) and no 32-bit PV one
-(Debian 12 has no 32-bit PV kernel, and its Xen is built without ``CONFIG_PV32``); the PV32 and
-HVM dump-core fixtures stay writer-made (``tests/sources/writers.py``).
+Guest kinds: a 64-bit PV domU always. With ``pvh=True`` the same kernel also runs as a PVH domU:
+Xen 4.17 under QEMU TCG ``-cpu max`` has SVM with nested paging (``xl dmesg``: "HVM: SVM enabled",
+"HAP detected"), so HVM containers work; PVH needs no device model (a full HVM guest would need
+qemu-xen, which is not in this initramfs). Its dump is the HVM format (``.xen_pfn``, magic
+0xF00FEBEE), but ``xl dump-core`` of it takes ~200 s here, hence opt-in. No 32-bit PV domU:
+Debian 12 has no 32-bit PV kernel and its Xen is built without ``CONFIG_PV32``.
 
 Measured here (2 cores, QEMU 7.2 TCG, one pCPU for Xen): 44 s from call to return inside pytest
 (images ~2 s; dom0 userspace ~6 s after QEMU starts; toolstack up and ``xl create`` ~6 s; domU
-marker ~6 s later; running dump ~9 s, paused dump ~8 s, each 128 MiB; tar onto the disk ~5 s), up
-to ~65 s with other QEMUs on the same cores. A first run also downloads the 14 toolstack packages
-(~35 s).
+marker ~6 s later; running dump ~9 s, paused dump ~8 s, each 128 MiB; tar onto the disk ~5 s),
+60-120 s with other QEMUs on the same cores (load average up to 7). A first run also downloads
+the 14 toolstack packages (~35 s).
 
 Use from a session-scoped fixture (nothing is cached across runs)::
 
