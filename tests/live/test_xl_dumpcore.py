@@ -1,6 +1,6 @@
 """Real ``xl dump-core`` files of a 64-bit PV domU, walked, and checked against independent views.
 
-One session-scoped run of :func:`targets.xl_dumpcore.generate` (44-65 s measured here: Xen 4.17 +
+One session-scoped run of :func:`targets.xl_dumpcore.generate` (44-120 s measured here: Xen 4.17 +
 dom0 toolstack under QEMU TCG; the module ~1 min in all) gives two dumps Xen's own tools wrote,
 ``running.core`` and ``paused.core``, plus what dom0 and the domU said about the domU. Every dump
 test runs on both.
