@@ -264,7 +264,13 @@ class Walker:
     def _make_mapping(self, rule: LevelRule, ctx: _Ctx, va_lin: int, index: int, table_pa: int,
                       raw: int, rsvd: int, count: int, and_ad: int, pa: Optional[int],
                       notes: Tuple[str, ...] = ()) -> Mapping:
-        ctx_key = (ctx.user, ctx.write, ctx.nx, bool(ctx.rsvd), ctx.xen_owned)
+        owned = ctx.xen_owned
+        if self.domain is not None and not owned:
+            # A leaf can be Xen's too (the compat M2P superpages in a PV32 guest's top L2).
+            label = self.domain.xen_area(rule.name, index, va_lin, rule.page_size)
+            if label:
+                owned, notes = True, (label,) + notes
+        ctx_key = (ctx.user, ctx.write, ctx.nx, bool(ctx.rsvd), owned)
         eff, flags, pkey, xen_bits, mt, verdicts, dis = self._attrs(rule, raw, ctx_key, rsvd)
         if and_ad & 0x20:
             flags = flags | {"A"}
@@ -282,7 +288,7 @@ class Walker:
             effective=eff, pkey=pkey, xen_bits=xen_bits, rsvd=rs, memtype=mt, count=count,
             verdicts=verdicts, notes=ctx.notes + notes,
             disallowed=ctx.disallowed + tuple(f"{rule.name}[{index}]: bit {b} ({n})"
-                                              for b, n in dis), xen_owned=ctx.xen_owned)
+                                              for b, n in dis), xen_owned=owned)
 
     def _stop_record(self, kind: str, rule: LevelRule, ctx: _Ctx, va_lin: int, index: int,
                      table_pa: int, raw: int, rsvd: int, why: str) -> Mapping:

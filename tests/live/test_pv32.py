@@ -14,8 +14,7 @@ context), 0x660 as the guest reads it; hardware CR3 in guest context is Xen's pe
 (4-level): slot 0 points at the guest's PAE L3, slots 4, 258, 260, 261, 262 are Xen's (slot 4:
 PERDOMAIN_ALT_VIRT_START, the per-domain mirror for the compat xlat area, asm/config.h:208-209).
 
-The gdb commands are run too (one batch gdb at the same stop). Four known gaps of the glue are
-strict xfails, so fixing one turns its test red until the marker goes.
+The gdb commands are run too (one batch gdb at the same stop).
 """
 
 from __future__ import annotations
@@ -123,10 +122,12 @@ def _record(vm: Qemu, symbols: Dict[str, int], seconds: Dict[str, float]) -> Rec
 _GUEST = "--domain pv32 --cr4 0x660 --ac 0"
 _USER_PAGES = "0xc0002000 0xc0004000"
 GDB_COMMANDS = {
-    "cr4-4.17": "xen-cr4 0x660 --domain pv32 --xen 4.17 --xen-cr4 {xen_cr4}",
+    # Xen runs virtualised on AMD here (QEMU -cpu max), so its global-pages default is off.
+    "cr4-4.17": "xen-cr4 0x660 --domain pv32 --xen 4.17 --global-pages off --xen-cr4 {xen_cr4}",
     "cr4-4.6": "xen-cr4 0x660 --domain pv32 --xen 4.6 --xen-cr4 {xen_cr4}",
     "walk-hw": f"xen-pte-walk --domain pv32 --xen 4.17 --json {_USER_PAGES}",
-    "walk-hw-4.6": f"xen-pte-walk --domain pv32 --xen 4.6 --ac 0 --json {_USER_PAGES}",
+    # From the ring-1 stop without --cr4: the CPU's CR4 is this Xen's; 4.6 is a what-if.
+    "whatif-hw-4.6": "xen-pte-check --domain pv32 --xen 4.17 --ac 0 --what-if xen=4.6 --json",
     "walk-4.17": f"xen-pte-walk {_GUEST} --xen 4.17 --no-coalesce --json",
     "walk-4.6": f"xen-pte-walk {_GUEST} --xen 4.6 --no-coalesce --json {_USER_PAGES}",
     "check-4.17": f"xen-pte-check {_GUEST} --xen 4.17 --json",
@@ -347,9 +348,6 @@ def test_xen_cr4_command_417_clears_smep_smap_for_ring1(rec):
     assert "guest kernel: CPL 1; SMEP does not apply, SMAP does not apply" in text
 
 
-@pytest.mark.xfail(strict=True, reason="the glue cannot say global-pages=0 (Xen's default when "
-                   "virtualised on AMD, as under QEMU TCG -cpu max), so xen-cr4 adds PGE; the "
-                   "engine with XenPolicy(global_pages=False) matches exactly")
 def test_xen_cr4_command_417_equals_ring1_exactly(rec):
     assert _effective_line(rec, "cr4-4.17") == rec.ring1.cr4
 
@@ -364,8 +362,8 @@ def test_xen_cr4_command_46_keeps_smep_smap(rec):
 def test_walk_header_shows_hardware_and_guest_cr4_apart(rec):
     hw = _json(rec, "walk-hw")[0]  # no --cr4: the CR4 read from the CPU stopped in ring 1
     assert int(hw["cr4"], 16) == rec.ring1.cr4
-    # derived from it as Xen would: equal but for PGE (see the global-pages xfail above)
-    assert int(hw["effective_cr4"], 16) & ~CR4.PGE == rec.ring1.cr4
+    # A CPU stopped in guest code (CS 0xe019) runs the PV context: its CR4 is the effective one.
+    assert int(hw["effective_cr4"], 16) == rec.ring1.cr4
     derived = _json(rec, "walk-4.17")[0]
     assert int(derived["cr4"], 16) == CR4_GUEST_VIEW != int(derived["effective_cr4"], 16)
     assert not int(derived["effective_cr4"], 16) & xen.XEN_CR4_PV32_BITS
@@ -381,13 +379,11 @@ def test_live_walk_agrees_with_info_tlb_and_labels_xen_slots(rec):
     assert result.agree, result.report()
     labelled = {int(n.split()[3].rstrip(":")) for r in pages for n in r.get("notes", ())
                 if n.startswith("Xen L4 slot ")}
-    assert labelled == XEN_L4_SLOTS - {4}  # slot 4: see the xfail below
+    assert labelled == XEN_L4_SLOTS
 
 
-@pytest.mark.xfail(strict=True, reason="slot 4 is Xen's PERDOMAIN_ALT_VIRT_START, a mirror of the "
-                   "per-domain slot 260 for the compat xlat area (asm/config.h:208-209); "
-                   "xen.l4_slot_label only knows 256-271")
 def test_live_walk_labels_slot4(rec):
+    """Slot 4 is Xen's PERDOMAIN_ALT_VIRT_START, a mirror of slot 260 (asm/config.h:208-209)."""
     pages = [r for r in _json(rec, "walk-4.17") if r.get("kind") == "page"]
     assert any(n.startswith("Xen L4 slot 4") for r in pages if int(r["va"], 16) >> 39 == 4
                for n in r.get("notes", ()))
@@ -410,12 +406,15 @@ def test_live_walk_user_pages_ok_under_417_fault_under_46(rec):
     assert _verdicts(old, code)["kernel_exec"] == "fault:SMEP"
 
 
-@pytest.mark.xfail(strict=True, reason="without --cr4 the glue takes the CR4 of a CPU stopped in "
-                   "ring 1 (SMEP/SMAP already cleared by Xen 4.7+) as Xen's own CR4, so a --xen "
-                   "4.6 what-if loses SMEP/SMAP; CS RPL 1 says they were stripped")
-def test_live_walk_46_from_a_ring1_stop_without_cr4(rec):
-    old = _json(rec, "walk-hw-4.6")
-    assert _verdicts(old, rec.report["user-data"]["va"])["kernel_read"] == "fault:SMAP"
+def test_what_if_46_from_a_ring1_stop_without_cr4(rec):
+    """CS RPL 1 says the CPU's CR4 had SMEP/SMAP stripped on the way to ring 1: the 4.6 what-if
+    puts Xen's back and finds both user pages (the #PF-loop candidates)."""
+    records = _json(rec, "whatif-hw-4.6")
+    broken = {int(r["va"], 16): r for r in records if r.get("type") == "change" and r["breaks"]}
+    data, code = rec.report["user-data"]["va"], rec.report["user-code"]["va"]
+    assert {data, code} <= set(broken)
+    assert broken[data]["after"]["verdicts"]["kernel_read"] == "fault:SMAP"
+    assert broken[code]["after"]["verdicts"]["kernel_exec"] == "fault:SMEP"
 
 
 def test_check_lists_the_pf_loop_candidates_only_under_46(rec):
@@ -426,10 +425,9 @@ def test_check_lists_the_pf_loop_candidates_only_under_46(rec):
     assert smep_smap("check-4.17") == set()
 
 
-@pytest.mark.xfail(strict=True, reason="xen-pte-check applies the PV disallow masks to Xen's own "
-                   "entries: compat L4 slots 4/256-271 and the compat M2P entries Xen puts in the "
-                   "guest's top L2 (from 0xf5800000); only guest-validated entries may be judged")
 def test_check_finds_nothing_disallowed_in_xen_owned_entries(rec):
+    """Xen's own entries (compat L4 slots 4/256-271, the compat M2P Xen puts in the guest's top
+    L2 from 0xf5800000) are not the guest's: the PV disallow masks do not judge them."""
     flagged = [r for r in _json(rec, "check-4.17")
                if r.get("type") == "anomaly" and r["category"] == "pv-disallowed"]
     assert flagged == []

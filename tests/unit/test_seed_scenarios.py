@@ -214,3 +214,14 @@ def test_io_capable_domains_may_set_cache_attributes():
     s = prepare(source(b, "pv64", 0x660), Options(xen="4.17", io_capable=True))
     (m,) = s.walker().iter_mappings()
     assert m.disallowed == ()
+
+
+def test_xen_superpage_leaves_in_the_pv32_hypervisor_area():
+    """Xen maps the compat M2P with 2 MiB leaves in a PV32 guest's top L2 at 0xF5800000 up: PSE
+    there is Xen's doing, not a guest entry Xen failed to refuse."""
+    b = pv32_guest()
+    b.map(0xF5800000, 0x200000, size=1 << 21, flags=P | A)
+    s = prepare(source(b, "pv32", 0x660), Options(xen="4.17"))
+    m = by_va(s)[0xF5800000]
+    assert m.page_size == 1 << 21 and m.xen_owned and m.disallowed == ()
+    assert "Xen's area of a 32-bit PV guest" in m.notes[0]
