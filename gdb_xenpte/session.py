@@ -70,6 +70,9 @@ def _first(*values):
     return next((v for v in values if v is not None), None)
 
 
+XEN_PV32 = CR4.SMEP | CR4.SMAP  # what Xen toggles around a 32-bit PV guest's ring 1
+
+
 def _names(mask: int) -> str:
     return ", ".join(name for bit, name in sorted(CR4.NAMES.items()) if mask & bit) or "nothing"
 
@@ -226,15 +229,22 @@ def prepare(source: PhysSource, opts: Options = Options()) -> Session:
                 notes.append(f"CR4 {guest_cr4:#x} was read from the CPU in Xen: the PV "
                              f"context's CR4 is derived from it as Xen would")
             derived = xen.effective_cr4(policy, None, xen_cr4=xen_cr4)
-            if in_guest and not opts.derive_cr4:
-                # The CPU already runs the PV context: its CR4 is the effective one, bit for bit.
-                if derived.value != guest_cr4:
-                    notes.append(f"the policy would give {derived.value:#x}; the CPU's "
-                                 f"{guest_cr4:#x} is used (differs in "
-                                 f"{_names(derived.value ^ guest_cr4)})")
-                derived = xen.Cr4(guest_cr4, [f"CR4={guest_cr4:#x}: read from the CPU while the "
-                                              f"guest ran (CS {regs.cs:#x})"]
-                                  + list(derived.explanation))
+            if not opts.derive_cr4:
+                # With a PV guest's tables loaded the CPU runs that guest's context CR4, in Xen too
+                # (lazy switch) -- except SMEP/SMAP, which Xen sets again on entry from a 32-bit
+                # PV guest (entry.S cr4_pv32_restore): those the policy decides.
+                value = guest_cr4
+                pv32_in_xen = domain == "pv32" and not in_guest
+                if pv32_in_xen:
+                    value = (value & ~XEN_PV32) | (derived.value & XEN_PV32)
+                if derived.value != value:
+                    notes.append(f"the policy alone would give {derived.value:#x}; the CPU's CR4 "
+                                 f"is used (differs in {_names(derived.value ^ value)})")
+                where = f"CS {regs.cs:#x}" if regs.cs is not None else "CS unknown"
+                first = (f"CR4={value:#x}: the CPU's ({guest_cr4:#x}, {where})"
+                         + ("; SMEP/SMAP as Xen sets them on return to ring 1" if pv32_in_xen
+                            else ""))
+                derived = xen.Cr4(value, [first] + list(derived.explanation))
         effective = derived.value
         explanation = list(derived.explanation)
         kernel_notes = list(xen.kernel_protections(

@@ -215,13 +215,10 @@ def test_smep_smap_do_not_apply_to_the_cpl3_kernel(xen_capture):
                      xen_capture.cr4_text), xen_capture.cr4_text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "reported, not fixed: the live glue derives dom0's CR4 from the CPU's as if it were Xen's own "
-    "with XenPolicy defaults, so it adds PGE (global-pages= is off by default when Xen runs "
-    "virtualised on AMD, as under QEMU TCG -cpu max; the glue cannot say so) and drops FSGSBASE "
-    "(dom0's choice, which a live stop cannot see); neither bit changes a verdict"))
 def test_walk_header_effective_cr4_matches_the_cpu(xen_capture):
-    """The walk's header gives dom0's effective CR4 as pCPU 0's hardware CR4."""
+    """The walk's header gives dom0's effective CR4 as pCPU 0's hardware CR4: with dom0's L4
+    loaded the CPU runs dom0's context CR4, in Xen too (lazy switch), so the CPU's value is used
+    rather than re-derived (which would add PGE and drop dom0's FSGSBASE)."""
     cpu0_cr4 = xen_capture.cpu0["cr4"]
     header_cr4 = int(xen_capture.header["effective_cr4"], 16)
     assert header_cr4 == cpu0_cr4, (

@@ -187,8 +187,12 @@ def test_live_stop_in_guest_context_uses_the_cpus_cr4_as_is():
     src = MemorySource(b.image(), "live", vcpus=[regs], domain="pv64")
     s = prepare(src, Options(xen="4.17"))
     assert s.effective_cr4 == 0x150660
-    assert s.cr4_explanation[0].startswith("CR4=0x150660: read from the CPU while the guest ran")
+    assert s.cr4_explanation[0].startswith("CR4=0x150660: the CPU's")
     assert any("differs in" in n for n in s.notes)
+    # Stopped in Xen (CS 0xe008) with dom0's L4 loaded, Xen runs dom0's context CR4 (lazy).
+    regs = VcpuRegs(0, cr0=CR0, cr3=b.cr3, cr4=0x150660, efer=LM, cs=0xE008)
+    src = MemorySource(b.image(), "live", vcpus=[regs], domain="pv64")
+    assert prepare(src, Options(xen="4.17")).effective_cr4 == 0x150660
 
 
 def test_domain_is_told_by_xens_code_selectors():
