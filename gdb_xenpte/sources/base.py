@@ -15,7 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
-__all__ = ["PhysSource", "VcpuRegs"]
+from .filemap import MappedFile
+
+__all__ = ["FileSource", "PhysSource", "VcpuRegs"]
 
 
 @dataclass(frozen=True)
@@ -92,3 +94,28 @@ class PhysSource:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+class FileSource(PhysSource):
+    """A source read from one dump file, mapped read-only; subclasses parse it in ``_open``.
+
+    The file is closed again if parsing fails, so a bad dump never leaks its mapping.
+
+    :param path: the dump file.
+    :raises DumpFormatError: from ``_open`` for a file of the wrong format.
+    """
+
+    def __init__(self, path: str):
+        self._file = MappedFile(path)
+        try:
+            self._open()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._file.close()
+

@@ -31,8 +31,8 @@ from collections import OrderedDict
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from ..errors import DumpFormatError, UnreadableMemory
-from .base import PhysSource, VcpuRegs
-from .filemap import ByteView, MappedFile
+from .base import FileSource, VcpuRegs
+from .filemap import ByteView
 from .flattened import FlattenedView, is_flattened
 from .notes import iter_notes, lma_hint_from_prstatus, qemu_vcpus
 
@@ -99,7 +99,7 @@ def _decompressor(flags: int) -> Tuple[str, Optional[Callable[[bytes, int], byte
     return f"unknown method (flags {flags:#x})", None, ""
 
 
-class KdumpSource(PhysSource):
+class KdumpSource(FileSource):
     """Physical memory and vCPU registers of a kdump-compressed dump.
 
     :param path: the dump file (plain or flattened); opened read-only and mapped.
@@ -112,14 +112,6 @@ class KdumpSource(PhysSource):
     def probe(cls, head: bytes) -> bool:
         """Return True if ``head`` starts a kdump-compressed file, plain or flattened."""
         return head[:8] in SIGNATURES or is_flattened(head)
-
-    def __init__(self, path: str):
-        self._file = MappedFile(path)
-        try:
-            self._open()
-        except BaseException:
-            self._file.close()
-            raise
 
     def _open(self) -> None:
         file = self._file
@@ -309,5 +301,3 @@ class KdumpSource(PhysSource):
                 f"{self.block_size}, {self._nr_dumped} page(s) stored, {len(self._vcpus)} vCPU(s)")
         return "; ".join((text,) + self.notes)
 
-    def close(self) -> None:
-        self._file.close()

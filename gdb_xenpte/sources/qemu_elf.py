@@ -24,9 +24,8 @@ from __future__ import annotations
 from typing import List, Sequence, Tuple
 
 from ..errors import DumpFormatError
-from .base import PhysSource, VcpuRegs
+from .base import FileSource, VcpuRegs
 from .elfutil import elf_errors, open_elf, probe_elf_core
-from .filemap import MappedFile
 from .notes import iter_notes, qemu_vcpus
 from .runs import RunMap
 
@@ -38,7 +37,7 @@ def _is_physical_segment(vaddr: int, paddr: int) -> bool:
     return vaddr == paddr or vaddr == 0
 
 
-class QemuElfSource(PhysSource):
+class QemuElfSource(FileSource):
     """Physical memory and vCPU registers of a QEMU ELF guest-memory dump.
 
     :param path: the dump file; opened read-only and mapped.
@@ -53,14 +52,6 @@ class QemuElfSource(PhysSource):
         program headers (an xl dump-core has none)."""
         info = probe_elf_core(head)
         return bool(info and info["phnum"])
-
-    def __init__(self, path: str):
-        self._file = MappedFile(path)
-        try:
-            self._open()
-        except BaseException:
-            self._file.close()
-            raise
 
     def _open(self) -> None:
         file = self._file
@@ -151,5 +142,3 @@ class QemuElfSource(PhysSource):
                 f"segment(s), {len(self._vcpus)} vCPU(s)")
         return "; ".join((text,) + self.notes)
 
-    def close(self) -> None:
-        self._file.close()

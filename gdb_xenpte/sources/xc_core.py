@@ -35,9 +35,8 @@ from bisect import bisect_left
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import DumpFormatError
-from .base import PhysSource, VcpuRegs
+from .base import FileSource, VcpuRegs
 from .elfutil import elf_errors, open_elf, probe_elf_core
-from .filemap import MappedFile
 from .notes import iter_notes
 from .runs import RunMap
 
@@ -90,7 +89,7 @@ def _sorted_pairs(keys: array, values: array) -> Tuple[array, array]:
     return array("Q", k[order].tobytes()), array("Q", v[order].tobytes())
 
 
-class XcCoreSource(PhysSource):
+class XcCoreSource(FileSource):
     """Physical memory (PFN space), vCPU contexts and Xen facts of an xl dump-core file.
 
     :param path: the dump file; opened read-only and mapped.
@@ -104,14 +103,6 @@ class XcCoreSource(PhysSource):
         """Return True if ``head`` starts an x86 ELF64 core with sections and no program headers."""
         info = probe_elf_core(head)
         return bool(info and info["class"] == 64 and not info["phnum"] and info["shnum"])
-
-    def __init__(self, path: str):
-        self._file = MappedFile(path)
-        try:
-            self._open()
-        except BaseException:
-            self._file.close()
-            raise
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -364,5 +355,3 @@ class XcCoreSource(PhysSource):
                 f"context(s), {sum(e - s for s, e in self.ranges()) // PAGE_SIZE} page(s)")
         return "; ".join((text,) + self.notes)
 
-    def close(self) -> None:
-        self._file.close()
