@@ -163,8 +163,9 @@ def _after_session(session: Session, scenario: str, base: Options) -> Tuple[Sess
 
 
 def _active_key(m: Mapping, cr4: int, kernel_cpl: int) -> Optional[int]:
-    """The leaf's key if the CPU would use it for some access (SDM §4.6.2), else None."""
-    if m.pkey is None:
+    """The leaf's non-zero key if the CPU would use it (SDM §4.6.2), else None. Key 0 is every
+    page's key: what PKRU/PKRS do to it shows in the verdicts, not as a key appearing."""
+    if not m.pkey:
         return None
     if m.effective.user and cr4 & CR4.PKE:
         return m.pkey
