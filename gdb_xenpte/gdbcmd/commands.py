@@ -277,23 +277,33 @@ class XenCr4Command(XenPteCommand):
         return p
 
     def run(self, args: argparse.Namespace) -> None:
-        source = None
+        source, sess = None, None
+        args.raw = args.direct_map = None
         if args.value is None and args.core:
-            args.raw = args.direct_map = None
             source = open_source(args)
         try:
             cr4, guest_view = ((args.value, True) if args.value is not None
                                else guest_cr4_of(source, args.vcpu))
             domain, version, debug = domain_and_xen(args, source)
+            if not guest_view and args.xen_cr4 is None and args.context == "kernel":
+                # A CPU's CR4: read it as the walk does (session.prepare), one rule for both.
+                if source is None:
+                    source = open_source(args)
+                sess = setup(args, source)
+                domain = sess.domain
         finally:
             if source is not None:
                 source.close()
-        policy = make_policy(args, domain, version, debug)
-        # A CPU's CR4 under a PV guest is Xen's own or the PV context's, never the guest's view:
-        # derive from it as Xen would (as session.prepare does for walks).
+        policy = (sess.policy if sess is not None and sess.policy is not None
+                  else make_policy(args, domain, version, debug))
+        # A CPU's CR4 under a PV guest is Xen's own or the PV context's, never the guest's view.
         guest, xen_cr4 = ((None, _first(args.xen_cr4, cr4)) if policy.is_pv and not guest_view
                           else (cr4, args.xen_cr4))
-        eff = xen.effective_cr4(policy, guest, xen_cr4, args.context)
+        if sess is not None and policy.is_pv:
+            eff = xen.Cr4(sess.effective_cr4, sess.cr4_explanation)
+            xen_cr4 = sess.effective_cr4
+        else:
+            eff = xen.effective_cr4(policy, guest, xen_cr4, args.context)
         seen = xen.guest_visible_cr4(policy, guest or 0, xen_cr4) if policy.is_pv else None
         prot = xen.kernel_protections(policy, guest, xen_cr4)
         write_lines(render.cr4_text(policy, cr4, guest_view, eff, seen, prot, args.context,
