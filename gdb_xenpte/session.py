@@ -222,12 +222,11 @@ def prepare(source: PhysSource, opts: Options = Options()) -> Session:
                 # Stopped in guest code (CS RPL != 0): the CPU shows the PV context's CR4, which
                 # lacks what Xen strips on exit to the guest; put back Xen's SMEP/SMAP choice.
                 xen_cr4 |= xen.default_xen_cr4(policy).value & (CR4.SMEP | CR4.SMAP)
-                notes.append(f"CPU stopped in guest context (CS {regs.cs:#x}): Xen's own CR4 "
-                             f"taken as {xen_cr4:#x} (the CPU's {guest_cr4:#x} plus Xen's "
-                             f"SMEP/SMAP as smep=/smap= say)")
-            else:
-                notes.append(f"CR4 {guest_cr4:#x} was read from the CPU in Xen: the PV "
-                             f"context's CR4 is derived from it as Xen would")
+            if opts.derive_cr4:
+                notes.append(f"the PV context's CR4 is derived as Xen {version} would from the "
+                             f"CPU's {guest_cr4:#x}" + (f" (Xen's own taken as {xen_cr4:#x}: "
+                                                        f"SMEP/SMAP as smep=/smap= say)"
+                                                        if in_guest else ""))
             derived = xen.effective_cr4(policy, None, xen_cr4=xen_cr4)
             if not opts.derive_cr4:
                 # With a PV guest's tables loaded the CPU runs that guest's context CR4, in Xen too
@@ -237,6 +236,9 @@ def prepare(source: PhysSource, opts: Options = Options()) -> Session:
                 pv32_in_xen = domain == "pv32" and not in_guest
                 if pv32_in_xen:
                     value = (value & ~XEN_PV32) | (derived.value & XEN_PV32)
+                notes.append(f"CR4 {guest_cr4:#x} read from the CPU with this guest's tables "
+                             f"loaded is the guest context's (Xen switches CR4 lazily)"
+                             + ("; SMEP/SMAP as Xen sets them in ring 1" if pv32_in_xen else ""))
                 if derived.value != value:
                     notes.append(f"the policy alone would give {derived.value:#x}; the CPU's CR4 "
                                  f"is used (differs in {_names(derived.value ^ value)})")
