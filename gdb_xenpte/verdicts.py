@@ -123,10 +123,8 @@ class Judge:
     pkru: Optional[int] = None
     pkrs: Optional[int] = None
 
-    def judge(self, eff: Effective, pkey: Optional[int], rsvd: bool,
-              user_page_raw: Optional[int] = None) -> Dict[str, Verdict]:
+    def judge(self, eff: Effective, pkey: Optional[int], rsvd: bool) -> Dict[str, Verdict]:
         """Return ``{key: Verdict}`` for every key of ACCESS_KEYS."""
-        del user_page_raw
         out = {}
         for key in ACCESS_KEYS:
             who, access = key.split("_")

@@ -34,13 +34,12 @@ _A_D = 0x60
 _ATTR_CACHE_MAX = 65536
 
 
-def cr3_root(cr3: int, mode_key: str, cr4_pcide: bool, maxphyaddr: int) -> int:
+def cr3_root(cr3: int, mode_key: str, maxphyaddr: int) -> int:
     """Physical address of the top table named by CR3 (SDM Vol. 3A §4.5.2, Table 4-12/4-13).
 
     Low bits are PCID (CR4.PCIDE=1) or PWT/PCD; bit 63 (no-flush) and the LAM bits 62:61 are not
     address bits. PAE's PDPT is 32-byte aligned (§4.4.1, Table 4-7); 32-bit paging uses bits 31:12.
     """
-    del cr4_pcide  # the low 12 bits are never address bits in 4/5-level paging either way
     if mode_key == "32bit":
         return cr3 & 0xFFFFF000
     if mode_key == "pae":
@@ -66,9 +65,6 @@ class WalkStats:
     budget_hit: Optional[str] = None
     seconds: float = 0.0
 
-    @property
-    def distinct_tables(self) -> int:
-        return self.tables_read
 
 
 class _BudgetHit(Exception):
@@ -140,8 +136,7 @@ class Walker:
             self.root = root
         else:
             # CR3 holds a frame like any entry: a machine address for PV dumps, so translate it.
-            machine = cr3_root(cpu.cr3, self.mode_key, bool(cpu.cr4 & (1 << 17)),
-                               cpu.maxphyaddr)
+            machine = cr3_root(cpu.cr3, self.mode_key, cpu.maxphyaddr)
             self.root = self._frame_to_pa(machine)
             if self.root is None:
                 self.root = machine
@@ -254,7 +249,7 @@ class Walker:
         mt = memory_type(raw, rule, self.cpu.pat)
         verdicts = {}
         if self.judge is not None:
-            verdicts = self.judge.judge(eff, pkey, has_rsvd or bool(rsvd_here), user_page_raw=raw)
+            verdicts = self.judge.judge(eff, pkey, has_rsvd or bool(rsvd_here))
         hit = (eff, frozenset(flags), pkey, xen_bits, mt, verdicts, dis)
         if len(self._attr_cache) >= _ATTR_CACHE_MAX:
             self._attr_cache.clear()  # hostile tables: every entry distinct; keep memory flat
