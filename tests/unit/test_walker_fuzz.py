@@ -10,6 +10,7 @@ renderers) under a small budget, so it ends quickly however hostile the tables.
 ``XENPTE_WALKER_FUZZ_EXAMPLES`` sets the number of examples (default 150, a few seconds). Long run::
 
     nice XENPTE_WALKER_FUZZ_EXAMPLES=100000 python3 -m pytest -q tests/unit/test_walker_fuzz.py \\
+        --timeout 0 \\
         --hypothesis-show-statistics
 """
 
