@@ -68,7 +68,7 @@ def make_dump(path: str, gib: int, processes: int = 64) -> dict:
 # -- engine, in a child process (its own peak RSS) ---------------------------------------------
 
 def _child_engine(spec: dict) -> dict:
-    """Walk vCPU 0 of the dump ``repeat`` times each way; pread the table pages; share-cache test."""
+    """Walk vCPU 0 ``repeat`` times each way; pread the table pages; the 64-CR3 experiment."""
     import resource
 
     from gdb_xenpte.cpu import CpuState
