@@ -230,7 +230,8 @@ def test_gdb_crash_is_an_error_record_and_the_run_goes_on(fleet, tmp_path):
     fake = tmp_path / "gdb"
     mark = tmp_path / "crash-next"
     # The preflight gdb works; then every other start crashes (dies of SIGSEGV at once).
-    fake.write_text("#!/bin/sh\n"
+    # ulimit -c 0: the crash must not leave a core file in the working directory.
+    fake.write_text("#!/bin/sh\nulimit -c 0\n"
                     f"if [ -e {mark} ]; then rm {mark}; exec gdb -iex "
                     "'python import os, signal; os.kill(os.getpid(), signal.SIGSEGV)' \"$@\"\n"
                     f"else touch {mark}; exec gdb \"$@\"; fi\n")
