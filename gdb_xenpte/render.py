@@ -13,6 +13,7 @@ Failure modes: none of its own; a missing optional value renders as ``-`` (text)
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any, Dict, Iterable, List, Mapping as TMapping, Optional, Sequence, Tuple
@@ -75,6 +76,7 @@ def hexa(value: Optional[int]) -> Optional[str]:
     return None if value is None else f"{value:#x}"
 
 
+@functools.lru_cache(maxsize=1024)  # a walk has few distinct sizes; called twice per row
 def human_size(n: int) -> str:
     """Bytes as ``4K``/``2M``/``1G``/``12K`` (exact multiples only, else bytes)."""
     for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
@@ -94,7 +96,11 @@ def verdict_summary(verdicts: TMapping[str, Verdict]) -> str:
 
 def has_extra_fault(m: Mapping) -> bool:
     """Some access to ``m`` faults for a reason other than the page's own rights."""
-    return any(r not in OWN_RIGHTS_REASONS for v in m.verdicts.values() for r in v.reasons)
+    return _extra_fault(m.verdicts)
+
+
+def _extra_fault(verdicts: TMapping[str, Verdict]) -> bool:
+    return any(r not in OWN_RIGHTS_REASONS for v in verdicts.values() for r in v.reasons)
 
 
 def _rights(m: Mapping, style: Style) -> str:
@@ -123,14 +129,39 @@ def _pa_range(m: Mapping) -> str:
     return f"{m.pa:#x}"
 
 
+class _ByIdentity:
+    """Memoise ``fn(obj)`` by the object's identity, holding the object so its id stays unique.
+
+    The walker hands every mapping with equal attributes the same verdicts dict (its attribute
+    cache), so a walk of 65,000 records has a handful of distinct ones: the texts are made once.
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.memo: Dict[int, Tuple[Any, Any]] = {}
+
+    def __call__(self, obj):
+        hit = self.memo.get(id(obj))
+        if hit is None or hit[0] is not obj:
+            if len(self.memo) >= 4096:
+                self.memo.clear()  # hostile walks: every dict distinct; stay small
+            hit = self.memo[id(obj)] = (obj, self.fn(obj))
+        return hit[1]
+
+
+# Shared by every record: json.dumps only reads the dict it is given.
+_VERDICT_TEXTS = _ByIdentity(lambda verdicts: _verdict_texts(verdicts))
+
+
 def mapping_table(mappings: Iterable[Mapping], style: Style = Style()) -> List[str]:
     """Return the lines of a table of mappings (header first), one row per (coalesced) mapping.
 
     Columns: VA range, PA (range), size, page size, effective rights, pkey, Xen bits, verdicts.
     """
     rows = []
+    summary = _ByIdentity(verdict_summary)
     for m in mappings:
-        verdict = verdict_summary(m.verdicts)
+        verdict = summary(m.verdicts)
         xen = " ".join(m.xen_bits) or "-"
         rows.append([
             _va_range(m), _pa_range(m), human_size(m.size),
@@ -152,13 +183,16 @@ def _simple_table(rows: List[List[Any]], head: List[str]) -> List[str]:
     not counted, trailing blanks stripped), written directly: tabulate types every cell, ~60 us a
     row, which made a walk with Linux's 65,536 espfix aliases spend seconds in the table alone.
     """
-    cells = [[str(c).strip() for c in row] for row in rows]
-    if any("\x1b" in c for row in cells for c in row):
-        seen = [[len(_SGR.sub("", c)) for c in row] for row in cells]
-    else:
-        seen = [list(map(len, row)) for row in cells]
-    widths = [max(len(h) + 2, *col) for h, col in zip(head, zip(*seen))] if seen else \
-        [len(h) + 2 for h in head]
+    cells = [list(map(str.strip, map(str, row))) for row in rows]
+    if not any("\x1b" in c for row in cells for c in row):
+        widths = [max(len(h) + 2, *map(len, col)) for h, col in zip(head, zip(*cells))] \
+            if cells else [len(h) + 2 for h in head]
+        out = ["  ".join(map(str.ljust, head, widths)).rstrip(),
+               "  ".join("-" * w for w in widths)]
+        out += ["  ".join(map(str.ljust, row, widths)).rstrip() for row in cells]
+        return out
+    seen = [[len(_SGR.sub("", c)) for c in row] for row in cells]
+    widths = [max(len(h) + 2, *col) for h, col in zip(head, zip(*seen))]
     out = ["  ".join(map(str.ljust, head, widths)).rstrip(), "  ".join("-" * w for w in widths)]
     for row, lens in zip(cells, seen):
         # ljust would count the colour codes: pad by visible width instead.
@@ -197,6 +231,10 @@ def trace_text(trace: Trace, style: Style = Style()) -> List[str]:
     return lines
 
 
+def _verdict_texts(verdicts: TMapping[str, Verdict]) -> Dict[str, str]:
+    return {k: str(verdicts[k]) for k in ACCESS_KEYS if k in verdicts}
+
+
 def mapping_record(m: Mapping) -> Dict[str, Any]:
     """Return the ``mapping`` record of one (coalesced) mapping."""
     return {
@@ -211,7 +249,7 @@ def mapping_record(m: Mapping) -> Dict[str, Any]:
         "pkey": m.pkey, "xen_bits": list(m.xen_bits), "rsvd": list(m.rsvd),
         "disallowed": list(getattr(m, "disallowed", ())),
         "memtype": m.memtype,
-        "verdicts": {k: str(m.verdicts[k]) for k in ACCESS_KEYS if k in m.verdicts},
+        "verdicts": _VERDICT_TEXTS(m.verdicts),
         "notes": list(m.notes),
     }
 
@@ -224,13 +262,14 @@ class RecordCounter:
         self.pages = 0
         self.bytes = 0
         self.faulting = 0
+        self._extra = _ByIdentity(_extra_fault)
 
     def add(self, m: Mapping) -> None:
         self.mappings += 1
         if getattr(m, "kind", "page") == "page":  # RSVD/unreadable records map nothing
             self.pages += m.count
             self.bytes += m.size
-        self.faulting += has_extra_fault(m)
+        self.faulting += self._extra(m.verdicts)
 
 
 def summary_record(counter: RecordCounter, budget_hit: bool,
