@@ -173,7 +173,9 @@ class GdbSession:
         :raises CommandError: if the command fails (the file then holds what it wrote before).
         """
         delim = "|" if "|" not in line else "@@xen-pte-dump@@"  # pipe splits at the first
-        self.console(f"pipe -d {delim} {line} {delim} cat > {shlex.quote(path)}", line)
+        # "--" ends pipe's own options: without it a "--" inside the command (an address range
+        # after options) makes gdb parse everything before it as pipe options.
+        self.console(f"pipe -d {delim} -- {line} {delim} cat > {shlex.quote(path)}", line)
 
     def check_options(self, command: str, argv: List[str]) -> Optional[str]:
         """Parse ``argv`` with ``command``'s own option parser; return its error, or None.
