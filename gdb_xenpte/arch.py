@@ -11,8 +11,17 @@ from dataclasses import dataclass
 from typing import Dict, Tuple
 
 __all__ = [
-    "CR0", "CR4", "EFER", "PTE", "PTE_BIT_NAMES", "Level", "MODES", "PagingMode",
-    "DEFAULT_PAT", "MEMORY_TYPES", "PAGE_SIZE",
+    "CR0",
+    "CR4",
+    "DEFAULT_PAT",
+    "EFER",
+    "Level",
+    "MEMORY_TYPES",
+    "MODES",
+    "PAGE_SIZE",
+    "PTE",
+    "PTE_BIT_NAMES",
+    "PagingMode",
 ]
 
 PAGE_SIZE = 4096

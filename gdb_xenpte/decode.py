@@ -23,14 +23,25 @@ except Exception:  # pragma: no cover - depends on the Python gdb embeds
     np = None
 
 __all__ = [
-    "KIND_LEAF", "KIND_RSVD_STOP", "KIND_TABLE", "DecodedTable", "LevelRule", "bit_range",
-    "decode_table", "explain_entry", "level_rules", "memory_type", "numpy_available",
+    "DecodedTable",
+    "KIND_LEAF",
+    "KIND_RSVD_STOP",
+    "KIND_TABLE",
+    "LevelRule",
+    "bit_range",
+    "bits_text",
+    "decode_table",
+    "explain_entry",
+    "level_rules",
+    "memory_type",
+    "numpy_available",
 ]
 
 KIND_TABLE, KIND_LEAF, KIND_RSVD_STOP = 0, 1, 2
 
 
 def numpy_available() -> bool:
+    """True when whole tables are decoded with numpy (else with ``struct``, same results)."""
     return np is not None
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "dumps",
     "has_extra_fault",
     "header_lines",
+    "hexa",
     "human_size",
     "mapping_record",
     "mapping_table",
@@ -42,9 +43,9 @@ __all__ = [
     "summary_text",
     "trace_record",
     "trace_text",
+    "verdict_summary",
     "what_if_records",
     "what_if_text",
-    "verdict_summary",
 ]
 
 # The leaf's architectural flag names, in bit order, as the JSON schema spells them.

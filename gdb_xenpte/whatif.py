@@ -31,7 +31,13 @@ from .session import Options, Session, prepare
 from .verdicts import Judge
 from .xenview import XenView
 
-__all__ = ["SCENARIOS", "Change", "WhatIf", "parse_scenario", "what_if"]
+__all__ = [
+    "Change",
+    "SCENARIOS",
+    "WhatIf",
+    "parse_scenario",
+    "what_if",
+]
 
 SCENARIOS = ("pke", "pks", "smap", "smep", "no-guest-kernel-bit", "release", "debug",
              "xen=VERSION")

@@ -11,7 +11,12 @@ from typing import Dict, Iterable, List, NamedTuple, Tuple
 
 from ..model import Mapping
 
-__all__ = ["CATEGORIES", "Finding", "classify", "group"]
+__all__ = [
+    "CATEGORIES",
+    "Finding",
+    "classify",
+    "group",
+]
 
 # (key, title), worst first: what breaks every access, then what loops or traps the kernel, then
 # what Xen would refuse, then hardening problems, then what the walk could not see.
@@ -30,6 +35,8 @@ _HALF = 1 << 63  # canonical kernel-half VAs have the top bit set
 
 
 class Finding(NamedTuple):
+    """One anomaly: its category key, the mapping it is about, and a one-line detail."""
+
     category: str
     mapping: Mapping
     detail: str

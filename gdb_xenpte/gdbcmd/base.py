@@ -19,7 +19,11 @@ from ..errors import XenpteError
 from ..render import Style
 from .args import GdbArgumentParser
 
-__all__ = ["XenPteCommand", "write_lines"]
+__all__ = [
+    "XenPteCommand",
+    "style",
+    "write_lines",
+]
 
 
 def write_lines(lines: Iterable[str], chunk: int = 256) -> None:

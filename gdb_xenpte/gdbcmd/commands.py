@@ -25,8 +25,15 @@ from .context import (add_cpu_options, add_source_options, add_xen_options, doma
                       guest_cr4_of, make_policy, open_source, options, setup)
 from .filters import build_filter
 
-__all__ = ["XenCr4Command", "XenPteCheckCommand", "XenPteDecodeCommand", "XenPteWalkCommand",
-           "collect_records", "register"]
+__all__ = [
+    "XenCr4Command",
+    "XenPteCheckCommand",
+    "XenPteDecodeCommand",
+    "XenPteWalkCommand",
+    "collect_records",
+    "register",
+    "scenario",
+]
 
 LEVEL_NAMES = ("pt", "pd", "pdpt", "pml4", "pml5")  # index + 1 = the level number
 

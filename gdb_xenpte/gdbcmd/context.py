@@ -22,13 +22,23 @@ from . import params
 from .args import GdbArgumentParser, address, choice_of, int_in
 from .live import open_live_source
 
-__all__ = ["add_cpu_options", "add_source_options", "add_xen_options", "domain_and_xen",
-           "guest_cr4_of", "make_policy", "open_source", "options", "setup"]
+__all__ = [
+    "add_cpu_options",
+    "add_source_options",
+    "add_xen_options",
+    "domain_and_xen",
+    "guest_cr4_of",
+    "make_policy",
+    "open_source",
+    "options",
+    "setup",
+]
 
 DOMAINS = xen.DOMAIN_TYPES
 
 
 def add_source_options(p: GdbArgumentParser) -> None:
+    """Add the options naming where tables are read from (dump, raw image, vCPU, direct map)."""
     g = p.add_argument_group("source (default: the live target)")
     g.add_argument("--core", metavar="FILE",
                    help="walk a dump (QEMU ELF, kdump-compressed, xl dump-core) without making it "
@@ -44,6 +54,7 @@ def add_source_options(p: GdbArgumentParser) -> None:
 
 
 def add_cpu_options(p: GdbArgumentParser) -> None:
+    """Add the options that override the CPU state the source reports."""
     g = p.add_argument_group("CPU state (overrides what the source reports)")
     for reg, what in (("cr0", "CR0"), ("cr3", "CR3 (PV: machine address of the L4/L3)"),
                       ("cr4", "guest CR4 (Xen PV: the guest-visible value)"),
@@ -60,6 +71,7 @@ def add_cpu_options(p: GdbArgumentParser) -> None:
 
 
 def add_xen_options(p: GdbArgumentParser) -> None:
+    """Add the options describing the Xen build, its boot options and the domain."""
     g = p.add_argument_group("Xen")
     g.add_argument("--domain", metavar="hvm|pv64|pv32", type=choice_of(*DOMAINS),
                    help="kind of domain (default: from the source, else set xen-pte domain, "

@@ -12,10 +12,20 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import gdb
 
-__all__ = ["PARAMETERS", "register", "value"]
+__all__ = [
+    "PARAMETERS",
+    "Spec",
+    "XenPteParameter",
+    "XenPteSetPrefix",
+    "XenPteShowPrefix",
+    "register",
+    "value",
+]
 
 
 class Spec(NamedTuple):
+    """One ``set xen-pte`` parameter: its name, gdb parameter kind, default and summary."""
+
     name: str
     kind: int
     default: Any
