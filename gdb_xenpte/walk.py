@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from .arch import MODES
+from .arch import CR4, MODES
 from .cpu import CpuState, paging_mode
 from .decode import (KIND_LEAF, KIND_RSVD_STOP, KIND_TABLE, DecodedTable, LevelRule, bits_text,
                      decode_table, explain_entry, level_rules, memory_type, np)
@@ -120,7 +120,7 @@ class Walker:
         self.mode = MODES[self.mode_key]
         self.nxe = choice.nxe if self.mode.entry_size == 8 else False
         self.rules: Tuple[LevelRule, ...] = level_rules(
-            self.mode, self.nxe, cpu.maxphyaddr, pse=bool(cpu.cr4 & 0x10), vendor=cpu.vendor)
+            self.mode, self.nxe, cpu.maxphyaddr, pse=bool(cpu.cr4 & CR4.PSE), vendor=cpu.vendor)
         self.domain = domain
         self.judge = judge
         self.entry_budget = entry_budget
