@@ -157,13 +157,14 @@ _VERDICT_TEXTS = _ByIdentity(lambda verdicts: _verdict_texts(verdicts))
 def mapping_table(mappings: Iterable[Mapping], style: Style = Style()) -> List[str]:
     """Return the lines of a table of mappings (header first), one row per (coalesced) mapping.
 
-    Columns: VA range, PA (range), size, page size, effective rights, pkey, Xen bits, verdicts.
+    Columns: VA range, PA (range), size, page size, effective rights, pkey, Xen bits (or the Xen
+    area that owns the mapping), verdicts.
     """
     rows = []
     summary = _ByIdentity(verdict_summary)
     for m in mappings:
         verdict = summary(m.verdicts)
-        xen = " ".join(m.xen_bits) or "-"
+        xen = " ".join(m.xen_bits) or _xen_owner(m)
         rows.append([
             _va_range(m), _pa_range(m), human_size(m.size),
             human_size(m.page_size) if getattr(m, "kind", "page") == "page" else "-",
@@ -173,6 +174,17 @@ def mapping_table(mappings: Iterable[Mapping], style: Style = Style()) -> List[s
         ])
     head = ["VA range", "PA", "size", "page", "rights", "pkey", "Xen bits", "verdicts"]
     return _simple_table(rows, head)
+
+
+def _xen_owner(m: Mapping) -> str:
+    """The Xen bits cell of a mapping without Xen bits: who owns it when Xen does (its L4 slot),
+    so a Xen area's supervisor-only rows do not read as the guest's own (the label is in notes)."""
+    if not getattr(m, "xen_owned", False):
+        return "-"
+    top = m.entries[0] if m.entries else None
+    if top is not None and top.level == "pml4":
+        return f"Xen L4[{top.index}]"
+    return "Xen's area"
 
 
 _SGR = re.compile(r"\x1b\[[0-9;]*m")

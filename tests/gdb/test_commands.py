@@ -179,3 +179,16 @@ def test_cr4_of_the_bundled_dom0_sample_agrees_with_the_walk():
     assert eff == head["effective_cr4"]
     assert "CPU CR4 " + head["cr4"] in out  # a QEMU dump holds the CPU's CR4, not the guest view
     assert "guest kernel: CPL 3; SMEP does not apply, SMAP does not apply" in out
+
+
+def test_table_names_the_xen_slot_that_owns_a_row():
+    """Rows below a Xen-owned L4 slot of a PV L4 say so in the table (256-271: Xen's, not the
+    guest's; init_xen_l4_slots() in xen/arch/x86/mm.c); the guest's own rows keep their Xen bits."""
+    sample = ROOT / "gdb_xenpte" / "data" / "sample-xen-dom0.elf"
+    out = _ok(run_gdb(f"xen-pte-walk --core {sample} --domain pv64 --xen 4.17"))
+    rows = [ln.split() for ln in out.splitlines() if ln.startswith("0x")]
+    slot = {r[0]: int(r[0].split("-")[0], 16) >> 39 & 0x1FF for r in rows}
+    owned = [r for r in rows if 256 <= slot[r[0]] <= 271]
+    assert owned and all(f"L4[{slot[r[0]]}]" in " ".join(r) for r in owned)
+    assert all("Xen L4[" not in " ".join(r) for r in rows if slot[r[0]] >= 272)
+    assert any("_PAGE_GUEST_KERNEL" in r for r in rows if slot[r[0]] == 511)
