@@ -43,9 +43,9 @@ class XenPteWalkCommand(XenPteCommand):
 
     With one ADDR, trace that virtual address level by level: index, table address, raw entry,
     every bit named, the rights so far and the rule that ends the walk. With START END, list the
-    mappings in [START, END); with no address, the whole address space. Addresses are gdb
-    expressions ($rsp, symbols, 0x...). Tables are read from the live target (QEMU gdbstub) or
-    from --core/--raw."""
+    mappings in [START, END) (END 0: to the top); with no address, the whole address space.
+    Addresses are gdb expressions ($rsp, symbols, 0x...). Tables are read from the live target
+    (QEMU gdbstub) or from --core/--raw."""
 
     command = "xen-pte-walk"
     takes_address = True
@@ -55,7 +55,8 @@ class XenPteWalkCommand(XenPteCommand):
             "examples:\n  xen-pte-walk $rip\n  xen-pte-walk --faults --user\n"
             "  xen-pte-walk --core guest.elf --json 0xffff800000000000 0xffff810000000000"))
         p.add_argument("addr", metavar="ADDR | START END", nargs="*", type=address,
-                       help="one VA to trace, or a VA range to list (end exclusive)")
+                       help="one VA to trace, or a VA range to list (end exclusive; END 0: to "
+                            "the top of the address space)")
         add_source_options(p)
         add_cpu_options(p)
         add_xen_options(p)
@@ -108,6 +109,10 @@ def _walk(args: argparse.Namespace):
     """
     if len(args.addr) > 2:
         raise OptionError("give one ADDR or START END, not more")
+    if len(args.addr) == 2 and 0 != args.addr[1] <= args.addr[0]:
+        # An empty table would look like "nothing mapped here": say the range is the problem.
+        raise OptionError(f"empty range: END {args.addr[1]:#x} is not above START "
+                          f"{args.addr[0]:#x} (the range is [START, END); END 0 means the top)")
     with open_source(args) as src:
         s = setup(args, src)
         walker = s.walker()

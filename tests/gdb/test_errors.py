@@ -28,6 +28,8 @@ def _errors(res):
      "xen-pte-walk: argument --verdict: 'kernel-jump=ok' is not KIND=ok|fault[:REASON] with KIND "
      "one of kernel-read, kernel-write, kernel-exec, user-read, user-write, user-exec"),
     ("xen-pte-walk 1 2 3", "xen-pte-walk: give one ADDR or START END, not more"),
+    ("xen-pte-walk 0x10 0x5", "xen-pte-walk: empty range: END 0x5 is not above START 0x10 (the "
+                              "range is [START, END); END 0 means the top)"),
     ("xen-pte-walk", "xen-pte-walk: no live target: connect with 'target remote HOST:PORT', "
                      "or give --core FILE / --raw FILE@BASE"),
 ])

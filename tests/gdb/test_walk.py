@@ -53,6 +53,10 @@ def test_range(image):
     out = _ok(run_gdb(f"xen-pte-walk {image} 0x7f0000000000 0x7f0000001000")).stdout
     rows = [ln for ln in out.splitlines() if ln.startswith("0x")]
     assert len(rows) == 1 and rows[0].startswith("0x00007f0000000000")
+    # END 0 is the top of the address space (a 64-bit END cannot say 2**64).
+    out = _ok(run_gdb(f"xen-pte-walk {image} 0xffff800000000000 0")).stdout
+    rows = [ln.split()[0] for ln in out.splitlines() if ln.startswith("0x")]
+    assert [r.split("-")[0] for r in rows] == ["0xffff800000000000", "0xffffffff80000000"]
 
 
 @pytest.mark.parametrize("flt, first_vas", [
