@@ -131,6 +131,10 @@ class Walker:
         self._attr_cache: Dict[tuple, tuple] = {}
         self._translate = getattr(source, "translate_frame", None)
         self._va_mask = (1 << self.mode.va_bits) - 1
+        # For canonical(), called once per record: the sign bit (0 where the mode has no canonical
+        # form, e.g. 32-bit VAs) and the bits it extends into.
+        self._sign_bit = 1 << (self.mode.va_bits - 1) if self.mode.canonical else 0
+        self._sign_ext = ~self._va_mask & 0xFFFFFFFFFFFFFFFF
         self._root_error: Optional[str] = None
         if root is not None:
             self.root = root
@@ -147,10 +151,7 @@ class Walker:
 
     def canonical(self, lin: int) -> int:
         """Sign-extend a linear address from the mode's VA width (non-canonical-free form)."""
-        bits = self.mode.va_bits
-        if self.mode.canonical and lin >> (bits - 1) & 1:
-            return lin | ~self._va_mask & 0xFFFFFFFFFFFFFFFF
-        return lin
+        return lin | self._sign_ext if lin & self._sign_bit else lin
 
     def is_canonical(self, va: int) -> bool:
         return self.canonical(va & self._va_mask) == va
