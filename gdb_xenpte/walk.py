@@ -251,7 +251,11 @@ class Walker:
         verdicts = {}
         if self.judge is not None:
             verdicts = self.judge.judge(eff, pkey, has_rsvd or bool(rsvd_here))
-        hit = (eff, frozenset(flags), pkey, xen_bits, mt, verdicts, dis)
+        base = frozenset(flags)
+        # One flags set per A/D state, indexed by the leaf's A/D bits >> 5 (A = 1, D = 2), so a
+        # record with A or D set shares a set instead of building its own.
+        flags_by_ad = (base, base | {"A"}, base | {"D"}, base | {"A", "D"})
+        hit = (eff, flags_by_ad, pkey, xen_bits, mt, verdicts, dis)
         if len(self._attr_cache) >= _ATTR_CACHE_MAX:
             self._attr_cache.clear()  # hostile tables: every entry distinct; keep memory flat
         self._attr_cache[key] = hit
@@ -267,24 +271,23 @@ class Walker:
             if label:
                 owned, notes = True, (label,) + notes
         ctx_key = (ctx.user, ctx.write, ctx.nx, bool(ctx.rsvd), owned)
-        eff, flags, pkey, xen_bits, mt, verdicts, dis = self._attrs(rule, raw, ctx_key, rsvd)
-        if and_ad & 0x20:
-            flags = flags | {"A"}
-        if and_ad & 0x40:
-            flags = flags | {"D"}
+        eff, flags_by_ad, pkey, xen_bits, mt, verdicts, dis = self._attrs(rule, raw, ctx_key,
+                                                                          rsvd)
         rs = ctx.rsvd
         if rsvd:
             rs = rs + (f"{rule.name}[{index}]: {bits_text(rsvd)} reserved",)
         if pa is None:
             notes = notes + ("frame not in source",)
+        disallowed = ctx.disallowed
+        if dis:  # rare: skip building an empty tuple per record
+            disallowed = disallowed + tuple(f"{rule.name}[{index}]: bit {b} ({n})" for b, n in dis)
+        page = rule.page_size
         return Mapping(
-            va=self.canonical(va_lin), pa=pa, size=count * rule.page_size,
-            page_size=rule.page_size, level=rule.name,
-            entries=ctx.path + (EntryRef(rule.name, index, table_pa, raw),), flags=flags,
-            effective=eff, pkey=pkey, xen_bits=xen_bits, rsvd=rs, memtype=mt, count=count,
-            verdicts=verdicts, notes=ctx.notes + notes,
-            disallowed=ctx.disallowed + tuple(f"{rule.name}[{index}]: bit {b} ({n})"
-                                              for b, n in dis), xen_owned=owned)
+            va=self.canonical(va_lin), pa=pa, size=count * page, page_size=page, level=rule.name,
+            entries=ctx.path + (EntryRef(rule.name, index, table_pa, raw),),
+            flags=flags_by_ad[and_ad >> 5], effective=eff, pkey=pkey, xen_bits=xen_bits, rsvd=rs,
+            memtype=mt, count=count, verdicts=verdicts, notes=ctx.notes + notes,
+            disallowed=disallowed, xen_owned=owned)
 
     def _stop_record(self, kind: str, rule: LevelRule, ctx: _Ctx, va_lin: int, index: int,
                      table_pa: int, raw: int, rsvd: int, why: str) -> Mapping:
