@@ -31,7 +31,7 @@ DEFAULT_ENTRY_BUDGET = 50_000_000
 DEFAULT_TIME_BUDGET = 300.0
 
 _A_D = 0x60
-_ATTR_CACHE_MAX = 65536
+_CACHE_MAX = 65536  # entries in each per-walker cache (leaf attributes, leaf EntryRefs)
 
 
 def cr3_root(cr3: int, mode_key: str, maxphyaddr: int) -> int:
@@ -129,6 +129,7 @@ class Walker:
         self._tables: Dict[Tuple[int, int], object] = {}
         self._pages: Dict[Tuple[int, int], object] = {}
         self._attr_cache: Dict[tuple, tuple] = {}
+        self._ref_cache: Dict[tuple, EntryRef] = {}
         self._translate = getattr(source, "translate_frame", None)
         self._va_mask = (1 << self.mode.va_bits) - 1
         # For canonical(), called once per record: the sign bit (0 where the mode has no canonical
@@ -256,7 +257,7 @@ class Walker:
         # record with A or D set shares a set instead of building its own.
         flags_by_ad = (base, base | {"A"}, base | {"D"}, base | {"A", "D"})
         hit = (eff, flags_by_ad, pkey, xen_bits, mt, verdicts, dis)
-        if len(self._attr_cache) >= _ATTR_CACHE_MAX:
+        if len(self._attr_cache) >= _CACHE_MAX:
             self._attr_cache.clear()  # hostile tables: every entry distinct; keep memory flat
         self._attr_cache[key] = hit
         return hit
@@ -284,10 +285,21 @@ class Walker:
         page = rule.page_size
         return Mapping(
             va=self.canonical(va_lin), pa=pa, size=count * page, page_size=page, level=rule.name,
-            entries=ctx.path + (EntryRef(rule.name, index, table_pa, raw),),
+            entries=ctx.path + (self._leaf_ref(rule.name, index, table_pa, raw),),
             flags=flags_by_ad[and_ad >> 5], effective=eff, pkey=pkey, xen_bits=xen_bits, rsvd=rs,
             memtype=mt, count=count, verdicts=verdicts, notes=ctx.notes + notes,
             disallowed=disallowed, xen_owned=owned)
+
+    def _leaf_ref(self, level: str, index: int, table_pa: int, raw: int) -> EntryRef:
+        """The leaf's EntryRef, made once per table entry: a table reached again (Linux's espfix
+        PT, aliased by 512 PD entries) gives the same entries at every VA that reaches it."""
+        key = (level, index, table_pa, raw)
+        ref = self._ref_cache.get(key)
+        if ref is None:
+            if len(self._ref_cache) >= _CACHE_MAX:
+                self._ref_cache.clear()  # a walk of all-distinct leaves: keep memory flat
+            ref = self._ref_cache[key] = EntryRef(level, index, table_pa, raw)
+        return ref
 
     def _stop_record(self, kind: str, rule: LevelRule, ctx: _Ctx, va_lin: int, index: int,
                      table_pa: int, raw: int, rsvd: int, why: str) -> Mapping:
