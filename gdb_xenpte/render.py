@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterable, List, Mapping as TMapping, Optional, Seq
 
 from tabulate import tabulate
 
-from .model import ACCESS_KEYS, Mapping, Trace, Verdict
+from .model import ACCESS_KEYS, Effective, Mapping, Trace, Verdict
 
 __all__ = [
     "FLAG_ORDER",
@@ -104,15 +104,15 @@ def _extra_fault(verdicts: TMapping[str, Verdict]) -> bool:
     return any(r not in OWN_RIGHTS_REASONS for v in verdicts.values() for r in v.reasons)
 
 
-def _rights(m: Mapping, style: Style) -> str:
-    text = m.effective.rwx()
-    if m.effective.write and m.effective.exec:
+def _rights(effective: Effective, style: Style) -> str:
+    text = effective.rwx()
+    if effective.write and effective.exec:
         return style("bad", text)
-    return style("user" if m.effective.user else "kernel", text)
+    return style("user" if effective.user else "kernel", text)
 
 
 def _va_range(m: Mapping) -> str:
-    return f"{m.va:#018x}-{m.va + m.size - 1:#018x}"
+    return "%#018x-%#018x" % (m.va, m.va + m.size - 1)  # %: faster than an f-string, per row
 
 
 _KIND_TEXT = {"rsvd": "(#PF RSVD)", "unreadable": "(table unreadable)",
@@ -127,7 +127,7 @@ def _pa_range(m: Mapping) -> str:
         return "not in source"
     if m.count > 1 and m.size != m.page_size:
         return f"{m.pa:#x}-{m.pa + m.size - 1:#x}"
-    return f"{m.pa:#x}"
+    return hex(m.pa)
 
 
 class _ByIdentity:
@@ -161,19 +161,25 @@ def mapping_table(mappings: Iterable[Mapping], style: Style = Style()) -> List[s
     area that owns the mapping), verdicts.
     """
     rows = []
-    summary = _ByIdentity(verdict_summary)
+    # Records share their Effective and verdicts objects (the walker's attribute cache): make
+    # each distinct cell once.
+    rights = _ByIdentity(lambda effective: _rights(effective, style))
+    verdict_cell = _ByIdentity(lambda verdicts: _verdict_cell(verdicts, style))
     for m in mappings:
-        verdict = summary(m.verdicts)
         xen = " ".join(m.xen_bits) or _xen_owner(m)
         rows.append([
             _va_range(m), _pa_range(m), human_size(m.size),
             human_size(m.page_size) if getattr(m, "kind", "page") == "page" else "-",
-            _rights(m, style), "-" if m.pkey is None else m.pkey,
-            style("warn", xen) if m.xen_bits else xen,
-            style("bad", verdict) if verdict not in ("ok", "-") else verdict,
+            rights(m.effective), "-" if m.pkey is None else m.pkey,
+            style("warn", xen) if m.xen_bits else xen, verdict_cell(m.verdicts),
         ])
     head = ["VA range", "PA", "size", "page", "rights", "pkey", "Xen bits", "verdicts"]
     return _simple_table(rows, head)
+
+
+def _verdict_cell(verdicts: TMapping[str, Verdict], style: Style) -> str:
+    text = verdict_summary(verdicts)
+    return style("bad", text) if text not in ("ok", "-") else text
 
 
 def _xen_owner(m: Mapping) -> str:
