@@ -15,6 +15,7 @@ bad root (CR3 unreadable) is an error, raised as :class:`~gdb_xenpte.errors.Sour
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -32,6 +33,11 @@ DEFAULT_TIME_BUDGET = 300.0
 
 _A_D = 0x60
 _CACHE_MAX = 65536  # entries in each per-walker cache (leaf attributes, leaf EntryRefs)
+# Decoded last-level tables kept at once. A decoded table costs ~5x its bytes (index, kind and
+# reserved-bit arrays); keeping every one made a walk's memory grow ~21 KiB per table (0.9 GiB for
+# a 64 GiB guest in 4 KiB pages). Their bytes stay (read once per walk); a PT evicted and reached
+# again (an alias) is decoded again from them. Upper-level tables are few and always kept.
+_DECODED_PT_MAX = 1024
 
 
 def cr3_root(cr3: int, mode_key: str, maxphyaddr: int) -> int:
@@ -127,6 +133,7 @@ class Walker:
         self.time_budget = time_budget
         self.stats = WalkStats()
         self._tables: Dict[Tuple[int, int], object] = {}
+        self._pt_lru: "OrderedDict[Tuple[int, int], object]" = OrderedDict()
         self._pages: Dict[Tuple[int, int], object] = {}
         self._attr_cache: Dict[tuple, tuple] = {}
         self._ref_cache: Dict[tuple, EntryRef] = {}
@@ -171,10 +178,13 @@ class Walker:
     def _table(self, table_pa: int, depth: int):
         """Decoded table at ``table_pa`` (read once per walk), or the XenpteError reading it."""
         key = (table_pa, depth)
-        hit = self._tables.get(key)
-        if hit is not None:
-            return hit
         rule = self.rules[depth]
+        cache = self._pt_lru if rule.last else self._tables
+        hit = cache.get(key)
+        if hit is not None:
+            if rule.last:
+                self._pt_lru.move_to_end(key)
+            return hit
         size = (1 << rule.index_bits) * rule.entry_size
         data = self._pages.get((table_pa, size))
         if data is None:
@@ -190,7 +200,9 @@ class Walker:
             self.stats.tables_read += 1
             self._pages[(table_pa, size)] = data
         hit = data if isinstance(data, XenpteError) else decode_table(data, rule)
-        self._tables[key] = hit
+        cache[key] = hit
+        if rule.last and len(cache) > _DECODED_PT_MAX:
+            self._pt_lru.popitem(last=False)
         return hit
 
     # -- per-entry semantics ----------------------------------------------------------------
@@ -397,6 +409,7 @@ class Walker:
         self.stats = WalkStats()
         self._pages.clear()
         self._tables.clear()
+        self._pt_lru.clear()
         t0 = time.monotonic()
         self._deadline = t0 + self.time_budget
         root_ctx = _Ctx(True, True, False, (), (), ())
