@@ -267,6 +267,10 @@ def _decode_numpy(data: bytes, rule: LevelRule) -> DecodedTable:
     arr = np.frombuffer(data, dtype="<u8" if rule.entry_size == 8 else "<u4").astype(np.uint64)
     idx = np.flatnonzero(arr & np.uint64(1))
     raw = arr[idx]
+    if rule.last and not rule.ps_reserved:
+        # Every present entry of a last-level table is a leaf: the common case, made short.
+        return DecodedTable(idx, raw, np.full(len(raw), KIND_LEAF, dtype=np.int8),
+                            raw & np.uint64(rule.leaf_rsvd), arr)
     if rule.last:
         leaf = np.ones(len(raw), dtype=bool)
     elif rule.can_leaf or rule.ps_reserved:

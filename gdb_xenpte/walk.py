@@ -38,6 +38,8 @@ _CACHE_MAX = 65536  # entries in each per-walker cache (leaf attributes, leaf En
 # a 64 GiB guest in 4 KiB pages). Their bytes stay (read once per walk); a PT evicted and reached
 # again (an alias) is decoded again from them. Upper-level tables are few and always kept.
 _DECODED_PT_MAX = 1024
+# Positions 0..1023 (the most entries a table has): a whole table's positions as a free slice.
+_POSITIONS = np.arange(1024) if np is not None else None
 
 
 def cr3_root(cr3: int, mode_key: str, maxphyaddr: int) -> int:
@@ -464,11 +466,19 @@ class Walker:
         last = min((1 << rule.index_bits) - 1, (hi - 1 - base) >> shift)
         self._check_budget(base)
         if np is not None:
-            sel = np.flatnonzero((dt.index >= first) & (dt.index <= last))
-            kinds = dt.kind[sel]
+            # Fast paths for the common case (a whole table, a PT of leaves only): each numpy
+            # call costs about a microsecond whatever the table holds, and tables are many.
+            if first == 0 and last == (1 << rule.index_bits) - 1:
+                sel = _POSITIONS[:len(dt.index)]
+            else:
+                sel = np.flatnonzero((dt.index >= first) & (dt.index <= last))
             self.stats.entries += len(sel)
-            leaf_pos = sel[kinds == KIND_LEAF]
-            other_pos = sel[kinds != KIND_LEAF].tolist()
+            if rule.last:
+                leaf_pos, other_pos = sel, ()
+            else:
+                kinds = dt.kind[sel]
+                leaf_pos = sel[kinds == KIND_LEAF]
+                other_pos = sel[kinds != KIND_LEAF].tolist()
         else:
             sel = [i for i, x in enumerate(dt.index) if first <= x <= last]
             self.stats.entries += len(sel)
@@ -517,24 +527,38 @@ class Walker:
         self.stats.leaves += n
         ctx_key = (ctx.user, ctx.write, ctx.nx, bool(ctx.rsvd), ctx.xen_owned)
         page = rule.page_size
+        # What must be equal for two leaves to merge: all but the frame and A/D.
         keymask = ~(rule.leaf_frame_mask | _A_D | _pse36_mask(rule)) & 0xFFFFFFFFFFFFFFFF
         translate = self._translate is not None
         if np is not None:
-            idx = dt.index[pos]
-            raws = dt.raw[pos]
-            rsv = dt.rsvd[pos]
+            if n == len(dt.index):  # every present entry (pos is sorted and distinct)
+                idx, raws, rsv = dt.index, dt.raw, dt.rsvd
+            else:
+                idx, raws, rsv = dt.index[pos], dt.raw[pos], dt.rsvd[pos]
+            starts = None
             if coalesce and n > 1:
+                # brk[i]: leaf i starts a run (differs from leaf i-1, or is not next to it).
+                brk = np.empty(n, dtype=bool)
+                brk[0] = True
                 keys = raws & np.uint64(keymask)
-                brk = (keys[1:] != keys[:-1]) | (rsv[1:] != rsv[:-1]) | (idx[1:] != idx[:-1] + 1)
+                np.not_equal(keys[1:], keys[:-1], out=brk[1:])
+                brk[1:] |= rsv[1:] != rsv[:-1]
+                brk[1:] |= idx[1:] != idx[:-1] + 1
                 if phys and not translate:
                     frames = raws & np.uint64(rule.leaf_frame_mask)
-                    brk |= frames[1:] != frames[:-1] + np.uint64(page)
-                starts = np.flatnonzero(np.concatenate(([True], brk)))
+                    brk[1:] |= frames[1:] != frames[:-1] + np.uint64(page)
+                starts = np.flatnonzero(brk)
                 ad = np.bitwise_and.reduceat(raws & np.uint64(_A_D), starts).tolist()
                 starts_l = starts.tolist()
             else:
                 starts_l = list(range(n))
                 ad = (raws & np.uint64(_A_D)).tolist()
+            if not translate:
+                # Only each run's first entry is needed: convert those, not the whole table.
+                sel = slice(None) if starts is None else starts
+                heads = zip(idx[sel].tolist(), raws[sel].tolist(), rsv[sel].tolist())
+                yield from self._runs(rule, ctx, ctx_key, base, table_pa, heads, starts_l, n, ad)
+                return
             idx_l = idx.tolist()
             raw_l = raws.tolist()
             rsv_l = rsv.tolist()
@@ -557,22 +581,25 @@ class Walker:
                     starts_l.append(i)
                     ad.append(r & _A_D)
                 prev = (k,)
-        ends = starts_l[1:] + [n]
-        for s, e, and_ad in zip(starts_l, ends, ad):
-            raw = raw_l[s]
-            index = idx_l[s]
-            pa = self._frame_to_pa(rule.frame(raw, True))
-            if translate and (e - s) > 1:
-                # PV: frames are MFNs; a run stays one record only where PFNs are contiguous too
-                # (checked lazily, per run, by the merge step).
-                for k in range(s, e):
-                    r = raw_l[k]
-                    yield ("run", rule, ctx, ctx_key, base + (idx_l[k] << rule.shift),
-                           idx_l[k], table_pa, r, rsv_l[k], 1, r & _A_D,
-                           self._frame_to_pa(rule.frame(r, True)))
-                continue
-            yield ("run", rule, ctx, ctx_key, base + (index << rule.shift), index, table_pa,
-                   raw, rsv_l[s], e - s, and_ad, pa)
+            if not translate:
+                heads = ((idx_l[s], raw_l[s], rsv_l[s]) for s in starts_l)
+                yield from self._runs(rule, ctx, ctx_key, base, table_pa, heads, starts_l, n, ad)
+                return
+        # PV: frames are MFNs; a run stays one record only where PFNs are contiguous too (checked
+        # lazily, per page, by the merge step).
+        for s, e in zip(starts_l, starts_l[1:] + [n]):
+            for k in range(s, e):
+                r = raw_l[k]
+                yield ("run", rule, ctx, ctx_key, base + (idx_l[k] << rule.shift), idx_l[k],
+                       table_pa, r, rsv_l[k], 1, r & _A_D, self._frame_to_pa(rule.frame(r, True)))
+
+    def _runs(self, rule: LevelRule, ctx: _Ctx, ctx_key: tuple, base: int, table_pa: int, heads,
+              starts: List[int], n: int, ad: List[int]):
+        """Yield one ``("run", ...)`` tuple per run from its first entry's (index, raw, rsvd)."""
+        ends = starts[1:] + [n]
+        for (index, raw, rsvd), s, e, and_ad in zip(heads, starts, ends, ad):
+            yield ("run", rule, ctx, ctx_key, base + (index << rule.shift), index, table_pa, raw,
+                   rsvd, e - s, and_ad, self._frame_to_pa(rule.frame(raw, True)))
 
 
 def _disallowed_texts(domain, rule: LevelRule, index: int, raw: int) -> Tuple[str, ...]:
