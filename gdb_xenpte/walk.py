@@ -2,7 +2,8 @@
 
 One loop serves every paging mode: it follows the mode's table of levels (:mod:`gdb_xenpte.arch`)
 and the per-level entry rules (:mod:`gdb_xenpte.decode`). Each table page is read once per walk and
-decoded once; a table reached again (the kernel half shared by processes, Xen's linear slot, a
+decoded once (a last-level table evicted from the bounded cache of decoded PTs is decoded again
+from its bytes); a table reached again (the kernel half shared by processes, Xen's linear slot, a
 self-map) reuses that decoding — its mappings are still produced for every VA that reaches them,
 never dropped. A caller-set budget of entries and seconds bounds hostile tables; a walk that hits it
 says so in :attr:`Walker.stats`.
