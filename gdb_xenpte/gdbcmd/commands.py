@@ -183,7 +183,7 @@ def _write_walk(rows: Iterator[Mapping], walker: Walker, header: dict, as_json: 
             if not as_json:
                 kept.append(m)
                 continue
-            pending.append(render.dumps(render.mapping_record(m)))
+            pending.append(render.mapping_json(m))
             if len(pending) >= 256:
                 write_lines(pending)
                 pending.clear()
