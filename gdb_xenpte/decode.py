@@ -267,13 +267,11 @@ def _decode_numpy(data: bytes, rule: LevelRule) -> DecodedTable:
     arr = np.frombuffer(data, dtype="<u8" if rule.entry_size == 8 else "<u4").astype(np.uint64)
     idx = np.flatnonzero(arr & np.uint64(1))
     raw = arr[idx]
-    if rule.last and not rule.ps_reserved:
-        # Every present entry of a last-level table is a leaf: the common case, made short.
+    if rule.last:
+        # Every present entry of a last-level table is a leaf (and PS is not reserved there).
         return DecodedTable(idx, raw, np.full(len(raw), KIND_LEAF, dtype=np.int8),
                             raw & np.uint64(rule.leaf_rsvd), arr)
-    if rule.last:
-        leaf = np.ones(len(raw), dtype=bool)
-    elif rule.can_leaf or rule.ps_reserved:
+    if rule.can_leaf or rule.ps_reserved:
         leaf = (raw & np.uint64(0x80)) != 0
     else:
         leaf = np.zeros(len(raw), dtype=bool)

@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterable, List, Mapping as TMapping, Optional, Seq
 
 from tabulate import tabulate
 
-from .model import ACCESS_KEYS, Effective, Mapping, Trace, Verdict
+from .model import ACCESS_KEYS, Effective, EntryRef, Mapping, Trace, Verdict
 
 __all__ = [
     "FLAG_ORDER",
@@ -261,14 +261,17 @@ def _verdict_texts(verdicts: TMapping[str, Verdict]) -> Dict[str, str]:
     return {k: str(verdicts[k]) for k in ACCESS_KEYS if k in verdicts}
 
 
+def _entry_record(e: EntryRef) -> Dict[str, Any]:
+    return {"level": e.level, "index": e.index, "table_pa": hex(e.table_pa), "raw": hex(e.raw)}
+
+
 def mapping_record(m: Mapping) -> Dict[str, Any]:
     """Return the ``mapping`` record of one (coalesced) mapping."""
     return {
         "type": "mapping", "kind": getattr(m, "kind", "page"), "va": hexa(m.va),
         "pa": hexa(m.pa), "size": m.size,
         "page_size": m.page_size, "level": m.level, "count": m.count,
-        "entries": [{"level": e.level, "index": e.index, "table_pa": hex(e.table_pa),
-                     "raw": hex(e.raw)} for e in m.entries],
+        "entries": [_entry_record(e) for e in m.entries],
         "flags": list(_FLAG_NAMES(m.flags)),
         "effective": {"user": m.effective.user, "write": m.effective.write,
                       "exec": m.effective.exec},
@@ -290,17 +293,13 @@ def mapping_json(m: Mapping) -> str:
     entries = ",".join([_entry_json(e) for e in m.entries])
     return ('{"type":"mapping","kind":%s,"va":%s,"pa":%s,"size":%d,"page_size":%d,"level":%s,'
             '"count":%d,"entries":[%s],%s}' % (
-                _ENCODER.encode(getattr(m, "kind", "page")), _hex_json(m.va), _hex_json(m.pa),
-                m.size, m.page_size, _ENCODER.encode(m.level), m.count, entries, _tail_json(m)))
-
-
-def _hex_json(value: Optional[int]) -> str:
-    return "null" if value is None else '"%s"' % hex(value)
+                _ENCODER.encode(getattr(m, "kind", "page")), _ENCODER.encode(hexa(m.va)),
+                _ENCODER.encode(hexa(m.pa)), m.size, m.page_size, _ENCODER.encode(m.level),
+                m.count, entries, _tail_json(m)))
 
 
 # Path entries are shared objects (the walker's context path, its leaf-ref cache).
-_entry_json = _ByIdentity(lambda e: _ENCODER.encode(
-    {"level": e.level, "index": e.index, "table_pa": hex(e.table_pa), "raw": hex(e.raw)}))
+_entry_json = _ByIdentity(lambda e: _ENCODER.encode(_entry_record(e)))
 
 _TAIL_FIELDS = ("flags", "effective", "pkey", "xen_bits", "rsvd", "disallowed", "memtype",
                 "verdicts", "notes")

@@ -474,7 +474,7 @@ class Walker:
             else:
                 sel = np.flatnonzero((dt.index >= first) & (dt.index <= last))
             self.stats.entries += len(sel)
-            if rule.last:
+            if rule.last:  # a last-level table holds only leaves (decode_table)
                 leaf_pos, other_pos = sel, ()
             else:
                 kinds = dt.kind[sel]
@@ -554,15 +554,12 @@ class Walker:
             else:
                 starts_l = list(range(n))
                 ad = (raws & np.uint64(_A_D)).tolist()
-            if not translate:
+            if translate:
+                idx_l, raw_l, rsv_l = idx.tolist(), raws.tolist(), rsv.tolist()
+            else:
                 # Only each run's first entry is needed: convert those, not the whole table.
                 sel = slice(None) if starts is None else starts
                 heads = zip(idx[sel].tolist(), raws[sel].tolist(), rsv[sel].tolist())
-                yield from self._runs(rule, ctx, ctx_key, base, table_pa, heads, starts_l, n, ad)
-                return
-            idx_l = idx.tolist()
-            raw_l = raws.tolist()
-            rsv_l = rsv.tolist()
         else:
             idx_l = [dt.index[p] for p in pos]
             raw_l = [dt.raw[p] for p in pos]
@@ -582,10 +579,10 @@ class Walker:
                     starts_l.append(i)
                     ad.append(r & _A_D)
                 prev = (k,)
-            if not translate:
-                heads = ((idx_l[s], raw_l[s], rsv_l[s]) for s in starts_l)
-                yield from self._runs(rule, ctx, ctx_key, base, table_pa, heads, starts_l, n, ad)
-                return
+            heads = ((idx_l[s], raw_l[s], rsv_l[s]) for s in starts_l)
+        if not translate:
+            yield from self._runs(rule, ctx, ctx_key, base, table_pa, heads, starts_l, n, ad)
+            return
         # PV: frames are MFNs; a run stays one record only where PFNs are contiguous too (checked
         # lazily, per page, by the merge step).
         for s, e in zip(starts_l, starts_l[1:] + [n]):

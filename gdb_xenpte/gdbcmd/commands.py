@@ -109,10 +109,12 @@ def _walk(args: argparse.Namespace):
     """
     if len(args.addr) > 2:
         raise OptionError("give one ADDR or START END, not more")
-    if len(args.addr) == 2 and 0 != args.addr[1] <= args.addr[0]:
-        # An empty table would look like "nothing mapped here": say the range is the problem.
-        raise OptionError(f"empty range: END {args.addr[1]:#x} is not above START "
-                          f"{args.addr[0]:#x} (the range is [START, END); END 0 means the top)")
+    if len(args.addr) == 2:
+        start, end = args.addr
+        if end != 0 and end <= start:
+            # An empty table would look like "nothing mapped here": say the range is the problem.
+            raise OptionError(f"empty range: END {end:#x} is not above START {start:#x} (the "
+                              f"range is [START, END); END 0 means the top)")
     with open_source(args) as src:
         s = setup(args, src)
         walker = s.walker()
