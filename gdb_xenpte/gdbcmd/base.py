@@ -94,9 +94,9 @@ class XenPteCommand(gdb.Command):
 
     def invoke(self, argument: str, from_tty: bool) -> None:
         self.dont_repeat()
-        args = self.parser.parse(argument)
         try:
-            self.run(args)
+            # Parsing evaluates gdb expressions ($cr3, symbols): Ctrl-C can land there too.
+            self.run(self.parser.parse(argument))
         except XenpteError as err:
             raise gdb.GdbError(f"{self.command}: {err}") from None
         except KeyboardInterrupt:
