@@ -6,7 +6,7 @@ hypervisor config (``debian/xen-kconfig`` + ``olddefconfig``) with only ``CONFIG
 release build of the hypervisor alone (``make -C xen``, no tools). The guest kernel is assembled
 from ``guest/pv32.s`` with GNU as and ld.
 
-Both products are cached under ``$XENPTE_PV32_CACHE`` (default ``<repo>/.cache/pv32``, gitignored),
+Both products are cached under ``$XENPTE_PV32_CACHE`` (default: the shared test cache's ``pv32``),
 keyed by the Debian source version and by a hash of the guest sources, so a CI run builds Xen once.
 
 Side effect on the host: if apt knows no source package for ``xen``, a ``deb-src`` entry for the
@@ -37,9 +37,11 @@ from typing import Dict, Iterator, List, Optional
 
 REPO = Path(__file__).resolve().parents[2]
 try:
+    from tests.targets.cachedir import cache_root
     from tests.targets.packages import TargetSetupError
 except ImportError:  # run as a script: the repository root is not on sys.path yet
     sys.path.insert(0, str(REPO))
+    from tests.targets.cachedir import cache_root
     from tests.targets.packages import TargetSetupError
 
 __all__ = [
@@ -66,9 +68,12 @@ BUILD_TOOLS = ("bison", "flex", "gcc", "make", "dpkg-source", "as", "ld")
 def cache_dir() -> Path:
     """Return the PV32 cache folder (created if missing).
 
-    :returns: ``$XENPTE_PV32_CACHE`` when set, else ``<repo>/.cache/pv32``.
+    :returns: ``$XENPTE_PV32_CACHE`` when set, else the shared cache's ``pv32``
+        (tests/cachedir.py).
     """
-    path = Path(os.environ.get("XENPTE_PV32_CACHE") or REPO / ".cache" / "pv32")
+    if not os.environ.get("XENPTE_PV32_CACHE"):
+        return cache_root("pv32")
+    path = Path(os.environ["XENPTE_PV32_CACHE"])
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -4,7 +4,7 @@ The guest builds page tables for every case the engine distinguishes, performs e
 (read/write/exec at CPL0 with AC=0 and 1, and at CPL3) under a list of CR0/CR4/EFER/PKRU/PKRS
 configurations, records whether the CPU faulted, and halts. There are two images: long mode
 (4- and 5-level paging) and legacy protected mode (32-bit and PAE paging). This module builds them
-(nasm, gcc, ld, objcopy; cached under ``<repo>/.cache/oracle/<hash of sources and tools>``), boots
+(nasm, gcc, ld, objcopy; cached under the shared test cache's ``oracle/<hash of sources and tools>``), boots
 one under QEMU, and hands back the recorded table, the tables' root and a raw image of guest RAM
 to walk::
 
@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
+from .cachedir import cache_root
 from .qemu import Qemu, require_binary
 
 __all__ = ["KINDS", "OracleError", "OracleRun", "RAM_BYTES", "boot_oracle", "build_guest"]
@@ -121,7 +122,7 @@ def build_guest(image: str = "long", cache_dir: Optional[Path] = None) -> Path:
     for name in (asm, c_source, "oracle.h", "link.ld"):
         digest.update(name.encode() + b"\0" + (GUEST_DIR / name).read_bytes())
     digest.update(repr((cflags, ldflags)).encode() + _tool_versions())
-    cache = Path(cache_dir) if cache_dir else REPO / ".cache" / "oracle"
+    cache = Path(cache_dir) if cache_dir else cache_root("oracle")
     out_dir = cache / digest.hexdigest()[:16]
     elf = out_dir / "oracle.elf"
     if elf.exists():

@@ -1,7 +1,7 @@
 """Fetch the Debian packages the real-target tests boot, without installing anything.
 
 Each package is downloaded with ``apt-get download`` and unpacked with ``dpkg -x`` into a cache
-folder (``$XENPTE_CACHE``, default ``<repo>/.cache/debs``); nothing touches the system's package
+folder (``$XENPTE_CACHE``, default: the shared test cache's ``debs``, tests/targets/cachedir.py); nothing touches the system's package
 database or ``/boot``. A second call finds the unpacked tree and only asks ``apt-cache`` which
 version is current, so it costs a few tens of milliseconds.
 
@@ -30,6 +30,8 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Dict, Iterable, Iterator, List, Optional
 
+from .cachedir import cache_root
+
 __all__ = [
     "TargetSetupError",
     "busybox_static",
@@ -57,9 +59,11 @@ class TargetSetupError(RuntimeError):
 def cache_dir() -> Path:
     """Return the package cache folder (created if missing).
 
-    :returns: ``$XENPTE_CACHE`` when set, else ``<repo>/.cache/debs``.
+    :returns: ``$XENPTE_CACHE`` when set, else the shared cache's ``debs`` (tests/cachedir.py).
     """
-    path = Path(os.environ.get("XENPTE_CACHE") or REPO / ".cache" / "debs")
+    if not os.environ.get("XENPTE_CACHE"):
+        return cache_root("debs")
+    path = Path(os.environ["XENPTE_CACHE"])
     path.mkdir(parents=True, exist_ok=True)
     return path
 
