@@ -48,6 +48,9 @@ class VcpuRegs:
     cr4_is_guest_view: bool = False
     user_cr3: Optional[int] = None  # PV64 ctrlreg[1]: the guest's user page table (machine addr)
     notes: Tuple[str, ...] = ()  # e.g. ("EFER not in dump: inferred",)
+    # Where these values were read, for headers that say where every value came from, e.g.
+    # "vCPU 0 of QEMU ELF dump guest.elf (QEMU CPU note)", "pCPU 1 (Xen crash note)".
+    origin: str = ""
 
 
 class PhysSource:
