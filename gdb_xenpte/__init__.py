@@ -4,4 +4,4 @@ The engine (everything in this package except :mod:`gdb_xenpte.gdbcmd`) imports 
 used from plain Python, from the batch scripts and from inside gdb alike.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

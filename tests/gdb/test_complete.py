@@ -25,8 +25,8 @@ def test_files_after_core_and_raw():
     assert _complete(f"xen-pte-walk --core {base}/gdb_lo") == [
         f"xen-pte-walk --core {base}/gdb_load.py"]
     assert f"xen-pte-walk --raw {base}/data/" in _complete(f"xen-pte-walk --raw {base}/da")
-    assert f"xen-pte-walk --json --core {ROOT}/setup.py" in _complete(
-        f"xen-pte-walk --json --core {ROOT}/se")
+    assert f"xen-pte-walk --json --core {ROOT}/pyproject.toml" in _complete(
+        f"xen-pte-walk --json --core {ROOT}/pyp")
 
 
 def test_addresses_complete_as_gdb_expressions(tmp_path):
