@@ -1,0 +1,216 @@
+"""The JSON Lines contract: records of walks, traces and checks, and their encoder.
+
+Records follow ``gdb_xenpte/data/xen-pte-walk.schema.json`` (and ``xen-pte-check.schema.json``): a
+``header``, then ``mapping`` (or ``trace``) records, then a ``summary``. Addresses and raw entries
+are ``"0x..."`` strings; sizes are integers.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+from typing import Any, Dict, List, Mapping as TMapping, Sequence, Tuple
+
+from ..model import ACCESS_KEYS, EntryRef, Mapping, Trace, Verdict
+from .common import FLAG_ORDER, ByIdentity, hexa
+from .verdict_text import extra_fault
+
+__all__ = [
+    "RecordCounter",
+    "anomaly_record",
+    "check_summary_record",
+    "dumps",
+    "mapping_json",
+    "mapping_record",
+    "summary_record",
+    "trace_record",
+    "what_if_records",
+]
+
+
+# Shared by every record: json.dumps only reads the dict it is given.
+_VERDICT_TEXTS = ByIdentity(lambda verdicts: _verdict_texts(verdicts))
+
+
+# A mapping's flag names in FLAG_ORDER; records share the walker's flag sets.
+_FLAG_NAMES = ByIdentity(lambda flags: tuple(f for f in FLAG_ORDER if f in flags))
+
+
+
+def _verdict_texts(verdicts: TMapping[str, Verdict]) -> Dict[str, str]:
+    return {k: str(verdicts[k]) for k in ACCESS_KEYS if k in verdicts}
+
+
+
+def _entry_record(e: EntryRef) -> Dict[str, Any]:
+    return {"level": e.level, "index": e.index, "table_pa": hex(e.table_pa), "raw": hex(e.raw)}
+
+
+
+def mapping_record(m: Mapping) -> Dict[str, Any]:
+    """Return the ``mapping`` record of one (coalesced) mapping."""
+    return {
+        "type": "mapping", "kind": getattr(m, "kind", "page"), "va": hexa(m.va),
+        "pa": hexa(m.pa), "size": m.size,
+        "page_size": m.page_size, "level": m.level, "count": m.count,
+        "entries": [_entry_record(e) for e in m.entries],
+        "flags": list(_FLAG_NAMES(m.flags)),
+        "effective": {"user": m.effective.user, "write": m.effective.write,
+                      "exec": m.effective.exec},
+        "pkey": m.pkey, "xen_bits": list(m.xen_bits), "rsvd": list(m.rsvd),
+        "disallowed": list(getattr(m, "disallowed", ())),
+        "memtype": m.memtype,
+        "verdicts": _VERDICT_TEXTS(m.verdicts),
+        "notes": list(m.notes),
+    }
+
+
+
+def mapping_json(m: Mapping) -> str:
+    """``dumps(mapping_record(m))``, the same bytes, made from cached JSON fragments.
+
+    The hot path of ``--json``: the json encoder was most of a record's cost, and most of a record
+    is shared with its neighbours (the walker hands equal mappings the same flags, rights, verdicts,
+    Xen bits and path entries), so those parts are encoded once.
+    """
+    entries = ",".join([_entry_json(e) for e in m.entries])
+    return ('{"type":"mapping","kind":%s,"va":%s,"pa":%s,"size":%d,"page_size":%d,"level":%s,'
+            '"count":%d,"entries":[%s],%s}' % (
+                _ENCODER.encode(getattr(m, "kind", "page")), _ENCODER.encode(hexa(m.va)),
+                _ENCODER.encode(hexa(m.pa)), m.size, m.page_size, _ENCODER.encode(m.level),
+                m.count, entries, _tail_json(m)))
+
+
+# Path entries are shared objects (the walker's context path, its leaf-ref cache).
+_entry_json = ByIdentity(lambda e: _ENCODER.encode(_entry_record(e)))
+
+
+
+_TAIL_FIELDS = ("flags", "effective", "pkey", "xen_bits", "rsvd", "disallowed", "memtype",
+                "verdicts", "notes")
+
+
+_tail_memo: Dict[Tuple[int, ...], Tuple[Tuple[Any, ...], str]] = {}
+
+
+
+def _tail_json(m: Mapping) -> str:
+    """The record's fields after ``entries``, encoded once per distinct set of objects."""
+    objs = (m.flags, m.effective, m.pkey, m.xen_bits, m.rsvd, getattr(m, "disallowed", ()),
+            m.memtype, m.verdicts, m.notes)
+    key = tuple(map(id, objs))
+    hit = _tail_memo.get(key)
+    if hit is not None and all(map(operator.is_, hit[0], objs)):
+        return hit[1]
+    rec = mapping_record(m)
+    text = _ENCODER.encode({k: rec[k] for k in _TAIL_FIELDS})[1:-1]
+    if len(_tail_memo) >= 4096:
+        _tail_memo.clear()  # hostile walks: every record distinct; stay small
+    _tail_memo[key] = (objs, text)  # holding the objects keeps their ids unique
+    return text
+
+
+
+class RecordCounter:
+    """Counts what a walk emitted, for the ``summary`` record."""
+
+    def __init__(self):
+        self.mappings = 0
+        self.pages = 0
+        self.bytes = 0
+        self.faulting = 0
+        self._extra = ByIdentity(extra_fault)
+
+    def add(self, m: Mapping) -> None:
+        self.mappings += 1
+        if getattr(m, "kind", "page") == "page":  # RSVD/unreadable records map nothing
+            self.pages += m.count
+            self.bytes += m.size
+        self.faulting += self._extra(m.verdicts)
+
+
+
+def summary_record(counter: RecordCounter, budget_hit: bool,
+                   unreadable: Sequence[Tuple[int, str]] = (), interrupted: bool = False,
+                   **extra: Any) -> Dict[str, Any]:
+    """Return the ``summary`` record.
+
+    :param unreadable: ``(physical address, reason)`` of tables the walk could not read.
+    :param budget_hit: True when ``--limit`` stopped the walk early.
+    """
+    rec = {
+        "type": "summary",
+        "counts": {"mappings": counter.mappings, "pages": counter.pages,
+                   "bytes": counter.bytes, "faulting": counter.faulting},
+        "budget_hit": bool(budget_hit), "interrupted": bool(interrupted),
+        "unreadable": [{"pa": hexa(pa), "reason": why} for pa, why in unreadable],
+    }
+    rec.update(extra)
+    return rec
+
+
+
+def anomaly_record(key: str, finding: Any) -> Dict[str, Any]:
+    """One ``anomaly`` record of ``xen-pte-check --json``."""
+    m = finding.mapping
+    return {"type": "anomaly", "category": key, "va": hexa(m.va), "size": m.size,
+            "pa": hexa(m.pa), "level": m.level, "rights": m.effective.rwx(),
+            "detail": finding.detail,
+            "verdicts": {k: str(m.verdicts[k]) for k in ACCESS_KEYS if k in m.verdicts}}
+
+
+
+def check_summary_record(groups: Sequence[Tuple[str, str, Sequence[Any]]], stats: Any,
+                         what_ifs: Sequence[Any] = ()) -> Dict[str, Any]:
+    """The closing record of ``xen-pte-check --json``: findings per category, what-if totals."""
+    return {"type": "summary", "counts": {key: len(found) for key, _t, found in groups},
+            "budget_hit": bool(getattr(stats, "budget_hit", None)),
+            "unreadable": [{"pa": hexa(pa), "reason": why}
+                           for pa, why in getattr(stats, "unreadable", ())],
+            "what_if": {r.scenario: _what_if_counts(r) for r in what_ifs}}
+
+
+
+def _what_if_counts(r: Any) -> Dict[str, int]:
+    return {"breaks": sum(c.count for c in r.broken), "fixes": sum(c.count for c in r.fixed),
+            "changed": sum(c.count for c in r.changes), "ranges": len(r.changes),
+            "mappings_seen": r.mappings_seen}
+
+
+
+def what_if_records(r: Any) -> List[Dict[str, Any]]:
+    """A ``what-if`` record (headline, description, notes, totals) and one ``change`` record per
+    changed range of a :class:`~gdb_xenpte.whatif.WhatIf`."""
+    recs: List[Dict[str, Any]] = [{
+        "type": "what-if", "scenario": r.scenario, "headline": r.headline(),
+        "description": r.description, "notes": list(r.notes), **_what_if_counts(r)}]
+    for c in r.changes:
+        recs.append({"type": "change", "scenario": r.scenario, "va": hexa(c.va), "size": c.size,
+                     "count": c.count, "level": c.level, "breaks": c.breaks, "fixes": c.fixes,
+                     "what": list(c.what), "before": c.before, "after": c.after})
+    return recs
+
+
+
+def trace_record(trace: Trace) -> Dict[str, Any]:
+    """Return the ``trace`` record of a single-address walk: every level visited."""
+    return {
+        "type": "trace", "va": hexa(trace.va), "stop": trace.stop,
+        "steps": [{"level": s.level, "index": s.index, "table_pa": hexa(s.table_pa),
+                   "entry_pa": hexa(s.entry_pa), "raw": hexa(s.raw),
+                   "bits": [{"name": n, "value": v, "meaning": t} for n, v, t in s.bits],
+                   "effective": {"user": s.effective.user, "write": s.effective.write,
+                                 "exec": s.effective.exec},
+                   "rule": s.rule} for s in trace.steps],
+    }
+
+
+# json.dumps with any option builds a new encoder per call; a walk dumps one record per mapping.
+# Records are acyclic (plain dicts, lists and strings): the cycle check would only cost (~10 %).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+
+
+
+def dumps(record: Dict[str, Any]) -> str:
+    """One JSON Lines line (no trailing newline), keys in insertion order."""
+    return _ENCODER.encode(record)
