@@ -2,7 +2,8 @@
 
 Probing reads the first 4 KiB and asks each reader's ``probe(head)`` in :data:`READERS` order:
 kdump (plain or flattened) first (signatures at offset 0), then xl dump-core (ELF, sections only),
-then QEMU ELF (ELF with program headers). Raw images have no signature and are only opened on
+then kexec crash vmcores (ELF whose notes are VMCOREINFO/Xen crash notes: ``probe_file`` reads
+the note segments), then QEMU ELF (ELF with program headers). Raw images have no signature and are only opened on
 request (``fmt="raw"`` with a base address).
 
 Failure modes: :class:`~gdb_xenpte.errors.OptionError` for an unknown ``fmt`` or a vCPU index the
@@ -18,13 +19,14 @@ from ..errors import DumpFormatError, OptionError
 from .base import PhysSource, VcpuRegs
 from .filemap import MappedFile
 from .kdump import KdumpSource
+from .kexec_elf import KexecElfSource
 from .qemu_elf import QemuElfSource
 from .raw import RawSource
 from .xc_core import XcCoreSource
 
 __all__ = ["FORMATS", "READERS", "detect_format", "open_dump", "pick_vcpu"]
 
-READERS = (KdumpSource, XcCoreSource, QemuElfSource)
+READERS = (KdumpSource, XcCoreSource, KexecElfSource, QemuElfSource)
 FORMATS: Dict[str, Type[PhysSource]] = {r.format_name: r for r in READERS + (RawSource,)}
 PROBE_BYTES = 4096
 
@@ -38,7 +40,8 @@ def detect_format(path: str) -> str:
     try:
         head = file.head(PROBE_BYTES)
         for reader in READERS:
-            if reader.probe(head):
+            probe_file = getattr(reader, "probe_file", None)
+            if reader.probe(head) or (probe_file is not None and probe_file(file, head)):
                 return reader.format_name
         raise DumpFormatError(file.name, f"not a recognised dump: the first bytes {head[:8]!r} "
                                          "match no QEMU ELF, kdump or xl dump-core header; for a "
@@ -51,7 +54,8 @@ def open_dump(path: str, fmt: Optional[str] = None, base: int = 0) -> PhysSource
     """Open a dump file as a memory source.
 
     :param path: the dump file.
-    :param fmt: force a format (``"kdump"``, ``"xc-core"``, ``"qemu-elf"``, ``"raw"``); probe if
+    :param fmt: force a format (``"kdump"``, ``"xc-core"``, ``"kexec-elf"``, ``"qemu-elf"``,
+        ``"raw"``); probe if
         None.
     :param base: guest-physical address of a raw image's first byte (``fmt="raw"`` only).
     :returns: an open source; close it (or use it as a context manager) when done.

@@ -26,7 +26,8 @@ from typing import List, Sequence, Tuple
 from ..errors import DumpFormatError
 from .base import FileSource, VcpuRegs
 from .elfutil import elf_errors, open_elf, probe_elf_core
-from .notes import iter_notes, qemu_vcpus
+from .notes import Note, iter_notes, qemu_vcpus
+from .xen_crash import is_kexec_note
 from .runs import RunMap
 
 __all__ = ["QemuElfSource"]
@@ -54,9 +55,19 @@ class QemuElfSource(FileSource):
         return bool(info and info["phnum"])
 
     def _open(self) -> None:
-        file = self._file
-        self.name = f"QEMU ELF dump {file.name}"
+        self.name = f"QEMU ELF dump {self._file.name}"
         self.notes: Tuple[str, ...] = ()
+        loads, notes = self._parse_elf()
+        self._runs = self._build_runs(loads, notes)
+        lma_hint = {"EM_X86_64": True, "EM_386": False}.get(self.machine)
+        self._vcpus = qemu_vcpus(notes, self._file.name, lma_hint)
+        if not self._vcpus:
+            self.notes += ("no QEMU CPU notes: registers unknown (give --cr3/--cr4)",)
+
+    def _parse_elf(self) -> Tuple[List[Tuple[int, int, int, int, int, int]], List[Note]]:
+        """Read the program headers: ``(PT_LOADs as (index, offset, vaddr, paddr, filesz,
+        memsz), notes of every PT_NOTE in order)``; sets ``elf_class`` and ``machine``."""
+        file = self._file
         elf = open_elf(file)
         header = elf.header
         with elf_errors(file.name, "program header count", 0):
@@ -85,19 +96,21 @@ class QemuElfSource(FileSource):
                 loads.append((i, offset, vaddr, paddr, filesz, memsz))
             elif p_type == "PT_NOTE":
                 note_blobs.append((file.slice(offset, filesz, f"PT_NOTE segment {i}"), offset))
-        self._runs = self._build_runs(loads)
         notes = [n for blob, off in note_blobs for n in iter_notes(blob, off, file.name)]
-        lma_hint = {"EM_X86_64": True, "EM_386": False}.get(self.machine)
-        self._vcpus = qemu_vcpus(notes, file.name, lma_hint)
-        if not self._vcpus:
-            self.notes += ("no QEMU CPU notes: registers unknown (give --cr3/--cr4)",)
+        return loads, notes
 
-    def _build_runs(self, loads) -> RunMap:
+    def _build_runs(self, loads, notes: Sequence[Note] = ()) -> RunMap:
         file = self._file
         physical = [seg for seg in loads if _is_physical_segment(seg[2], seg[3])]
         virtual = len(loads) - len(physical)
         if virtual and not physical:
             i, _off, vaddr, paddr = loads[0][:4]
+            if any(is_kexec_note(n) for n in notes):
+                raise DumpFormatError(
+                    file.name, f"PT_LOADs keyed by p_paddr with p_vaddr in a direct map (e.g. "
+                               f"program header {i}: p_vaddr {vaddr:#x}, p_paddr {paddr:#x}) and "
+                               "VMCOREINFO/Xen crash notes: this is a kexec crash vmcore; open "
+                               "it without forcing the QEMU ELF format (format kexec-elf)")
             raise DumpFormatError(
                 file.name,
                 f"every PT_LOAD is keyed by guest virtual address (e.g. program header {i}: "
