@@ -1,0 +1,391 @@
+"""A crashed (or stopped) Xen host read from its memory: the domains, their vCPUs, the state Xen
+last recorded for each, and the :class:`VcpuRegs` a walk of one vCPU's tables needs.
+
+Inputs: a host source (machine memory: :class:`~gdb_xenpte.sources.kexec_elf.KexecElfSource`, a
+makedumpfile copy, or any source whose physical addresses are machine addresses) and a layout —
+:class:`~gdb_xenpte.xen_syms.XenSyms` (``--xen-syms FILE``: DWARF, every field) or, without it,
+:class:`~gdb_xenpte.xen_syms.VmcoreinfoLayout` (the dump's VMCOREINFO_XEN: domain ids only).
+
+Facts used (:data:`gdb_xenpte.sources.xen_crash_facts.CRASH_FACTS`): ``virt_to_maddr`` (a Xen
+VA in the image's GiB is ``xen_phys_start + va - XEN_VIRT_START``; every other VA is translated
+through ``idle_pg_table``), ``domain_list``, ``domain_kind``, ``vcpu_pagetables``, ``vcpu_state``,
+``curr_vcpu``. Observed values stay observed: a PV vCPU that a pCPU was running when it saved its
+crash notes (the pCPU's CR3 is the vCPU's ``arch.cr3``) gets that pCPU's CR4 — the hardware value
+— with an origin saying so; the others get ``ctrlreg[4]`` (what the guest sees), marked as such,
+and the session derives the hardware value from Xen's policy.
+
+Failure modes: :class:`~gdb_xenpte.errors.OptionError` for a domain or vCPU that does not exist,
+a layout without what is asked (names ``--xen-syms``), an HVM/PVH vCPU asked to be walked (its
+tables are guest-physical; p2m translation is not implemented), or a dump without
+CRASH_INFO's xen_phys_start; :class:`~gdb_xenpte.errors.UnreadableMemory` (naming the VA and the
+machine address) for Xen memory the dump lacks.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .errors import OptionError, UnreadableMemory
+from .sources.base import PhysSource, VcpuRegs
+from .xen_syms import MissingLayout, VmcoreinfoLayout, XenSyms, first_symbol
+
+__all__ = ["DomainVcpuSource", "HostDomain", "HostVcpu", "XenHost", "open_host"]
+
+GIB = 1 << 30
+_ADDR = 0x000FFFFFFFFFF000
+_P, _PS = 1, 1 << 7
+_RUNSTATES = {0: "running", 1: "runnable", 2: "blocked", 3: "offline"}
+_VPF_BLOCKED, _VPF_DOWN = 1 << 0, 1 << 1
+_CDF_HVM = 1 << 0
+_EMU_PIC = 1 << 5
+_TF_KERNEL_MODE = 1 << 0
+_EFER_LMA = 1 << 10
+_MAX_DOMAINS = 1 << 15
+
+
+@dataclass(frozen=True)
+class HostVcpu:
+    """One vCPU as Xen last recorded it.
+
+    :param cr3: PV: machine address of the kernel top-level table (``guest_table``); HVM/PVH:
+        the guest's CR3 (guest-physical).
+    :param cr4: the CR4 the guest sees (PV ``ctrlreg[4]``, HVM ``guest_cr[4]``).
+    :param hw_cr4: the hardware CR4 it ran with, when observed (a pCPU running it saved it).
+    :param state: ``running``, ``runnable``, ``blocked``, ``offline`` (Xen's runstate).
+    """
+
+    domid: int
+    vcpu: int
+    kind: str
+    cr3: Optional[int]
+    cr4: Optional[int]
+    user_cr3: Optional[int] = None
+    cr0: Optional[int] = None
+    efer: Optional[int] = None
+    hw_cr4: Optional[int] = None
+    hw_cr4_origin: str = ""
+    cs: Optional[int] = None
+    state: str = "unknown"
+    paused: bool = False
+    running: bool = False
+    pcpu: Optional[int] = None
+    in_kernel: Optional[bool] = None
+    address: int = 0
+    notes: Tuple[str, ...] = ()
+
+    def record(self) -> Dict[str, object]:
+        """The ``{"type": "vcpu", ...}`` JSON record (addresses as hex strings)."""
+        hx = lambda v: None if v is None else f"{v:#x}"
+        return {"type": "vcpu", "domid": self.domid, "vcpu": self.vcpu, "kind": self.kind,
+                "cr3": hx(self.cr3), "user_cr3": hx(self.user_cr3), "cr4": hx(self.cr4),
+                "hw_cr4": hx(self.hw_cr4), "hw_cr4_origin": self.hw_cr4_origin or None,
+                "cs": hx(self.cs), "state": self.state, "paused": self.paused,
+                "running": self.running, "pcpu": self.pcpu, "struct_vcpu": hx(self.address),
+                "notes": list(self.notes)}
+
+
+@dataclass
+class HostDomain:
+    """One domain: id, kind (``pv64``, ``pv32``, ``hvm``, ``pvh``), state and vCPUs."""
+
+    domid: int
+    kind: Optional[str]
+    address: int
+    max_vcpus: Optional[int] = None
+    paused: bool = False
+    dying: bool = False
+    vcpus: List[HostVcpu] = field(default_factory=list)
+    notes: Tuple[str, ...] = ()
+
+
+class XenHost:
+    """Xen's domains and vCPUs in a host's machine memory.
+
+    :param source: machine memory with the Xen crash notes (``source.host``) or, for a live or
+        other host, any source whose addresses are machine addresses.
+    :param layout: :class:`XenSyms` or :class:`VmcoreinfoLayout`.
+    :param xen_phys_start: override for CRASH_INFO's value.
+    """
+
+    def __init__(self, source: PhysSource, layout, xen_phys_start: Optional[int] = None):
+        self.source = source
+        self.layout = layout
+        self.host = getattr(source, "host", None)
+        info = self.host.info if self.host is not None else None
+        if xen_phys_start is None and info is not None:
+            xen_phys_start = info.xen_phys_start
+        if xen_phys_start is None:
+            raise OptionError(f"{source.name}: xen_phys_start unknown (no Xen CRASH_INFO note), "
+                              "so Xen's virtual addresses cannot be translated")
+        self.xen_phys_start = xen_phys_start
+        idle = first_symbol(layout, ("idle_pg_table", "pgd_l4"))
+        if idle is None:
+            raise OptionError(f"{layout.name} names no idle_pg_table: give --xen-syms FILE")
+        base = first_symbol(layout, ("__image_base__", "__XEN_VIRT_START"))
+        # XEN_VIRT_START is GiB-aligned and the image lies in that GiB (virt_to_maddr fact).
+        self.xen_virt_start = base if base is not None else idle & ~(GIB - 1)
+        self.idle_pg_table = self._image_maddr(idle)
+        self._tables: Dict[int, bytes] = {}
+        self.notes: List[str] = []
+        if isinstance(layout, VmcoreinfoLayout):
+            self.notes.append("layout from VMCOREINFO_XEN only: domain ids and kinds need "
+                              "--xen-syms for vCPU state")
+
+    # -- Xen virtual memory ----------------------------------------------------------------------
+
+    def _image_maddr(self, va: int) -> int:
+        return va - self.xen_virt_start + self.xen_phys_start
+
+    def _entry(self, table: int, index: int) -> int:
+        page = self._tables.get(table)
+        if page is None:
+            page = self.source.read(table, 4096)
+            self._tables[table] = page
+        return struct.unpack_from("<Q", page, index * 8)[0]
+
+    def maddr(self, va: int) -> int:
+        """The machine address of Xen virtual address ``va``.
+
+        :raises UnreadableMemory: if a table on the way is not in the dump or ``va`` is unmapped.
+        """
+        if va >> 30 == self.xen_virt_start >> 30:
+            return self._image_maddr(va)
+        table = self.idle_pg_table
+        for level, shift in ((4, 39), (3, 30), (2, 21), (1, 12)):
+            entry = self._entry(table, va >> shift & 511)
+            if not entry & _P:
+                raise UnreadableMemory(self.source.name, va, f"Xen VA {va:#x} is not mapped in "
+                                       f"idle_pg_table (L{level} entry {entry:#x})")
+            if level in (3, 2) and entry & _PS:
+                size = 1 << shift
+                return (entry & _ADDR & ~(size - 1)) | (va & (size - 1))
+            table = entry & _ADDR
+        return table | (va & 0xFFF)
+
+    def read(self, va: int, size: int) -> bytes:
+        """``size`` bytes at Xen VA ``va`` (page by page through :meth:`maddr`)."""
+        out = []
+        while size > 0:
+            take = min(size, 4096 - (va & 0xFFF))
+            out.append(self.source.read(self.maddr(va), take))
+            va += take
+            size -= take
+        return b"".join(out)
+
+    def _u(self, va: int, size: int = 8) -> int:
+        return int.from_bytes(self.read(va, size), "little")
+
+    # -- domains ---------------------------------------------------------------------------------
+
+    def _get(self, struct_name: str, path: str, data: bytes, index: int = 0,
+             missing=None):
+        try:
+            return self.layout.field(struct_name, path).decode(data, index)
+        except MissingLayout:
+            return missing
+
+    def domains(self) -> List[HostDomain]:
+        """Every domain on ``domain_list``, in list order (by domain id), with its vCPUs."""
+        head = self.layout.symbol("domain_list")
+        next_field = self.layout.field("domain", "next_in_list")
+        try:
+            size = self.layout.size("domain")
+        except MissingLayout:
+            size = next_field.offset + 8
+        out: List[HostDomain] = []
+        seen = set()
+        d = self._u(head)
+        while d and d not in seen and len(out) < _MAX_DOMAINS:
+            seen.add(d)
+            data = self.read(d, size)
+            out.append(self._domain(d, data))
+            d = next_field.decode(data)
+        return out
+
+    def _domain(self, address: int, data: bytes) -> HostDomain:
+        g = lambda path: self._get("domain", path, data)
+        domid = g("domain_id")
+        options = g("options")
+        kind = None
+        if options is not None:
+            if options & _CDF_HVM:
+                emu = g("arch.emulation_flags")
+                kind = "hvm" if emu is None or emu & _EMU_PIC else "pvh"
+            else:
+                kind = "pv32" if g("arch.pv.is_32bit") else "pv64"
+        paused = bool(g("pause_count") or g("controller_pause_count"))
+        dom = HostDomain(domid, kind, address, g("max_vcpus"), paused, bool(g("is_dying")))
+        vcpu_array = g("vcpu")
+        if vcpu_array is None or dom.max_vcpus is None:
+            return dom
+        for i in range(min(dom.max_vcpus, 4096)):
+            try:
+                v = self._u(vcpu_array + 8 * i)
+            except UnreadableMemory as err:
+                dom.notes += (f"d->vcpu[{i}] unreadable: {err}",)
+                break
+            if v:
+                dom.vcpus.append(self._vcpu(dom, v))
+        return dom
+
+    def _vcpu(self, dom: HostDomain, address: int) -> HostVcpu:
+        data = self.read(address, self.layout.size("vcpu"))
+        g = lambda path, i=0: self._get("vcpu", path, data, i)
+        vid, pcpu = g("vcpu_id"), g("processor")
+        runstate = _RUNSTATES.get(g("runstate.state"), "unknown")
+        running = bool(g("is_running"))
+        paused = dom.paused or bool(g("pause_count"))
+        notes: List[str] = []
+        cs = g("arch.user_regs.cs")
+        if dom.kind in ("pv64", "pv32"):
+            cr3 = (g("arch.guest_table") or 0) << 12 or None
+            user = (g("arch.guest_table_user") or 0) << 12 or None if dom.kind == "pv64" else None
+            cr4, cr0, efer = g("arch.pv.ctrlreg", 4), g("arch.pv.ctrlreg", 0), None
+            flags = g("arch.flags")
+            in_kernel = None if flags is None else bool(flags & _TF_KERNEL_MODE)
+        else:
+            cr0, cr3, cr4 = g("arch.hvm.guest_cr", 0), g("arch.hvm.guest_cr", 3), \
+                g("arch.hvm.guest_cr", 4)
+            efer, user, in_kernel = g("arch.hvm.guest_efer"), None, None
+            notes.append("guest-physical tables: walking them needs the p2m (not implemented)")
+        hw_cr4, hw_origin = self._observed_cr4(g("arch.cr3"), running, pcpu)
+        if running and hw_cr4 is None:
+            notes.append("marked running, but no pCPU's crash-note CR3 is its arch.cr3")
+        return HostVcpu(dom.domid, vid, dom.kind or "unknown", cr3, cr4, user, cr0, efer, hw_cr4,
+                        hw_origin, cs, runstate, paused, running, pcpu, in_kernel, address,
+                        tuple(notes))
+
+    def _observed_cr4(self, arch_cr3: Optional[int], running: bool,
+                      pcpu: Optional[int]) -> Tuple[Optional[int], str]:
+        if not running or arch_cr3 is None or self.host is None or pcpu is None:
+            return None, ""
+        for regs in self.host.pcpus:
+            if regs.index == pcpu and regs.cr3 is not None and regs.cr4 is not None \
+                    and regs.cr3 & _ADDR == arch_cr3 & _ADDR:
+                return regs.cr4, (f"CRASH_REGS of pCPU {pcpu}, which was running this vCPU "
+                                  f"(its CR3 {regs.cr3:#x} is v->arch.cr3)")
+        return None, ""
+
+    def crashing_pcpu(self) -> Tuple[Optional[int], str]:
+        """The crashing pCPU: xen-syms' ``crashing_cpu`` if readable, else the notes' inference."""
+        if isinstance(self.layout, XenSyms) and self.layout.has_symbol("crashing_cpu"):
+            try:
+                value = int.from_bytes(self.read(self.layout.symbol("crashing_cpu"), 4),
+                                       "little", signed=True)
+                if value >= 0:
+                    return value, "Xen's crashing_cpu (xen-syms)"
+            except UnreadableMemory:
+                pass
+        if self.host is not None and self.host.crashing is not None:
+            return self.host.crashing, self.host.crashing_why
+        return None, ""
+
+    def find(self, domid: int, vcpu: int) -> Tuple[HostDomain, HostVcpu]:
+        """Domain ``domid``'s vCPU ``vcpu``.
+
+        :raises OptionError: naming the domains or vCPUs there are.
+        """
+        doms = self.domains()
+        dom = next((d for d in doms if d.domid == domid), None)
+        if dom is None:
+            raise OptionError(f"no domain {domid} on {self.source.name} (domains: "
+                              f"{', '.join(str(d.domid) for d in doms) or 'none'})")
+        v = next((x for x in dom.vcpus if x.vcpu == vcpu), None)
+        if v is None:
+            if not dom.vcpus:
+                raise OptionError(f"domain {domid}: no vCPU state ({self.layout.name} lacks "
+                                  "struct vcpu: give --xen-syms FILE)")
+            raise OptionError(f"domain {domid} has no vCPU {vcpu} (vCPUs: "
+                              f"{', '.join(str(x.vcpu) for x in dom.vcpus)})")
+        return dom, v
+
+    def vcpu_regs(self, v: HostVcpu) -> VcpuRegs:
+        """The registers a walk of ``v``'s tables starts from, with their origin.
+
+        :raises OptionError: for an HVM/PVH vCPU (guest-physical tables) or one with no CR3.
+        """
+        if v.kind not in ("pv64", "pv32"):
+            raise OptionError(f"d{v.domid}v{v.vcpu} is {v.kind.upper()}: its page tables are "
+                              "guest-physical and the p2m (EPT/NPT) translation is not "
+                              "implemented yet")
+        if v.cr3 is None:
+            raise OptionError(f"d{v.domid}v{v.vcpu} has no guest_table (vCPU not initialised)")
+        where = f"d{v.domid}v{v.vcpu} in {self.source.name} ({self.layout.name})"
+        cr0, cr0_from = self._xen_cr0(v.pcpu)
+        notes = list(v.notes) + [f"CR3 is v->arch.guest_table (the guest's kernel L4), state "
+                                 f"{v.state}{', paused' if v.paused else ''}"
+                                 + (f", pCPU {v.pcpu}" if v.pcpu is not None else "")]
+        if cr0_from:
+            notes.append(f"CR0 {cr0:#x} is Xen's (a PV guest runs under it), from {cr0_from}")
+        if v.hw_cr4 is not None and v.kind == "pv64":
+            notes.append(f"CR4 {v.hw_cr4:#x} observed: {v.hw_cr4_origin}; the guest sees "
+                         f"{v.cr4:#x}")
+            return VcpuRegs(index=v.vcpu, cr0=cr0, cr3=v.cr3, cr4=v.hw_cr4, cs=0xE008,
+                            long_mode=True, user_cr3=v.user_cr3,
+                            notes=tuple(notes), origin=where + ", CR4 from the crash notes")
+        if v.hw_cr4 is not None:
+            notes.append(f"pCPU {v.pcpu} ran it with CR4 {v.hw_cr4:#x} ({v.hw_cr4_origin}); a "
+                         "32-bit PV walk starts from the guest's own L3, so the guest view is "
+                         "used")
+        notes.append("CR4 is the guest-visible ctrlreg[4]; the hardware value is derived")
+        return VcpuRegs(index=v.vcpu, cr0=cr0, cr3=v.cr3, cr4=v.cr4, cs=v.cs,
+                        long_mode=True if v.kind == "pv64" else False, user_cr3=v.user_cr3,
+                        cr4_is_guest_view=True, notes=tuple(notes), origin=where)
+
+
+    def _xen_cr0(self, pcpu: Optional[int]) -> Tuple[Optional[int], str]:
+        """Xen's CR0 from the crash notes: the vCPU's pCPU's, else the first saved one's."""
+        saved = [r for r in (self.host.pcpus if self.host is not None else ()) if r.cr0]
+        saved.sort(key=lambda r: r.index != pcpu)
+        if not saved:
+            return None, ""
+        return saved[0].cr0, f"pCPU {saved[0].index}'s crash notes"
+
+
+class DomainVcpuSource(PhysSource):
+    """The host's machine memory seen as one PV vCPU's: reads go to the host source, the only
+    vCPU is the one asked for, the domain kind and Xen version are the host's facts.
+
+    :param host: the :class:`XenHost`.
+    :param dom: the domain; :param vcpu: its vCPU.
+    """
+
+    def __init__(self, host: XenHost, dom: HostDomain, vcpu: HostVcpu):
+        self._host = host
+        self._src = host.source
+        self._regs = host.vcpu_regs(vcpu)
+        self.domain = dom.kind
+        self.xen_version = self._src.xen_version
+        self.translate_frame = None  # tables hold MFNs and the dump is machine memory
+        self.current_vcpu = vcpu.vcpu
+        self.name = f"domain {dom.domid} vCPU {vcpu.vcpu} of {self._src.name}"
+
+    def read(self, paddr: int, size: int) -> bytes:
+        return self._src.read(paddr, size)
+
+    def ranges(self) -> Sequence[Tuple[int, int]]:
+        return self._src.ranges()
+
+    def vcpus(self) -> List[VcpuRegs]:
+        return [self._regs]
+
+    def describe(self) -> str:
+        return f"{self.name} (as Xen recorded it, {self._host.layout.name}); " + \
+            self._src.describe()
+
+
+def open_host(source: PhysSource, xen_syms: Optional[str] = None) -> XenHost:
+    """A :class:`XenHost` for ``source``: DWARF layouts from ``xen_syms`` if given, else the
+    dump's VMCOREINFO_XEN.
+
+    :raises OptionError: if neither is available.
+    """
+    if xen_syms:
+        return XenHost(source, XenSyms(xen_syms))
+    host = getattr(source, "host", None)
+    if host is None or host.vmcoreinfo_xen is None:
+        raise OptionError(f"{source.name} has no VMCOREINFO_XEN note: give --xen-syms FILE")
+    return XenHost(source, VmcoreinfoLayout(host.vmcoreinfo_xen))
+

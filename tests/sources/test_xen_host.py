@@ -1,0 +1,257 @@
+"""Domains and vCPUs of a Xen host, read through a real xen-syms' DWARF from a synthetic crash dump.
+
+The dump's struct domain / struct vcpu bytes are placed at the offsets gdb reports for the same
+xen-syms (``print &((struct vcpu *)0)->arch.pv.ctrlreg``), an oracle independent of our
+pyelftools reader; the facts checked are Xen's (xen_crash_facts: domain_list, vcpu_pagetables,
+vcpu_state, domain_kind, virt_to_maddr). Skipped when no Xen build with DWARF is cached (the pv32
+tier builds one) or gdb is missing.
+"""
+
+import glob
+import re
+import shutil
+import struct
+import subprocess
+
+import pytest
+
+from builder import P, PS, RW, US, Builder
+from gdb_xenpte.errors import OptionError
+from gdb_xenpte.session import Options, prepare
+from gdb_xenpte.sources.open import open_dump
+from gdb_xenpte.xen_host import DomainVcpuSource, XenHost, open_host
+from gdb_xenpte.xen_syms import XenSyms
+from targets.cachedir import cache_root
+from writers import PAGE
+from writers_kexec import (crash_info, nmi_rsp, primary_rsp, vmcoreinfo_xen, write_kexec_elf,
+                           write_makedumpfile, xen_crash_notes)
+
+FIELDS = {
+    "domain": ["domain_id", "next_in_list", "vcpu", "max_vcpus", "options", "arch.pv.is_32bit",
+               "arch.emulation_flags", "pause_count", "controller_pause_count"],
+    "vcpu": ["vcpu_id", "processor", "is_running", "pause_count", "runstate.state",
+             "arch.guest_table", "arch.guest_table_user", "arch.pv.ctrlreg", "arch.hvm.guest_cr",
+             "arch.user_regs.cs", "arch.cr3", "arch.flags"],
+}
+SYMBOLS = ("domain_list", "idle_pg_table", "__image_base__")
+
+
+def _xen_syms():
+    for path in sorted(glob.glob(str(cache_root("pv32") / "xen-*" / "xen-syms"))):
+        return path
+    return None
+
+
+XEN_SYMS = _xen_syms()
+pytestmark = pytest.mark.skipif(XEN_SYMS is None or shutil.which("gdb") is None,
+                                reason="no cached xen-syms with DWARF (tests/pv32 builds one) "
+                                       "or no gdb")
+
+
+@pytest.fixture(scope="module")
+def gdb_layout():
+    """Offsets, sizes and symbols as gdb reads them from the same xen-syms."""
+    cmds = []
+    for st, fields in FIELDS.items():
+        cmds.append(f"print sizeof(struct {st})")
+        cmds += [f"print/x (unsigned long)&((struct {st} *)0)->{f}" for f in fields]
+    cmds += [f"print/x (unsigned long)&{s}" for s in SYMBOLS]
+    out = subprocess.run(["gdb", "-nx", "-batch"] + [a for c in cmds for a in ("-ex", c)]
+                         + [XEN_SYMS], capture_output=True, text=True, timeout=120).stdout
+    values = [int(v, 0) for v in re.findall(r"^\$\d+ = (\S+)$", out, re.M)]
+    assert len(values) == len(cmds), out
+    it = iter(values)
+    layout = {}
+    for st, fields in FIELDS.items():
+        layout[st] = next(it)
+        for f in fields:
+            layout[f"{st}.{f}"] = next(it)
+    for s in SYMBOLS:
+        layout[s] = next(it)
+    return layout
+
+
+DM = 0xFFFF830000000000  # a directmap VA base, mapped below by one 1 GiB page
+PHYS_START = 0x1000000   # xen_phys_start
+MARKER = b"MARKER-d1-v0".ljust(PAGE, b"\x5a")
+
+
+class Host:
+    """Machine memory of a tiny Xen host: dom0 (PV64, running on pCPU 0), d1 (PV64, paused),
+    d2 (HVM), laid out with gdb's offsets."""
+
+    def __init__(self, lay):
+        self.lay = lay
+        self.mem = {}
+        self.image_base = lay["__image_base__"]
+        # idle_pg_table: slot for DM -> an L3 whose entry 0 maps 1 GiB at machine 0.
+        idle = self.m_image(lay["idle_pg_table"])
+        l3 = 0x00F00000
+        self.put(idle + 8 * (DM >> 39 & 511), struct.pack("<Q", l3 | P | RW))
+        self.put(l3, struct.pack("<Q", 0 | P | RW | PS))
+        # A PV64 guest's L4 for d1 mapping the marker page; dom0's a separate L4.
+        d1 = Builder(table_base=0x200000)
+        d1.map(0x7F0000000000, 0x300000, flags=P | RW | US)
+        for addr, page in d1.image().items():
+            self.mem[addr] = bytearray(page)
+        self.mem[0x300000] = bytearray(MARKER)
+        self.d1_l4 = d1.cr3
+        self.d0_l4 = 0x280000
+        self.mem.setdefault(self.d0_l4, bytearray(PAGE))
+
+    def m_image(self, va):
+        return va - self.image_base + PHYS_START
+
+    def put(self, maddr, data):
+        for i, b in enumerate(data):
+            page = self.mem.setdefault((maddr + i) & ~0xFFF, bytearray(PAGE))
+            page[(maddr + i) & 0xFFF] = b
+
+    def field(self, st, base, name, value, size, index=0):
+        self.put(base + self.lay[f"{st}.{name}"] + index * size,
+                 value.to_bytes(size, "little", signed=value < 0))
+
+    def domain(self, maddr, domid, nxt, vcpus, hvm=False, paused=0):
+        f = lambda n, v, s: self.field("domain", maddr, n, v, s)
+        f("domain_id", domid, 2)
+        f("next_in_list", DM + nxt if nxt else 0, 8)
+        f("max_vcpus", len(vcpus), 4)
+        f("options", 1 if hvm else 0, 4)
+        f("arch.emulation_flags", 0x7FF if hvm else 0, 4)
+        f("controller_pause_count", paused, 4)
+        array = maddr + 0x3000
+        f("vcpu", DM + array, 8)
+        for i, v in enumerate(vcpus):
+            self.put(array + 8 * i, struct.pack("<Q", DM + v))
+
+    def vcpu(self, maddr, vid, pcpu, running, state, l4=0, user_l4=0, cr4=0, arch_cr3=0,
+             hvm_cr3=0):
+        f = lambda n, v, s, i=0: self.field("vcpu", maddr, n, v, s, i)
+        f("vcpu_id", vid, 4)
+        f("processor", pcpu, 4)
+        f("is_running", int(running), 1)
+        f("runstate.state", state, 4)
+        f("arch.guest_table", l4 >> 12, 8)
+        f("arch.guest_table_user", user_l4 >> 12, 8)
+        f("arch.pv.ctrlreg", cr4, 8, 4)
+        f("arch.user_regs.cs", 0xE033, 2)
+        f("arch.cr3", arch_cr3, 8)
+        if hvm_cr3:
+            f("arch.hvm.guest_cr", hvm_cr3, 8, 3)
+
+    def build(self):
+        lay = self.lay
+        D0, D1, D2 = 0x400000, 0x410000, 0x420000
+        V00, V10, V11, V20 = 0x500000, 0x510000, 0x518000, 0x520000
+        self.put(self.m_image(lay["domain_list"]), struct.pack("<Q", DM + D0))
+        self.domain(D0, 0, D1, [V00])
+        self.domain(D1, 1, D2, [V10, V11], paused=1)
+        self.domain(D2, 2, 0, [V20], hvm=True)
+        self.vcpu(V00, 0, 0, True, 0, self.d0_l4, 0x281000, 0x6F0, arch_cr3=self.d0_l4)
+        self.vcpu(V10, 0, 1, False, 1, self.d1_l4, 0x211000, 0x6F0, arch_cr3=self.d1_l4)
+        self.vcpu(V11, 1, 1, False, 2, self.d1_l4, 0, 0x6F0)
+        self.vcpu(V20, 0, 1, False, 2, hvm_cr3=0x1234000)
+        # Pad the structs so every byte of struct domain / vcpu is in the dump.
+        for base, st in ((D0, "domain"), (D1, "domain"), (D2, "domain"), (V00, "vcpu"),
+                         (V10, "vcpu"), (V11, "vcpu"), (V20, "vcpu")):
+            for off in range(0, lay[st] + PAGE, PAGE):
+                self.mem.setdefault((base + off) & ~0xFFF, bytearray(PAGE))
+        return {k: bytes(v) for k, v in self.mem.items()}
+
+
+def _notes(host, lay):
+    pcpus = [dict(cr0=0x80050033, cr3=host.d0_l4, cr4=0x3526E0, cs=0xE008, rsp=primary_rsp(0)),
+             dict(cr3=0x00F01000, cr4=0x3526E0, cs=0xE008, rsp=nmi_rsp(1))]
+    return xen_crash_notes(pcpus, crash_info(xen_phys_start=PHYS_START),
+                           vmcoreinfo_xen({"domain_list": lay["domain_list"],
+                                           "pgd_l4": lay["idle_pg_table"]},
+                                          {"domain.domain_id": lay["domain.domain_id"],
+                                           "domain.next_in_list": lay["domain.next_in_list"]}))
+
+
+@pytest.fixture(params=["elf", "makedumpfile"])
+def dump(tmp_path, gdb_layout, request):
+    host = Host(gdb_layout)
+    pages = host.build()
+    path = tmp_path / "host.dump"
+    notes = _notes(host, gdb_layout)
+    if request.param == "elf":
+        write_kexec_elf(path, pages, notes)
+    else:
+        write_makedumpfile(path, pages, notes)
+    return str(path), host
+
+
+def test_dwarf_offsets_agree_with_gdb(gdb_layout):
+    syms = XenSyms(XEN_SYMS)
+    for key, want in gdb_layout.items():
+        st, _, path = key.partition(".")
+        if key in SYMBOLS:
+            assert syms.symbol(key) == want, key
+        elif not path:
+            assert syms.size(st) == want, key
+        else:
+            assert syms.field(st, path).offset == want, key
+
+
+def test_domains_and_vcpus_as_xen_recorded_them(dump):
+    path, host = dump
+    with open_dump(path) as src:
+        xh = open_host(src, XEN_SYMS)
+        doms = xh.domains()
+        assert [(d.domid, d.kind) for d in doms] == [(0, "pv64"), (1, "pv64"), (2, "hvm")]
+        d0, d1, d2 = doms
+        (v00,) = d0.vcpus
+        assert (v00.cr3, v00.user_cr3, v00.cr4, v00.pcpu, v00.running, v00.state) == \
+            (host.d0_l4, 0x281000, 0x6F0, 0, True, "running")
+        # Running on pCPU 0, whose crash-note CR3 is its arch.cr3: the hardware CR4 is observed.
+        assert v00.hw_cr4 == 0x3526E0 and "pCPU 0" in v00.hw_cr4_origin
+        v10, v11 = d1.vcpus
+        assert d1.paused and v10.paused and (v10.state, v11.state) == ("runnable", "blocked")
+        assert v10.cr3 == host.d1_l4 and v10.hw_cr4 is None and v10.cs == 0xE033
+        assert d2.vcpus[0].cr3 == 0x1234000 and d2.vcpus[0].kind == "hvm"
+        rec = v10.record()
+        assert rec["type"] == "vcpu" and rec["domid"] == 1 and rec["cr3"] == hex(host.d1_l4)
+
+
+def test_domid_walk_reaches_the_marker_page(dump):
+    path, host = dump
+    with open_dump(path) as src:
+        xh = open_host(src, XEN_SYMS)
+        dom, v = xh.find(1, 0)
+        view = DomainVcpuSource(xh, dom, v)
+        s = prepare(view, Options(vcpu=0))
+        assert s.domain == "pv64" and s.regs.cr4_is_guest_view and "d1v0" in s.regs.origin
+        m = s.walker().trace(0x7F0000000000).mapping
+        assert m is not None and m.pa == 0x300000
+        assert view.read(m.pa, 12) == MARKER[:12]
+
+
+def test_errors_name_what_exists(dump):
+    path, _host = dump
+    with open_dump(path) as src:
+        xh = open_host(src, XEN_SYMS)
+        with pytest.raises(OptionError, match=r"no domain 7 .*domains: 0, 1, 2"):
+            xh.find(7, 0)
+        with pytest.raises(OptionError, match=r"no vCPU 5 \(vCPUs: 0, 1\)"):
+            xh.find(1, 5)
+        dom, v = xh.find(2, 0)
+        with pytest.raises(OptionError, match="guest-physical"):
+            DomainVcpuSource(xh, dom, v)
+
+
+def test_vmcoreinfo_alone_lists_domain_ids(dump):
+    path, _host = dump
+    with open_dump(path) as src:
+        xh = open_host(src)
+        assert [d.domid for d in xh.domains()] == [0, 1, 2]
+        with pytest.raises(OptionError, match="--xen-syms"):
+            xh.find(1, 0)
+
+
+def test_crashing_pcpu(dump):
+    path, _host = dump
+    with open_dump(path) as src:
+        xh = open_host(src, XEN_SYMS)
+        # crashing_cpu is not in this synthetic image: the notes' inference answers.
+        assert xh.crashing_pcpu()[0] == 0
