@@ -26,7 +26,7 @@ from elftools.elf.sections import SymbolTableSection
 
 from .errors import OptionError, SourceError
 
-__all__ = ["Field", "MissingLayout", "VmcoreinfoLayout", "XenSyms"]
+__all__ = ["Field", "MissingLayout", "VmcoreinfoLayout", "XenSyms", "first_symbol"]
 
 _QUALIFIERS = ("DW_TAG_typedef", "DW_TAG_const_type", "DW_TAG_volatile_type",
                "DW_TAG_atomic_type", "DW_TAG_restrict_type")
