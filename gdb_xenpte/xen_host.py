@@ -53,7 +53,9 @@ class HostVcpu:
         the guest's CR3 (guest-physical).
     :param cr4: the CR4 the guest sees (PV ``ctrlreg[4]``, HVM ``guest_cr[4]``).
     :param hw_cr4: the hardware CR4 it ran with, when observed (a pCPU running it saved it).
-    :param state: ``running``, ``runnable``, ``blocked``, ``offline`` (Xen's runstate).
+    :param state: ``running`` (a pCPU runs it), ``paused`` (its or its domain's pause count is
+        non-zero), else Xen's runstate: ``runnable``, ``blocked``, ``offline``.
+    :param runstate: Xen's ``runstate.state`` as recorded (a paused vCPU is ``offline`` there).
     """
 
     domid: int
@@ -69,6 +71,7 @@ class HostVcpu:
     cs: Optional[int] = None
     state: str = "unknown"
     paused: bool = False
+    runstate: str = "unknown"
     running: bool = False
     pcpu: Optional[int] = None
     in_kernel: Optional[bool] = None
@@ -81,7 +84,8 @@ class HostVcpu:
         return {"type": "vcpu", "domid": self.domid, "vcpu": self.vcpu, "kind": self.kind,
                 "cr3": hx(self.cr3), "user_cr3": hx(self.user_cr3), "cr4": hx(self.cr4),
                 "hw_cr4": hx(self.hw_cr4), "hw_cr4_origin": self.hw_cr4_origin or None,
-                "cs": hx(self.cs), "state": self.state, "paused": self.paused,
+                "cs": hx(self.cs), "state": self.state, "runstate": self.runstate,
+                "paused": self.paused,
                 "running": self.running, "pcpu": self.pcpu, "struct_vcpu": hx(self.address),
                 "notes": list(self.notes)}
 
@@ -253,8 +257,9 @@ class XenHost:
         hw_cr4, hw_origin = self._observed_cr4(g("arch.cr3"), running, pcpu)
         if running and hw_cr4 is None:
             notes.append("marked running, but no pCPU's crash-note CR3 is its arch.cr3")
+        state = "running" if running else "paused" if paused else runstate
         return HostVcpu(dom.domid, vid, dom.kind or "unknown", cr3, cr4, user, cr0, efer, hw_cr4,
-                        hw_origin, cs, runstate, paused, running, pcpu, in_kernel, address,
+                        hw_origin, cs, state, paused, runstate, running, pcpu, in_kernel, address,
                         tuple(notes))
 
     def _observed_cr4(self, arch_cr3: Optional[int], running: bool,

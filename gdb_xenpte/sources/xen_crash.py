@@ -48,8 +48,6 @@ GREGS = ("r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "ra
 _CRASH_REGS = struct.Struct("<4Q")
 _CRASH_INFO_FIELDS = ("major", "minor", "extra_version", "changeset", "compiler", "compile_date",
                       "compile_time", "tainted", "xen_phys_start", "dom0_p2m_frame_list_list")
-_STACK_PAGES = 8  # Xen's per-pCPU stack: 8 pages, 8-page aligned (asm/current.h)
-_PRIMARY_STACK_PAGE = 6  # pages 6-7: the primary stack; 0-5 IST and shadow stacks
 
 
 def is_kexec_note(note: Note) -> bool:
@@ -120,7 +118,7 @@ class HostNotes:
 
     :param pcpus: one :class:`VcpuRegs` per pCPU (``index`` = pCPU number), online=False for a
         pCPU that saved nothing.
-    :param rsp: each pCPU's saved RSP (None if not saved), for :attr:`crashing`.
+    :param rsp: each pCPU's saved RSP (None if not saved).
     :param crashing: the pCPU that crashed, or None if the notes do not tell.
     :param crashing_why: how :attr:`crashing` was decided.
     """
@@ -225,21 +223,18 @@ def _crash_info(note: Note, what: str) -> CrashInfo:
 
 
 def _find_crashing(host: HostNotes) -> None:
-    """Tell the crashing pCPU from those it NMI'd: the one that saved its state on its primary
-    stack (pages 6-7 of Xen's 8-page stack); the others saved theirs in the NMI handler, on an
-    IST stack (pages 0-5)."""
+    """The crashing pCPU, when the notes alone tell: only when it is the one pCPU that saved.
+
+    Nothing in the notes names the crashing pCPU (every pCPU saves the same registers from the
+    same function); a stack-page inference was tried and does not hold on a real Xen 4.17 dump
+    (the NMI'd pCPU saved on its primary stack too). xen-syms' crashing_cpu answers for certain
+    (:meth:`gdb_xenpte.xen_host.XenHost.crashing_pcpu`).
+    """
     saved = [i for i, r in enumerate(host.rsp) if r is not None]
     if len(saved) == 1:
         host.crashing = saved[0]
         host.crashing_why = ("the only pCPU" if len(host.pcpus) == 1 else
                              "the only pCPU that saved its state")
-        return
-    primary = [i for i in saved if host.rsp[i] >> 12 & (_STACK_PAGES - 1) >= _PRIMARY_STACK_PAGE]
-    if len(primary) == 1:
-        host.crashing = primary[0]
-        host.crashing_why = ("inferred: the only pCPU whose saved RSP is on its primary stack; "
-                             "the others saved theirs in the crash NMI handler, on an IST stack")
     elif saved:
-        host.remarks += ("which pCPU crashed is not told by the notes (every saved RSP is on "
-                         f"{'an IST' if not primary else 'a primary'} stack); xen-syms' "
-                         "crashing_cpu would tell",)
+        host.remarks += ("which pCPU crashed: the notes do not say (xen-syms' crashing_cpu "
+                         "does: give --xen-syms)",)

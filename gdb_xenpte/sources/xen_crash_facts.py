@@ -50,12 +50,12 @@ CRASH_FACTS: Dict[str, XenFact] = {f.key: f for f in (
             "xen/common/kexec.c kexec_crash_save_info(); xen/arch/x86/crash.c "
             "machine_crash_shutdown()", "", _CHECKED),
     XenFact("crash_shootdown", "the crashing pCPU saves its own notes in kexec_crash() after "
-            "NMI-ing every other pCPU; those save theirs from the NMI handler do_nmi_crash(), on "
-            "their NMI IST stack, so the crashing pCPU is the one whose saved RSP is on a "
-            "different stack page (unless it crashed from an NMI itself); xen-syms' static "
-            "crashing_cpu (crash.c) names it for certain",
+            "NMI-ing every other pCPU (those save theirs from do_nmi_crash()); every pCPU saves "
+            "the same registers from the same function, so the notes do not name the crashing "
+            "one; kexec.c's static crashing_cpu (one_cpu_only(), 'crashing_cpu.N' in xen-syms) "
+            "holds its number (-1 before a crash)",
             "xen/arch/x86/crash.c do_nmi_crash(), nmi_shootdown_cpus(); xen/common/kexec.c "
-            f"kexec_crash(); {_ASM}/current.h (stack layout)", "", _CHECKED),
+            "one_cpu_only(), kexec_crash()", "", _CHECKED),
     XenFact("vmcoreinfo_xen", "the VMCOREINFO_XEN note (name 'VMCOREINFO_XEN', type 0) holds "
             "text lines PAGESIZE=, SYMBOL(domain_list|frame_table|max_page|dom_xen|dom_io|"
             "pgd_l4)=hex VA, SIZE(page_info|domain)=, OFFSET(page_info.count_info|_domain)=, "

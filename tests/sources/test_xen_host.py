@@ -207,7 +207,9 @@ def test_domains_and_vcpus_as_xen_recorded_them(dump):
         # Running on pCPU 0, whose crash-note CR3 is its arch.cr3: the hardware CR4 is observed.
         assert v00.hw_cr4 == 0x3526E0 and "pCPU 0" in v00.hw_cr4_origin
         v10, v11 = d1.vcpus
-        assert d1.paused and v10.paused and (v10.state, v11.state) == ("runnable", "blocked")
+        assert d1.paused and v10.paused and (v10.state, v11.state) == ("paused", "paused")
+        assert (v10.runstate, v11.runstate) == ("runnable", "blocked")
+        assert d2.vcpus[0].state == "blocked" and not d2.vcpus[0].paused
         assert v10.cr3 == host.d1_l4 and v10.hw_cr4 is None and v10.cs == 0xE033
         assert d2.vcpus[0].cr3 == 0x1234000 and d2.vcpus[0].kind == "hvm"
         rec = v10.record()
@@ -249,9 +251,20 @@ def test_vmcoreinfo_alone_lists_domain_ids(dump):
             xh.find(1, 0)
 
 
-def test_crashing_pcpu(dump):
-    path, _host = dump
-    with open_dump(path) as src:
-        xh = open_host(src, XEN_SYMS)
-        # crashing_cpu is not in this synthetic image: the notes' inference answers.
-        assert xh.crashing_pcpu()[0] == 0
+def test_crashing_pcpu_from_xen_syms(tmp_path, gdb_layout):
+    """kexec.c's static crashing_cpu (nm names it crashing_cpu.N) says which pCPU crashed."""
+    if shutil.which("nm") is None:
+        pytest.skip("no nm")
+    nm = subprocess.run(["nm", XEN_SYMS], capture_output=True, text=True, timeout=60).stdout
+    (addr,) = [int(line.split()[0], 16) for line in nm.splitlines()
+               if line.split()[-1].split(".")[0] == "crashing_cpu"]
+    host = Host(gdb_layout)
+    pages = host.build()
+    host.mem = {k: bytearray(v) for k, v in pages.items()}
+    host.put(host.m_image(addr), struct.pack("<i", 1))
+    path = tmp_path / "c.vmcore"
+    write_kexec_elf(path, {k: bytes(v) for k, v in host.mem.items()}, _notes(host, gdb_layout))
+    with open_dump(str(path)) as src:
+        assert src.host.crashing is None  # two pCPUs saved: the notes alone cannot tell
+        assert open_host(src, XEN_SYMS).crashing_pcpu() == (1, "Xen's crashing_cpu (xen-syms)")
+        assert open_host(src).crashing_pcpu() == (None, "")
