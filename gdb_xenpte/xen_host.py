@@ -287,6 +287,16 @@ class XenHost:
             return self.host.crashing, self.host.crashing_why
         return None, ""
 
+    def xen_cr4(self) -> Optional[int]:
+        """Xen's own CR4 (``mmu_cr4_features``) read from the dump, or None (no xen-syms, or
+        not in the dump): an observation the PV CR4 derivation can start from."""
+        if not isinstance(self.layout, XenSyms) or not self.layout.has_symbol("mmu_cr4_features"):
+            return None
+        try:
+            return self._u(self.layout.symbol("mmu_cr4_features"))
+        except UnreadableMemory:
+            return None
+
     def find(self, domid: int, vcpu: int) -> Tuple[HostDomain, HostVcpu]:
         """Domain ``domid``'s vCPU ``vcpu``.
 
@@ -335,6 +345,10 @@ class XenHost:
                          "32-bit PV walk starts from the guest's own L3, so the guest view is "
                          "used")
         notes.append("CR4 is the guest-visible ctrlreg[4]; the hardware value is derived")
+        xen_cr4 = self.xen_cr4()
+        if xen_cr4 is not None:
+            notes.append(f"Xen's own CR4 in this dump (mmu_cr4_features, observed) is "
+                         f"{xen_cr4:#x}: give --xen-cr4 {xen_cr4:#x} to xen-cr4 to derive from it")
         return VcpuRegs(index=v.vcpu, cr0=cr0, cr3=v.cr3, cr4=v.cr4, cs=v.cs,
                         long_mode=True if v.kind == "pv64" else False, user_cr3=v.user_cr3,
                         cr4_is_guest_view=True, notes=tuple(notes), origin=where)
@@ -379,6 +393,11 @@ class DomainVcpuSource(PhysSource):
     def describe(self) -> str:
         return f"{self.name} (as Xen recorded it, {self._host.layout.name}); " + \
             self._src.describe()
+
+    def close(self) -> None:
+        """Close the host source and the xen-syms file."""
+        self._host.layout.close()
+        self._src.close()
 
 
 def open_host(source: PhysSource, xen_syms: Optional[str] = None) -> XenHost:

@@ -24,6 +24,7 @@ from .base import XenPteCommand, style, write_lines
 from .context import (add_cpu_options, add_source_options, add_xen_options, domain_and_xen,
                       guest_cr4_of, make_policy, open_source, options, setup)
 from .filters import build_filter
+from .hostargs import add_host_options
 
 __all__ = [
     "XenCr4Command",
@@ -280,6 +281,7 @@ class XenCr4Command(XenPteCommand):
         g = p.add_argument_group("source (when VALUE is not given)")
         g.add_argument("--core", metavar="FILE", help="take CR4 from a dump's vCPU")
         g.add_argument("--vcpu", metavar="N", type=int_in(0, 4095), help="which vCPU's CR4")
+        add_host_options(p)  # --domid N, --xen-syms FILE (issue 16)
         add_xen_options(p)
         p.add_argument("--xen-cr4", metavar="VALUE", type=address,
                        help="Xen's own CR4 (mmu_cr4_features) when known, e.g. read in Xen's "

@@ -1,0 +1,81 @@
+"""``xen-domains`` output: the host's pCPUs and every domain's vCPUs, as text or JSON records.
+
+Text: a header (source, Xen version, crashing pCPU and how that is known), one row per pCPU (CR3,
+CR4 from the crash notes) and one row per vCPU (domain, kind, state, pCPU, CR3, user CR3, the CR4
+the guest sees and the hardware CR4 where observed). JSON: one ``{"type": "pcpu", ...}`` record
+per pCPU, one ``{"type": "vcpu", ...}`` per vCPU
+(:meth:`gdb_xenpte.xen_host.HostVcpu.record`), then ``{"type": "domain", ...}`` per domain,
+after one ``{"type": "host", ...}`` record (source, layout, Xen's own CR4, crashing pCPU).
+
+Failure modes: none of its own; an unknown value renders as ``-`` (text) or ``null`` (JSON).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+from .common import hexa
+
+__all__ = ["domain_records", "domains_text"]
+
+
+def _h(value: Optional[int]) -> str:
+    return "-" if value is None else f"{value:#x}"
+
+
+def _table(rows: List[List[str]], head: List[str]) -> List[str]:
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return [line(head), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
+
+
+def domain_records(pcpus: Sequence, domains: Sequence, crashing: Optional[int],
+                   crashing_why: str, host: Optional[Dict[str, Any]] = None
+                   ) -> List[Dict[str, Any]]:
+    """The JSON records: a ``host`` record (``host`` fields plus the crashing pCPU), pCPUs,
+    vCPUs, then domains."""
+    out: List[Dict[str, Any]] = [{"type": "host", **(host or {}), "crashed_pcpu": crashing,
+                                  "crashed_how": crashing_why or None}]
+    for r in pcpus:
+        out.append({"type": "pcpu", "pcpu": r.index, "online": r.online, "cr0": hexa(r.cr0),
+                    "cr3": hexa(r.cr3), "cr4": hexa(r.cr4), "cs": hexa(r.cs), "rip": hexa(r.rip),
+                    "crashed": r.index == crashing if crashing is not None else None,
+                    "origin": r.origin})
+    for d in domains:
+        out += [v.record() for v in d.vcpus]
+    for d in domains:
+        out.append({"type": "domain", "domid": d.domid, "kind": d.kind, "paused": d.paused,
+                    "dying": d.dying, "max_vcpus": d.max_vcpus, "vcpus": len(d.vcpus),
+                    "struct_domain": hexa(d.address), "notes": list(d.notes)})
+    return out
+
+
+def domains_text(source_line: str, layout_name: str, pcpus: Sequence, domains: Sequence,
+                 crashing: Optional[int], crashing_why: str, notes: Sequence[str] = ()
+                 ) -> List[str]:
+    """The ``xen-domains`` text: header, pCPU table, vCPU table, notes."""
+    out = [f"source: {source_line}", f"layout: {layout_name}",
+           "crashed: " + (f"pCPU {crashing} ({crashing_why})" if crashing is not None
+                          else "unknown")]
+    if pcpus:
+        rows = [[str(r.index), "yes" if r.online else "no", _h(r.cr3), _h(r.cr4), _h(r.cs),
+                 "*" if r.index == crashing else ""] for r in pcpus]
+        out += ["", "pCPUs (Xen crash notes):"] + _table(rows, ["pcpu", "saved", "cr3", "cr4",
+                                                                 "cs", "crashed"])
+    rows = []
+    for d in domains:
+        if not d.vcpus:
+            rows.append([str(d.domid), "-", d.kind or "?", "paused" if d.paused else "-", "-",
+                         "-", "-", "-", "-"])
+        for v in d.vcpus:
+            rows.append([str(v.domid), str(v.vcpu), v.kind, v.state,
+                         "-" if v.pcpu is None else str(v.pcpu), _h(v.cr3), _h(v.user_cr3),
+                         _h(v.cr4), _h(v.hw_cr4)])
+    out += ["", "vCPUs (as Xen recorded them):"] + _table(
+        rows, ["domid", "vcpu", "kind", "state", "pcpu", "cr3", "user_cr3", "guest_cr4",
+               "hw_cr4"])
+    out += [f"note: {n}" for n in notes]
+    if any(v.hw_cr4 is not None for d in domains for v in d.vcpus):
+        out.append("note: hw_cr4 is observed (the CR4 of the pCPU running that vCPU when it saved "
+                   "its crash notes); elsewhere the walk derives it from Xen's policy")
+    return out
