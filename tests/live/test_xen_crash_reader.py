@@ -1,0 +1,104 @@
+"""Our reader on a genuine Xen 4.17 kexec crash dump (``xl debug-keys C`` -> crash kernel -> ``dd``
+of /proc/vmcore) and its makedumpfile copy, checked against what Xen's own tools said before the
+crash (the ``xen_crash`` fixture's manifest, tests/targets/xen_crash.py):
+
+* every pCPU is read from the crash notes and walked with their CR3/CR4: each pCPU's L4 maps Xen's
+  image (Xen's L4 slots are in every L4) at ``xen_phys_start`` + its offset, as CRASH_INFO says;
+  the pCPU running the "running" domU saved the CR3/CR4 that ``xl debug-keys d`` printed for it;
+* ``xen-domains`` lists dom0 and every domU, each vCPU's CR3 equal to what ``xenctx -a`` printed;
+  the crashed pCPU is the one Xen's crash path took;
+* ``--domid N`` walks each domU's marker VA to the machine frame its p2m gives (``xen-mfndump``),
+  and the bytes there are the marker the domU wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from tests.gdb.gdbrun import run_gdb
+from gdb_xenpte.session import Options, prepare
+from gdb_xenpte.sources.open import open_dump
+from gdb_xenpte.xen_host import DomainVcpuSource, open_host
+
+pytestmark = [pytest.mark.live, pytest.mark.slow]
+
+FILES = ("vmcore_elf", "vmcore_kdump")
+
+
+@pytest.fixture(params=FILES, ids=["elf", "makedumpfile"])
+def dump(xen_crash, request):
+    return xen_crash[request.param]
+
+
+def _domus(xen_crash):
+    return [d for d in xen_crash["domains"] if d["domid"] != 0]
+
+
+def test_every_pcpu_walked_with_its_crash_note_registers(xen_crash, dump):
+    with open_dump(dump) as src:
+        pcpus = src.vcpus()
+        assert [p.index for p in pcpus] == list(range(xen_crash["pcpus"]))
+        start = src.host.info.xen_phys_start
+        syms = open_host(src, xen_crash["xen_syms"])
+        image_va = syms.layout.symbol("_start")
+        image_base = syms.xen_virt_start
+        for p in pcpus:
+            assert p.online and p.cr3 and p.cr4 and f"pCPU {p.index}" in p.origin
+            s = prepare(src, Options(vcpu=p.index))
+            assert s.cpu.cr3 == p.cr3 and s.guest_cr4 == p.cr4  # the notes' values, not policy's
+            m = s.walker().trace(image_va).mapping
+            assert m is not None and m.pa == start + image_va - image_base
+        seen = {d["pcpu"]: d for d in xen_crash["debug_key_d"]}
+        running = next(d for d in _domus(xen_crash) if d["state"] == "running")
+        key_d = next(d for d in seen.values() if d["domid"] == running["domid"])
+        saved = pcpus[key_d["pcpu"]]
+        assert (saved.cr3, saved.cr4) == (key_d["cr3"], key_d["cr4"])
+
+
+def test_xen_domains_lists_every_domain_with_xenctx_cr3(xen_crash, dump):
+    res = run_gdb(f"xen-domains --core {dump} --xen-syms {xen_crash['xen_syms']} --json",
+                  timeout=300)
+    records = res.json_lines()
+    assert records, res.stderr
+    host = records[0]
+    assert host["type"] == "host" and host["crashed_pcpu"] == xen_crash["crashed_pcpu"]
+    vcpus = {(r["domid"], r["vcpu"]): r for r in records if r["type"] == "vcpu"}
+    assert {d for d, _v in vcpus} == {d["domid"] for d in xen_crash["domains"]}
+    for dom in xen_crash["domains"]:
+        for v in dom["vcpus"]:
+            rec = vcpus[(dom["domid"], v["vcpu"])]
+            assert rec["kind"] == dom["kind"] and rec["pcpu"] == v["pcpu"]
+            if "cr3" in v:  # domUs: xenctx -a
+                assert int(rec["cr3"], 16) == v["cr3"] and int(rec["cr4"], 16) == v["cr4"]
+            assert (rec["state"] == "paused") == (dom["state"] == "paused")
+
+
+def test_domid_reaches_each_marker_at_its_p2m_mfn(xen_crash, dump):
+    for dom in _domus(xen_crash):
+        marker = dom["marker"]
+        res = run_gdb(f"xen-pte-walk --core {dump} --xen-syms {xen_crash['xen_syms']} "
+                      f"--domid {dom['domid']} --json {marker['va']:#x}", timeout=300)
+        records = res.json_lines()
+        assert records, res.stderr
+        header, trace, mapping = records[0], records[1], records[2]
+        assert header["domain"] == "pv64" and trace["type"] == "trace"
+        assert f"domain {dom['domid']} vCPU 0 of" in header["source"]
+        assert int(mapping["pa"], 16) == marker["mfn"] << 12 == marker["maddr"]
+        with open_dump(dump) as src:
+            data = src.read(marker["maddr"], 4096)
+        assert hashlib.sha256(data).hexdigest() == marker["sha256"]
+        assert data == Path(marker["file"]).read_bytes()
+
+
+def test_engine_domid_view_matches_the_command(xen_crash, dump):
+    """The engine path the command uses: DomainVcpuSource over the host dump."""
+    with open_dump(dump) as src:
+        host = open_host(src, xen_crash["xen_syms"])
+        for dom in _domus(xen_crash):
+            d, v = host.find(dom["domid"], 0)
+            s = prepare(DomainVcpuSource(host, d, v), Options(vcpu=0))
+            m = s.walker().trace(dom["marker"]["va"]).mapping
+            assert m.pa == dom["marker"]["maddr"] and s.domain == "pv64"
