@@ -173,7 +173,12 @@ class XenHost:
         out = []
         while size > 0:
             take = min(size, 4096 - (va & 0xFFF))
-            out.append(self.source.read(self.maddr(va), take))
+            maddr = self.maddr(va)
+            try:
+                out.append(self.source.read(maddr, take))
+            except UnreadableMemory as err:
+                reason = err.detail.rsplit(" at physical address", 1)[0]
+                raise UnreadableMemory(err.what, err.paddr, f"Xen VA {va:#x}: {reason}") from None
             va += take
             size -= take
         return b"".join(out)

@@ -14,10 +14,10 @@ from .args import GdbArgumentParser
 from .base import XenPteCommand, write_lines
 from .hostargs import add_host_options, xen_syms_path
 
-__all__ = ["XenDomainsCommand", "register"]
+__all__ = ["XenPteDomainsCommand", "register"]
 
 
-class XenDomainsCommand(XenPteCommand):
+class XenPteDomainsCommand(XenPteCommand):
     """List a Xen host's pCPUs, domains and vCPUs from its crash dump.
 
     Each pCPU with the CR3/CR4 it saved in Xen's crash notes and which one crashed; each domain
@@ -71,4 +71,4 @@ class XenDomainsCommand(XenPteCommand):
 
 def register() -> List[gdb.Command]:
     """Create the ``xen-domains`` command."""
-    return [XenDomainsCommand()]
+    return [XenPteDomainsCommand()]
