@@ -102,3 +102,18 @@ def test_engine_domid_view_matches_the_command(xen_crash, dump):
             s = prepare(DomainVcpuSource(host, d, v), Options(vcpu=0))
             m = s.walker().trace(dom["marker"]["va"]).mapping
             assert m.pa == dom["marker"]["maddr"] and s.domain == "pv64"
+
+
+def test_xen_pte_dump_vcpu_all_walks_every_pcpu(xen_crash, dump, tmp_path):
+    """``xen-pte-dump --vcpu all`` on the host dump: one walk per pCPU (distinct CR3), each with
+    the CR3/CR4 the pCPU saved."""
+    from tests.batch.batchrun import read_jsonl, run_tool
+    out = tmp_path / "host.jsonl"
+    res = run_tool("xen_pte_dump", "--core", dump, "--vcpu", "all", "-o", out, timeout=600)
+    assert res.returncode == 0, res.stderr
+    headers = [r for r in read_jsonl(out) if r["type"] == "header"]
+    with open_dump(dump) as src:
+        expected = {p.index: (hex(p.cr3), hex(p.cr4)) for p in src.vcpus()}
+    walked = {h["vcpu"]: (h["cr3"], h["effective_cr4"]) for h in headers}
+    assert len({cr3 for cr3, _ in expected.values()}) == len(headers)
+    assert all(walked[i] == expected[i] for i in walked)
