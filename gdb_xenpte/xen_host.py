@@ -16,8 +16,8 @@ and the session derives the hardware value from Xen's policy.
 
 Failure modes: :class:`~gdb_xenpte.errors.OptionError` for a domain or vCPU that does not exist,
 a layout without what is asked (names ``--xen-syms``), an HVM/PVH vCPU asked to be walked (its
-tables are guest-physical; p2m translation is not implemented), or a dump without
-CRASH_INFO's xen_phys_start; :class:`~gdb_xenpte.errors.UnreadableMemory` (naming the VA and the
+tables are guest-physical; p2m translation is not implemented), or a source without
+CRASH_INFO's xen_phys_start where no CPU's CR3 maps Xen's image either; :class:`~gdb_xenpte.errors.UnreadableMemory` (naming the VA and the
 machine address) for Xen memory the dump lacks.
 """
 
@@ -117,27 +117,57 @@ class XenHost:
         self.source = source
         self.layout = layout
         self.host = getattr(source, "host", None)
-        info = self.host.info if self.host is not None else None
-        if xen_phys_start is None and info is not None:
-            xen_phys_start = info.xen_phys_start
-        if xen_phys_start is None:
-            raise OptionError(f"{source.name}: xen_phys_start unknown (no Xen CRASH_INFO note), "
-                              "so Xen's virtual addresses cannot be translated")
-        self.xen_phys_start = xen_phys_start
+        self.notes: List[str] = []
+        self._tables: Dict[int, bytes] = {}
         idle = first_symbol(layout, ("idle_pg_table", "pgd_l4"))
         if idle is None:
             raise OptionError(f"{layout.name} names no idle_pg_table: give --xen-syms FILE")
         base = first_symbol(layout, ("__image_base__", "__XEN_VIRT_START"))
         # XEN_VIRT_START is GiB-aligned and the image lies in that GiB (virt_to_maddr fact).
         self.xen_virt_start = base if base is not None else idle & ~(GIB - 1)
+        info = self.host.info if self.host is not None else None
+        if xen_phys_start is None and info is not None:
+            xen_phys_start = info.xen_phys_start
+        if xen_phys_start is None:
+            xen_phys_start = self._phys_start_from_cpus(idle)
+        self.xen_phys_start = xen_phys_start
         self.idle_pg_table = self._image_maddr(idle)
-        self._tables: Dict[int, bytes] = {}
-        self.notes: List[str] = []
         if isinstance(layout, VmcoreinfoLayout):
             self.notes.append("layout from VMCOREINFO_XEN only: domain ids and kinds need "
                               "--xen-syms for vCPU state")
 
     # -- Xen virtual memory ----------------------------------------------------------------------
+
+    def _walk(self, root: int, va: int) -> Optional[int]:
+        """``va`` through the 4-level tables at machine address ``root``, or None."""
+        table = root & _ADDR
+        try:
+            for level, shift in ((4, 39), (3, 30), (2, 21), (1, 12)):
+                entry = self._entry(table, va >> shift & 511)
+                if not entry & _P:
+                    return None
+                if level in (3, 2) and entry & _PS:
+                    size = 1 << shift
+                    return (entry & _ADDR & ~(size - 1)) | (va & (size - 1))
+                table = entry & _ADDR
+        except UnreadableMemory:
+            return None
+        return table | (va & 0xFFF)
+
+    def _phys_start_from_cpus(self, idle: int) -> int:
+        """No CRASH_INFO (a QEMU dump of a Xen host, a live Xen): every L4 carries Xen's slots,
+        so any CPU's CR3 maps Xen's image; where ``idle_pg_table`` lands gives xen_phys_start."""
+        for regs in self.source.vcpus():
+            if regs.cr3 is None or regs.long_mode is False:
+                continue
+            maddr = self._walk(regs.cr3, idle)
+            if maddr is not None:
+                self.notes.append(f"xen_phys_start {maddr - (idle - self.xen_virt_start):#x} "
+                                  f"found by walking idle_pg_table's VA through CPU "
+                                  f"{regs.index}'s CR3 {regs.cr3:#x} (no Xen CRASH_INFO note)")
+                return maddr - (idle - self.xen_virt_start)
+        raise OptionError(f"{self.source.name}: xen_phys_start unknown (no Xen CRASH_INFO note, "
+                          "and no CPU's CR3 maps Xen's image)")
 
     def _image_maddr(self, va: int) -> int:
         return va - self.xen_virt_start + self.xen_phys_start
@@ -269,13 +299,13 @@ class XenHost:
 
     def _observed_cr4(self, arch_cr3: Optional[int], running: bool,
                       pcpu: Optional[int]) -> Tuple[Optional[int], str]:
-        if not running or arch_cr3 is None or self.host is None or pcpu is None:
+        if not running or arch_cr3 is None or pcpu is None:
             return None, ""
-        for regs in self.host.pcpus:
+        for regs in self._cpus():
             if regs.index == pcpu and regs.cr3 is not None and regs.cr4 is not None \
                     and regs.cr3 & _ADDR == arch_cr3 & _ADDR:
-                return regs.cr4, (f"CRASH_REGS of pCPU {pcpu}, which was running this vCPU "
-                                  f"(its CR3 {regs.cr3:#x} is v->arch.cr3)")
+                return regs.cr4, (f"{regs.origin or f'pCPU {pcpu}'}: that pCPU was running "
+                                  f"this vCPU (its CR3 {regs.cr3:#x} is v->arch.cr3)")
         return None, ""
 
     def crashing_pcpu(self) -> Tuple[Optional[int], str]:
@@ -359,13 +389,18 @@ class XenHost:
                         cr4_is_guest_view=True, notes=tuple(notes), origin=where)
 
 
+    def _cpus(self) -> List[VcpuRegs]:
+        """The physical CPUs' registers: a crash dump's pCPUs, a QEMU dump's or a live Xen's
+        vCPUs (which are Xen's pCPUs)."""
+        return [r for r in self.source.vcpus() if r.online]
+
     def _xen_cr0(self, pcpu: Optional[int]) -> Tuple[Optional[int], str]:
         """Xen's CR0 from the crash notes: the vCPU's pCPU's, else the first saved one's."""
-        saved = [r for r in (self.host.pcpus if self.host is not None else ()) if r.cr0]
+        saved = [r for r in self._cpus() if r.cr0]
         saved.sort(key=lambda r: r.index != pcpu)
         if not saved:
             return None, ""
-        return saved[0].cr0, f"pCPU {saved[0].index}'s crash notes"
+        return saved[0].cr0, saved[0].origin or f"pCPU {saved[0].index}"
 
 
 class DomainVcpuSource(PhysSource):
@@ -407,7 +442,8 @@ class DomainVcpuSource(PhysSource):
 
 def open_host(source: PhysSource, xen_syms: Optional[str] = None) -> XenHost:
     """A :class:`XenHost` for ``source``: DWARF layouts from ``xen_syms`` if given, else the
-    dump's VMCOREINFO_XEN.
+    dump's VMCOREINFO_XEN. Any source of machine memory works with ``xen_syms`` (a QEMU dump of
+    a Xen host: xen_phys_start is then found through a CPU's CR3).
 
     :raises OptionError: if neither is available.
     """

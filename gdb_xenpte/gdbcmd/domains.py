@@ -44,10 +44,11 @@ class XenPteDomainsCommand(XenPteCommand):
         from ..sources.open import open_dump
         from ..xen_host import open_host
         with open_dump(args.core) as src:
-            if getattr(src, "host", None) is None:
+            syms = xen_syms_path(args)
+            if getattr(src, "host", None) is None and syms is None:
                 raise OptionError(f"{src.name} is not a Xen host crash dump (no Xen crash "
-                                  "notes): xen-domains reads kexec vmcores of a Xen host")
-            host = open_host(src, xen_syms_path(args))
+                                  "notes): give --xen-syms to read a Xen host's memory from it")
+            host = open_host(src, syms)
             try:
                 doms = host.domains()
                 crashing, why = host.crashing_pcpu()

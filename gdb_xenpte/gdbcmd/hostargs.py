@@ -54,11 +54,12 @@ def host_view(args: argparse.Namespace, source: PhysSource) -> PhysSource:
     if domid is None:
         return source
     try:
-        if getattr(source, "host", None) is None:
+        syms = xen_syms_path(args)
+        if getattr(source, "host", None) is None and syms is None:
             raise OptionError(f"--domid needs a Xen host crash dump (kexec vmcore or its "
-                              f"makedumpfile copy); {source.name} is not one")
+                              f"makedumpfile copy) or --xen-syms; {source.name} is neither")
         from ..xen_host import DomainVcpuSource, open_host
-        host = open_host(source, xen_syms_path(args))
+        host = open_host(source, syms)
         dom, vcpu = host.find(domid, getattr(args, "vcpu", None) or 0)
         return DomainVcpuSource(host, dom, vcpu)
     except BaseException:

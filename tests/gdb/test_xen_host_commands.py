@@ -59,10 +59,10 @@ def test_pcpu_walk_uses_the_crash_notes(host_vmcore):
     ("xen-pte-walk --core {host} --domid 1 --xen-syms /etc/hostname 0",
      "xen-pte-walk: /etc/hostname: not a readable ELF xen-syms"),
     ("xen-pte-walk --core {qemu} --domid 1 0", "xen-pte-walk: --domid needs a Xen host crash "
-                                               "dump (kexec vmcore or its makedumpfile copy); "
-                                               "QEMU ELF dump guest.elf is not one"),
+                                               "dump (kexec vmcore or its makedumpfile copy) or "
+                                               "--xen-syms; QEMU ELF dump guest.elf is neither"),
     ("xen-domains --core {qemu}", "xen-domains: QEMU ELF dump guest.elf is not a Xen host crash "
-                                  "dump (no Xen crash notes)"),
+                                  "dump (no Xen crash notes): give --xen-syms"),
 ])
 def test_bad_input_is_one_line(host_vmcore, tmp_path, command, expected):
     qemu = tmp_path / "guest.elf"

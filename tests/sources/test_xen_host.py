@@ -22,7 +22,7 @@ from gdb_xenpte.sources.open import open_dump
 from gdb_xenpte.xen_host import DomainVcpuSource, XenHost, open_host
 from gdb_xenpte.xen_syms import XenSyms
 from targets.cachedir import cache_root
-from writers import PAGE
+from writers import PAGE, write_qemu_elf
 from writers_kexec import (crash_info, nmi_rsp, primary_rsp, vmcoreinfo_xen, write_kexec_elf,
                            write_makedumpfile, xen_crash_notes)
 
@@ -89,6 +89,13 @@ class Host:
         l3 = 0x00F00000
         self.put(idle + 8 * (DM >> 39 & 511), struct.pack("<Q", l3 | P | RW))
         self.put(l3, struct.pack("<Q", 0 | P | RW | PS))
+        # The image's GiB (Xen's L4 slot, in every L4): the 2 MiB around idle_pg_table.
+        va = lay["idle_pg_table"]
+        l3x, l2x = 0x00F02000, 0x00F03000
+        self.put(idle + 8 * (va >> 39 & 511), struct.pack("<Q", l3x | P | RW))
+        self.put(l3x + 8 * (va >> 30 & 511), struct.pack("<Q", l2x | P | RW))
+        self.put(l2x + 8 * (va >> 21 & 511),
+                 struct.pack("<Q", (self.m_image(va) & ~0x1FFFFF) | P | RW | PS))
         # A PV64 guest's L4 for d1 mapping the marker page; dom0's a separate L4.
         d1 = Builder(table_base=0x200000)
         d1.map(0x7F0000000000, 0x300000, flags=P | RW | US)
@@ -268,3 +275,23 @@ def test_crashing_pcpu_from_xen_syms(tmp_path, gdb_layout):
         assert src.host.crashing is None  # two pCPUs saved: the notes alone cannot tell
         assert open_host(src, XEN_SYMS).crashing_pcpu() == (1, "Xen's crashing_cpu (xen-syms)")
         assert open_host(src).crashing_pcpu() == (None, "")
+
+
+def test_qemu_dump_of_a_xen_host(tmp_path, gdb_layout):
+    """No crash notes (QEMU dump-guest-memory of a Xen host): xen_phys_start is found by walking
+    idle_pg_table's VA through a CPU's CR3 (Xen's image is in every L4), then the same domains."""
+    host = Host(gdb_layout)
+    pages = host.build()
+    path = tmp_path / "xenhost.elf"
+    idle_maddr = host.m_image(gdb_layout["idle_pg_table"])
+    write_qemu_elf(path, pages, [dict(cr3=idle_maddr, cr4=0x3526E0, cr0=0x80050033,
+                                      cs_flags=1 << 21)])
+    with open_dump(str(path)) as src:
+        xh = open_host(src, XEN_SYMS)
+        assert xh.xen_phys_start == PHYS_START
+        assert any("found by walking idle_pg_table" in n for n in xh.notes)
+        assert [(d.domid, d.kind) for d in xh.domains()] == [(0, "pv64"), (1, "pv64"),
+                                                              (2, "hvm")]
+        dom, v = xh.find(1, 0)
+        s = prepare(DomainVcpuSource(xh, dom, v), Options(vcpu=0))
+        assert s.walker().trace(0x7F0000000000).mapping.pa == 0x300000
