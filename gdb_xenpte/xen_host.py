@@ -14,9 +14,14 @@ crash notes (the pCPU's CR3 is the vCPU's ``arch.cr3``) gets that pCPU's CR4 —
 — with an origin saying so; the others get ``ctrlreg[4]`` (what the guest sees), marked as such,
 and the session derives the hardware value from Xen's policy.
 
+HVM/PVH vCPUs are walked from their own CR0/CR3/CR4/EFER (``arch.hvm.guest_cr``), every table
+frame translated guest frame -> machine frame through the domain's host p2m
+(``d->arch.p2m->phys_table``; EPT or long-mode format); the p2m's own permissions are not yet
+shown beside the guest's.
+
 Failure modes: :class:`~gdb_xenpte.errors.OptionError` for a domain or vCPU that does not exist,
-a layout without what is asked (names ``--xen-syms``), an HVM/PVH vCPU asked to be walked (its
-tables are guest-physical; p2m translation is not implemented), or a source without
+a layout without what is asked (names ``--xen-syms``), an HVM/PVH domain without a host p2m,
+or a source without
 CRASH_INFO's xen_phys_start where no CPU's CR3 maps Xen's image either; :class:`~gdb_xenpte.errors.UnreadableMemory` (naming the VA and the
 machine address) for Xen memory the dump lacks.
 """
@@ -102,6 +107,8 @@ class HostDomain:
     dying: bool = False
     vcpus: List[HostVcpu] = field(default_factory=list)
     notes: Tuple[str, ...] = ()
+    p2m_root: Optional[int] = None  # HVM/PVH: machine address of the host p2m's top table
+    p2m_format: Optional[str] = None  # "ept" (Intel VMX HAP) or "pt" (AMD NPT, shadow)
 
 
 class XenHost:
@@ -256,6 +263,8 @@ class XenHost:
                 kind = "pv32" if g("arch.pv.is_32bit") else "pv64"
         paused = bool(g("pause_count") or g("controller_pause_count"))
         dom = HostDomain(domid, kind, address, g("max_vcpus"), paused, bool(g("is_dying")))
+        if kind in ("hvm", "pvh"):
+            self._p2m(dom, g("arch.p2m"))
         vcpu_array = g("vcpu")
         if vcpu_array is None or dom.max_vcpus is None:
             return dom
@@ -268,6 +277,47 @@ class XenHost:
             if v:
                 dom.vcpus.append(self._vcpu(dom, v))
         return dom
+
+    def _p2m(self, dom: HostDomain, p2m: Optional[int]) -> None:
+        """The host p2m's root and entry format (``p2m_domain.phys_table``; EPT when
+        ``ept.eptp`` is set, which Xen does only for VMX with HAP)."""
+        if not p2m:
+            dom.notes += ("no host p2m (d->arch.p2m): guest-physical tables cannot be walked",)
+            return
+        try:
+            data = self.read(p2m, self.layout.size("p2m_domain"))
+            root = self._get("p2m_domain", "phys_table", data)
+            eptp = self._get("p2m_domain", "ept.eptp", data)
+        except (UnreadableMemory, MissingLayout) as err:
+            dom.notes += (f"host p2m unreadable: {err}",)
+            return
+        if root:
+            dom.p2m_root = root << 12
+            dom.p2m_format = "ept" if eptp else "pt"
+
+    def p2m_lookup(self, dom: HostDomain, gfn: int) -> Optional[int]:
+        """The MFN backing guest frame ``gfn`` in ``dom``'s host p2m, or None if unmapped.
+
+        EPT entries are present when any of R/W/X (bits 2:0) is set, others when P (bit 0) is;
+        bit 7 makes an L3/L2 entry a leaf (1 GiB / 2 MiB); frames are bits 51:12 (SDM Vol. 3C
+        §29.3.2 for EPT; AMD APM Vol. 2 §15.25 for NPT, which uses the long-mode format).
+        """
+        if dom.p2m_root is None:
+            return None
+        present = 7 if dom.p2m_format == "ept" else _P
+        table, gpa = dom.p2m_root, gfn << 12
+        try:
+            for level, shift in ((4, 39), (3, 30), (2, 21), (1, 12)):
+                entry = self._entry(table, gpa >> shift & 511)
+                if not entry & present:
+                    return None
+                if level in (3, 2) and entry & _PS:
+                    size = 1 << shift
+                    return ((entry & _ADDR & ~(size - 1)) | (gpa & (size - 1))) >> 12
+                table = entry & _ADDR
+        except UnreadableMemory:
+            return None
+        return table >> 12
 
     def _vcpu(self, dom: HostDomain, address: int) -> HostVcpu:
         data = self.read(address, self.layout.size("vcpu"))
@@ -288,7 +338,8 @@ class XenHost:
             cr0, cr3, cr4 = g("arch.hvm.guest_cr", 0), g("arch.hvm.guest_cr", 3), \
                 g("arch.hvm.guest_cr", 4)
             efer, user, in_kernel = g("arch.hvm.guest_efer"), None, None
-            notes.append("guest-physical tables: walking them needs the p2m (not implemented)")
+            notes.append("guest-physical tables: walked through the host p2m"
+                         + (f" ({dom.p2m_format})" if dom.p2m_format else " (none found)"))
         hw_cr4, hw_origin = self._observed_cr4(g("arch.cr3"), running, pcpu)
         if running and hw_cr4 is None:
             notes.append("marked running, but no pCPU's crash-note CR3 is its arch.cr3")
@@ -356,10 +407,11 @@ class XenHost:
 
         :raises OptionError: for an HVM/PVH vCPU (guest-physical tables) or one with no CR3.
         """
+        if v.kind in ("hvm", "pvh"):
+            return self._hvm_regs(v)
         if v.kind not in ("pv64", "pv32"):
-            raise OptionError(f"d{v.domid}v{v.vcpu} is {v.kind.upper()}: its page tables are "
-                              "guest-physical and the p2m (EPT/NPT) translation is not "
-                              "implemented yet")
+            raise OptionError(f"d{v.domid}v{v.vcpu}: domain kind unknown ({self.layout.name} "
+                              "lacks struct domain's options): give --xen-syms FILE")
         if v.cr3 is None:
             raise OptionError(f"d{v.domid}v{v.vcpu} has no guest_table (vCPU not initialised)")
         where = f"d{v.domid}v{v.vcpu} in {self.source.name} ({self.layout.name})"
@@ -389,6 +441,20 @@ class XenHost:
                         cr4_is_guest_view=True, notes=tuple(notes), origin=where)
 
 
+    def _hvm_regs(self, v: HostVcpu) -> VcpuRegs:
+        """An HVM/PVH vCPU's own control registers (arch.hvm.guest_cr, guest_efer)."""
+        if v.cr0 is None or v.cr3 is None:
+            raise OptionError(f"d{v.domid}v{v.vcpu} has no recorded guest CR0/CR3")
+        where = f"d{v.domid}v{v.vcpu} in {self.source.name} ({self.layout.name})"
+        long_mode = None if v.efer is None else bool(v.efer & _EFER_LMA)
+        notes = list(v.notes) + [
+            f"CR0/CR3/CR4/EFER are the guest's own (v->arch.hvm.guest_cr[], guest_efer), state "
+            f"{v.state}", "table frames are guest frames, each translated to a machine frame "
+            "through the domain's host p2m; a large guest page is located by its first frame",
+            "the p2m's own permissions are not shown yet"]
+        return VcpuRegs(index=v.vcpu, cr0=v.cr0, cr3=v.cr3, cr4=v.cr4, efer=v.efer,
+                        long_mode=long_mode, notes=tuple(notes), origin=where)
+
     def _cpus(self) -> List[VcpuRegs]:
         """The physical CPUs' registers: a crash dump's pCPUs, a QEMU dump's or a live Xen's
         vCPUs (which are Xen's pCPUs)."""
@@ -417,7 +483,13 @@ class DomainVcpuSource(PhysSource):
         self._regs = host.vcpu_regs(vcpu)
         self.domain = dom.kind
         self.xen_version = self._src.xen_version
-        self.translate_frame = None  # tables hold MFNs and the dump is machine memory
+        self.translate_frame = None  # PV: tables hold MFNs and the dump is machine memory
+        if dom.kind in ("hvm", "pvh"):
+            if dom.p2m_root is None:
+                raise OptionError(f"domain {dom.domid} ({dom.kind}): no host p2m found, so its "
+                                  "guest-physical tables cannot be walked")
+            self.domain = "hvm"  # PVH is an HVM container: the guest's own CR4 governs
+            self.translate_frame = lambda gfn: host.p2m_lookup(dom, gfn)
         self.current_vcpu = vcpu.vcpu
         self.name = f"domain {dom.domid} vCPU {vcpu.vcpu} of {self._src.name}"
 

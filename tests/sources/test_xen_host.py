@@ -28,10 +28,11 @@ from writers_kexec import (crash_info, nmi_rsp, primary_rsp, vmcoreinfo_xen, wri
 
 FIELDS = {
     "domain": ["domain_id", "next_in_list", "vcpu", "max_vcpus", "options", "arch.pv.is_32bit",
-               "arch.emulation_flags", "pause_count", "controller_pause_count"],
+               "arch.emulation_flags", "pause_count", "controller_pause_count", "arch.p2m"],
     "vcpu": ["vcpu_id", "processor", "is_running", "pause_count", "runstate.state",
              "arch.guest_table", "arch.guest_table_user", "arch.pv.ctrlreg", "arch.hvm.guest_cr",
-             "arch.user_regs.cs", "arch.cr3", "arch.flags"],
+             "arch.hvm.guest_efer", "arch.user_regs.cs", "arch.cr3", "arch.flags"],
+    "p2m_domain": ["phys_table", "ept.eptp"],
 }
 SYMBOLS = ("domain_list", "idle_pg_table", "__image_base__")
 
@@ -80,8 +81,9 @@ class Host:
     """Machine memory of a tiny Xen host: dom0 (PV64, running on pCPU 0), d1 (PV64, paused),
     d2 (HVM), laid out with gdb's offsets."""
 
-    def __init__(self, lay):
+    def __init__(self, lay, eptp=0):
         self.lay = lay
+        self.eptp = eptp
         self.mem = {}
         self.image_base = lay["__image_base__"]
         # idle_pg_table: slot for DM -> an L3 whose entry 0 maps 1 GiB at machine 0.
@@ -118,8 +120,9 @@ class Host:
         self.put(base + self.lay[f"{st}.{name}"] + index * size,
                  value.to_bytes(size, "little", signed=value < 0))
 
-    def domain(self, maddr, domid, nxt, vcpus, hvm=False, paused=0):
+    def domain(self, maddr, domid, nxt, vcpus, hvm=False, paused=0, p2m=0):
         f = lambda n, v, s: self.field("domain", maddr, n, v, s)
+        f("arch.p2m", DM + p2m if p2m else 0, 8)
         f("domain_id", domid, 2)
         f("next_in_list", DM + nxt if nxt else 0, 8)
         f("max_vcpus", len(vcpus), 4)
@@ -132,7 +135,7 @@ class Host:
             self.put(array + 8 * i, struct.pack("<Q", DM + v))
 
     def vcpu(self, maddr, vid, pcpu, running, state, l4=0, user_l4=0, cr4=0, arch_cr3=0,
-             hvm_cr3=0):
+             hvm_cr3=0, hvm_cr0=0, hvm_cr4=0, hvm_efer=0):
         f = lambda n, v, s, i=0: self.field("vcpu", maddr, n, v, s, i)
         f("vcpu_id", vid, 4)
         f("processor", pcpu, 4)
@@ -144,7 +147,28 @@ class Host:
         f("arch.user_regs.cs", 0xE033, 2)
         f("arch.cr3", arch_cr3, 8)
         if hvm_cr3:
+            f("arch.hvm.guest_cr", hvm_cr0, 8, 0)
             f("arch.hvm.guest_cr", hvm_cr3, 8, 3)
+            f("arch.hvm.guest_cr", hvm_cr4, 8, 4)
+            f("arch.hvm.guest_efer", hvm_efer, 8)
+
+    def hvm_memory(self):
+        """d2's host p2m maps guest-physical 0-2 MiB to machine 0x600000 (one 2 MiB entry, in
+        NPT's long-mode format, which EPT reads the same: bits 2:0 = R/W/X); its guest tables
+        live there and hold guest frames; VA 0x400000 -> gpa 0x80000 (machine 0x680000)."""
+        p2m = Builder(table_base=0x700000)
+        p2m.map(0x0, 0x600000, size=1 << 21, flags=P | RW | US)
+        guest = Builder(table_base=0x601000, frame_of=lambda mfn: mfn - 0x600)
+        guest.map(0x400000, 0x680000, flags=P | RW | US)
+        for addr, page in {**p2m.image(), **guest.image()}.items():
+            self.mem[addr] = bytearray(page)
+        self.mem[0x680000] = bytearray(MARKER)
+        P2M = 0x430000
+        self.field("p2m_domain", P2M, "phys_table", p2m.cr3 >> 12, 8)
+        self.field("p2m_domain", P2M, "ept.eptp", self.eptp, 8)
+        for off in range(0, self.lay["p2m_domain"] + PAGE, PAGE):
+            self.mem.setdefault((P2M + off) & ~0xFFF, bytearray(PAGE))
+        return P2M, guest.cr3
 
     def build(self):
         lay = self.lay
@@ -153,11 +177,13 @@ class Host:
         self.put(self.m_image(lay["domain_list"]), struct.pack("<Q", DM + D0))
         self.domain(D0, 0, D1, [V00])
         self.domain(D1, 1, D2, [V10, V11], paused=1)
-        self.domain(D2, 2, 0, [V20], hvm=True)
+        p2m, guest_cr3 = self.hvm_memory()
+        self.domain(D2, 2, 0, [V20], hvm=True, p2m=p2m)
         self.vcpu(V00, 0, 0, True, 0, self.d0_l4, 0x281000, 0x6F0, arch_cr3=self.d0_l4)
         self.vcpu(V10, 0, 1, False, 1, self.d1_l4, 0x211000, 0x6F0, arch_cr3=self.d1_l4)
         self.vcpu(V11, 1, 1, False, 2, self.d1_l4, 0, 0x6F0)
-        self.vcpu(V20, 0, 1, False, 2, hvm_cr3=0x1234000)
+        self.vcpu(V20, 0, 1, False, 2, hvm_cr3=guest_cr3, hvm_cr0=0x80000011, hvm_cr4=0x20,
+                  hvm_efer=0x500)
         # Pad the structs so every byte of struct domain / vcpu is in the dump.
         for base, st in ((D0, "domain"), (D1, "domain"), (D2, "domain"), (V00, "vcpu"),
                          (V10, "vcpu"), (V11, "vcpu"), (V20, "vcpu")):
@@ -218,7 +244,8 @@ def test_domains_and_vcpus_as_xen_recorded_them(dump):
         assert (v10.runstate, v11.runstate) == ("runnable", "blocked")
         assert d2.vcpus[0].state == "blocked" and not d2.vcpus[0].paused
         assert v10.cr3 == host.d1_l4 and v10.hw_cr4 is None and v10.cs == 0xE033
-        assert d2.vcpus[0].cr3 == 0x1234000 and d2.vcpus[0].kind == "hvm"
+        assert d2.vcpus[0].cr3 == 0x1000 and d2.vcpus[0].kind == "hvm"  # guest-physical
+        assert (d2.p2m_root, d2.p2m_format) == (0x700000, "pt")
         rec = v10.record()
         assert rec["type"] == "vcpu" and rec["domid"] == 1 and rec["cr3"] == hex(host.d1_l4)
 
@@ -245,7 +272,8 @@ def test_errors_name_what_exists(dump):
         with pytest.raises(OptionError, match=r"no vCPU 5 \(vCPUs: 0, 1\)"):
             xh.find(1, 5)
         dom, v = xh.find(2, 0)
-        with pytest.raises(OptionError, match="guest-physical"):
+        dom.p2m_root = None
+        with pytest.raises(OptionError, match="no host p2m found"):
             DomainVcpuSource(xh, dom, v)
 
 
@@ -295,3 +323,23 @@ def test_qemu_dump_of_a_xen_host(tmp_path, gdb_layout):
         dom, v = xh.find(1, 0)
         s = prepare(DomainVcpuSource(xh, dom, v), Options(vcpu=0))
         assert s.walker().trace(0x7F0000000000).mapping.pa == 0x300000
+
+
+@pytest.mark.parametrize("eptp", [0, 0x70001E], ids=["npt", "ept"])
+def test_hvm_walk_through_the_host_p2m(tmp_path, gdb_layout, eptp):
+    """An HVM vCPU's tables hold guest frames: each is translated through the domain's host p2m
+    (d->arch.p2m->phys_table; EPT when ept.eptp is set) to the machine frame the dump holds."""
+    host = Host(gdb_layout, eptp=eptp)
+    pages = host.build()
+    path = tmp_path / "hvm.vmcore"
+    write_kexec_elf(path, pages, _notes(host, gdb_layout))
+    with open_dump(str(path)) as src:
+        xh = open_host(src, XEN_SYMS)
+        dom, v = xh.find(2, 0)
+        assert dom.p2m_format == ("ept" if eptp else "pt")
+        assert xh.p2m_lookup(dom, 0x80) == 0x680 and xh.p2m_lookup(dom, 0x200) is None
+        s = prepare(DomainVcpuSource(xh, dom, v), Options(vcpu=0))
+        assert s.domain == "hvm" and s.cpu.cr3 == 0x1000 and s.regs.efer == 0x500
+        m = s.walker().trace(0x400000).mapping
+        assert m is not None and m.pa == 0x680000
+        assert src.read(m.pa, 12) == MARKER[:12]
