@@ -215,7 +215,11 @@ def prepare(source: PhysSource, opts: Options = Options()) -> Session:
                                global_pages=True if global_pages is None else global_pages,
                                io_capable=bool(opts.io_capable))
         if not hardware_cr4:
-            derived = xen.effective_cr4(policy, guest_cr4)
+            # Xen's own CR4 when the source observed it (a host dump's mmu_cr4_features).
+            derived = xen.effective_cr4(policy, guest_cr4, xen_cr4=regs.xen_cr4)
+            if regs.xen_cr4 is not None:
+                notes.append(f"derived from Xen's own CR4 {regs.xen_cr4:#x} as observed "
+                             "(mmu_cr4_features), not from the version's defaults")
         else:
             xen_cr4 = guest_cr4
             if in_guest:
@@ -251,7 +255,7 @@ def prepare(source: PhysSource, opts: Options = Options()) -> Session:
         explanation = list(derived.explanation)
         kernel_notes = list(xen.kernel_protections(
             policy, None if hardware_cr4 else guest_cr4,
-            xen_cr4 if hardware_cr4 else None).notes)
+            xen_cr4 if hardware_cr4 else regs.xen_cr4).notes)
         if mode is None and domain == "pv32" and regs.cr4_is_guest_view:
             mode = "pv32"  # a dump's PV32 CR3 names the guest's own PAE L3
         xen_view = XenView(policy, root_is_xen_l4=mode != "pv32")

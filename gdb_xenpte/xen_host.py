@@ -434,11 +434,12 @@ class XenHost:
         notes.append("CR4 is the guest-visible ctrlreg[4]; the hardware value is derived")
         xen_cr4 = self.xen_cr4()
         if xen_cr4 is not None:
-            notes.append(f"Xen's own CR4 in this dump (mmu_cr4_features, observed) is "
-                         f"{xen_cr4:#x}: give --xen-cr4 {xen_cr4:#x} to xen-cr4 to derive from it")
+            notes.append(f"Xen's own CR4 in this dump: {xen_cr4:#x} (mmu_cr4_features, read "
+                         "through xen-syms)")
         return VcpuRegs(index=v.vcpu, cr0=cr0, cr3=v.cr3, cr4=v.cr4, cs=v.cs,
                         long_mode=True if v.kind == "pv64" else False, user_cr3=v.user_cr3,
-                        cr4_is_guest_view=True, notes=tuple(notes), origin=where)
+                        cr4_is_guest_view=True, notes=tuple(notes), origin=where,
+                        xen_cr4=xen_cr4)
 
 
     def _hvm_regs(self, v: HostVcpu) -> VcpuRegs:

@@ -16,6 +16,7 @@ from ..arch import MODES
 from ..decode import explain_entry, level_rules
 from ..errors import OptionError
 from ..model import Mapping
+from ..session import pick_regs
 from ..walk import Walker
 from ..xenview import XenView
 from . import anomalies, params
@@ -300,6 +301,9 @@ class XenCr4Command(XenPteCommand):
         try:
             cr4, guest_view = ((args.value, True) if args.value is not None
                                else guest_cr4_of(source, args.vcpu))
+            if args.xen_cr4 is None and source is not None and args.value is None:
+                # Xen's own CR4 when the dump shows it (host dump + xen-syms; issue 16).
+                args.xen_cr4 = pick_regs(source, args.vcpu).xen_cr4
             domain, version, debug = domain_and_xen(args, source)
             if not guest_view and args.xen_cr4 is None and args.context == "kernel":
                 # A CPU's CR4: read it as the walk does (session.prepare), one rule for both.

@@ -87,6 +87,14 @@ def test_domid_reaches_each_marker_at_its_p2m_mfn(xen_crash, dump):
         assert header["domain"] == "pv64" and trace["type"] == "trace"
         assert f"domain {dom['domid']} vCPU 0 of" in header["source"]
         assert int(mapping["pa"], 16) == marker["mfn"] << 12 == marker["maddr"]
+        if dom["state"] == "paused":
+            # Not running: the hardware CR4 is derived, from Xen's own CR4 as the dump shows it
+            # (mmu_cr4_features), so SMEP/SMAP are those every pCPU ran with.
+            assert any("derived from Xen's own CR4" in n for n in header["notes"])
+            smx = 0x300000
+            with open_dump(dump) as src:
+                assert {p.cr4 & smx for p in src.vcpus()} == {int(header["effective_cr4"], 16)
+                                                              & smx}
         with open_dump(dump) as src:
             data = src.read(marker["maddr"], 4096)
         assert hashlib.sha256(data).hexdigest() == marker["sha256"]
