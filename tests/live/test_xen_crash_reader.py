@@ -125,3 +125,14 @@ def test_xen_pte_dump_vcpu_all_walks_every_pcpu(xen_crash, dump, tmp_path):
     walked = {h["vcpu"]: (h["cr3"], h["effective_cr4"]) for h in headers}
     assert len({cr3 for cr3, _ in expected.values()}) == len(headers)
     assert all(walked[i] == expected[i] for i in walked)
+
+
+def test_gdb_symbol_file_stands_in_for_xen_syms(xen_crash):
+    """With the crashed Xen's xen-syms loaded in gdb (``file xen-syms``), --xen-syms may go."""
+    dump = xen_crash["vmcore_elf"]
+    res = run_gdb(f"file {xen_crash['xen_syms']}", f"xen-domains --core {dump} --json",
+                  timeout=300)
+    records = res.json_lines()
+    assert records and records[0]["layout"] == f"xen-syms {xen_crash['xen_syms']}", res.stderr
+    assert {r["domid"] for r in records if r["type"] == "vcpu"} == \
+        {d["domid"] for d in xen_crash["domains"]}
