@@ -184,3 +184,19 @@ def test_prstatus_layout_matches_xen():
     from writers_kexec import prstatus
     blob = prstatus({"rip": 0x1234, "cs": 0xE008})
     assert len(blob) == 336 and struct.unpack_from("<Q", blob, 112 + 16 * 8)[0] == 0x1234
+
+
+def test_truncated_vmcore_is_one_clear_error(tmp_path):
+    """Cut at every structure boundary: the reader opens what is whole or raises one
+    DumpFormatError naming the file; never another exception."""
+    pages, idle_cr3, domu_cr3 = _host()
+    path = tmp_path / "cut.vmcore"
+    layout = write_kexec_elf(path, pages, _notes(idle_cr3, domu_cr3),
+                             alias=(0x0, 0x2000, 0xFFFFFFFF80000000))
+    blob = path.read_bytes()
+    for cut in layout.boundaries()[:-1] + [layout.offsets["notes"] + 30]:
+        path.write_bytes(blob[:cut])
+        try:
+            open_dump(str(path)).close()
+        except DumpFormatError as err:
+            assert "cut.vmcore" in str(err)
