@@ -145,21 +145,22 @@ class XenHost:
 
     # -- Xen virtual memory ----------------------------------------------------------------------
 
-    def _walk(self, root: int, va: int) -> Optional[int]:
-        """``va`` through the 4-level tables at machine address ``root``, or None."""
+    def _walk(self, root: int, va: int, present: int = _P) -> Tuple[Optional[int], str]:
+        """``va`` through the 4-level tables at machine address ``root``: ``(address, "")`` or
+        ``(None, why)``. ``present``: the bits of which one makes an entry present (EPT: R/W/X)."""
         table = root & _ADDR
         try:
             for level, shift in ((4, 39), (3, 30), (2, 21), (1, 12)):
                 entry = self._entry(table, va >> shift & 511)
-                if not entry & _P:
-                    return None
+                if not entry & present:
+                    return None, f"L{level} entry {entry:#x} is not present"
                 if level in (3, 2) and entry & _PS:
                     size = 1 << shift
-                    return (entry & _ADDR & ~(size - 1)) | (va & (size - 1))
+                    return (entry & _ADDR & ~(size - 1)) | (va & (size - 1)), ""
                 table = entry & _ADDR
-        except UnreadableMemory:
-            return None
-        return table | (va & 0xFFF)
+        except UnreadableMemory as err:
+            return None, str(err)
+        return table | (va & 0xFFF), ""
 
     def _phys_start_from_cpus(self, idle: int) -> int:
         """No CRASH_INFO (a QEMU dump of a Xen host, a live Xen): every L4 carries Xen's slots,
@@ -167,7 +168,7 @@ class XenHost:
         for regs in self.source.vcpus():
             if regs.cr3 is None or regs.long_mode is False:
                 continue
-            maddr = self._walk(regs.cr3, idle)
+            maddr, _why = self._walk(regs.cr3, idle)
             if maddr is not None:
                 self.notes.append(f"xen_phys_start {maddr - (idle - self.xen_virt_start):#x} "
                                   f"found by walking idle_pg_table's VA through CPU "
@@ -193,17 +194,11 @@ class XenHost:
         """
         if va >> 30 == self.xen_virt_start >> 30:
             return self._image_maddr(va)
-        table = self.idle_pg_table
-        for level, shift in ((4, 39), (3, 30), (2, 21), (1, 12)):
-            entry = self._entry(table, va >> shift & 511)
-            if not entry & _P:
-                raise UnreadableMemory(self.source.name, va, f"Xen VA {va:#x} is not mapped in "
-                                       f"idle_pg_table (L{level} entry {entry:#x})")
-            if level in (3, 2) and entry & _PS:
-                size = 1 << shift
-                return (entry & _ADDR & ~(size - 1)) | (va & (size - 1))
-            table = entry & _ADDR
-        return table | (va & 0xFFF)
+        maddr, why = self._walk(self.idle_pg_table, va)
+        if maddr is None:
+            raise UnreadableMemory(self.source.name, va, f"Xen VA {va:#x} is not mapped in "
+                                   f"idle_pg_table ({why})")
+        return maddr
 
     def read(self, va: int, size: int) -> bytes:
         """``size`` bytes at Xen VA ``va`` (page by page through :meth:`maddr`)."""
@@ -304,20 +299,8 @@ class XenHost:
         """
         if dom.p2m_root is None:
             return None
-        present = 7 if dom.p2m_format == "ept" else _P
-        table, gpa = dom.p2m_root, gfn << 12
-        try:
-            for level, shift in ((4, 39), (3, 30), (2, 21), (1, 12)):
-                entry = self._entry(table, gpa >> shift & 511)
-                if not entry & present:
-                    return None
-                if level in (3, 2) and entry & _PS:
-                    size = 1 << shift
-                    return ((entry & _ADDR & ~(size - 1)) | (gpa & (size - 1))) >> 12
-                table = entry & _ADDR
-        except UnreadableMemory:
-            return None
-        return table >> 12
+        maddr, _why = self._walk(dom.p2m_root, gfn << 12, 7 if dom.p2m_format == "ept" else _P)
+        return None if maddr is None else maddr >> 12
 
     def _vcpu(self, dom: HostDomain, address: int) -> HostVcpu:
         data = self.read(address, self.layout.size("vcpu"))

@@ -137,7 +137,6 @@ class XenSyms:
         die = self._structs.get(name)
         if die is not None:
             return die
-        target = name.encode()
         for cu in self._dwarf.iter_CUs():
             for child in cu.get_top_DIE().iter_children():
                 if child.tag not in ("DW_TAG_structure_type", "DW_TAG_union_type"):

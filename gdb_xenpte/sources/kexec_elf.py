@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 from ..errors import DumpFormatError, UnreadableMemory
 from .filemap import MappedFile
@@ -117,9 +117,12 @@ class KexecElfSource(QemuElfSource):
             self.notes += ("the CORE notes carry no CR3 (a Linux kdump): give --cr3",)
 
     def _kexec_runs(self, loads) -> RunMap:
-        file = self._file
-        deltas = Counter((vaddr - paddr) & _MASK64 for _i, _o, vaddr, paddr, _f, _m in loads
-                         if vaddr != _MASK64)
+        # The direct map's offset: the p_vaddr - p_paddr that covers the most bytes (a lone
+        # kernel-text segment never outweighs RAM).
+        deltas: Counter = Counter()
+        for _i, _o, vaddr, paddr, filesz, _m in loads:
+            if vaddr != _MASK64:
+                deltas[(vaddr - paddr) & _MASK64] += filesz
         delta = deltas.most_common(1)[0][0] if deltas else 0
         self.page_offset = delta
         linear = [s for s in loads if (s[2] - s[3]) & _MASK64 == delta or s[2] == _MASK64]
@@ -136,19 +139,7 @@ class KexecElfSource(QemuElfSource):
             self.notes += (f"{aliases} PT_LOAD segment(s) alias RAM at another virtual address "
                            "(the kernel text): left out, their bytes are in the direct-map "
                            "segments",)
-        runs = RunMap(file, file.name)
-        short = 0
-        for i, offset, _vaddr, paddr, filesz, memsz in sorted(kept, key=lambda s: s[3]):
-            if filesz > memsz:
-                raise DumpFormatError(file.name, f"program header {i}: p_filesz {filesz:#x} "
-                                                 f"exceeds p_memsz {memsz:#x}")
-            short += filesz < memsz
-            runs.add(paddr, offset, filesz, f"PT_LOAD (program header {i})")
-        runs.finish()
-        if short:
-            self.notes += (f"{short} segment(s) store less than they span (p_filesz < p_memsz): "
-                           "the rest is not in the dump",)
-        return runs
+        return self._load_runs(sorted(kept, key=lambda s: s[3]))
 
     def describe(self) -> str:
         text = (f"{self.name}: ELF{self.elf_class} {self.machine}, {len(self._runs)} segment(s) "

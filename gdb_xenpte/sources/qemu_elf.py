@@ -121,9 +121,14 @@ class QemuElfSource(FileSource):
         if virtual:
             self.notes += (f"{virtual} PT_LOAD segment(s) keyed by virtual address (-p) ignored; "
                            f"{len(physical)} physical segment(s) used",)
+        return self._load_runs(physical)
+
+    def _load_runs(self, segments) -> RunMap:
+        """The run map of PT_LOAD ``segments`` keyed by ``p_paddr`` (a short segment noted)."""
+        file = self._file
         runs = RunMap(file, file.name)
         short = 0
-        for i, offset, _vaddr, paddr, filesz, memsz in physical:
+        for i, offset, _vaddr, paddr, filesz, memsz in segments:
             if filesz > memsz:
                 raise DumpFormatError(
                     file.name, f"program header {i}: p_filesz {filesz:#x} exceeds p_memsz "

@@ -200,3 +200,16 @@ def test_truncated_vmcore_is_one_clear_error(tmp_path):
             open_dump(str(path)).close()
         except DumpFormatError as err:
             assert "cut.vmcore" in str(err)
+
+
+def test_small_ram_segment_still_beats_a_larger_count_of_text_segments(tmp_path):
+    """The direct-map offset is the one covering the most bytes: one RAM segment of 3 pages
+    listed after a one-page kernel-text alias is still RAM."""
+    pages = {0x1000 * i: bytes([i]) * PAGE for i in range(1, 4)}
+    path = tmp_path / "one.vmcore"
+    write_kexec_elf(path, pages, xen_crash_notes([dict(cr3=0x1000)], crash_info()),
+                    alias=(0x1000, 0x1000, 0xFFFFFFFF81000000))
+    with open_dump(str(path)) as src:
+        assert src.page_offset == 0xFFFF888000000000
+        assert [src.read(a, 1) for a in sorted(pages)] == [b"\x01", b"\x02", b"\x03"]
+        assert "alias RAM" in src.describe()

@@ -19,7 +19,7 @@ from builder import P, PS, RW, US, Builder
 from gdb_xenpte.errors import OptionError
 from gdb_xenpte.session import Options, prepare
 from gdb_xenpte.sources.open import open_dump
-from gdb_xenpte.xen_host import DomainVcpuSource, XenHost, open_host
+from gdb_xenpte.xen_host import DomainVcpuSource, open_host
 from gdb_xenpte.xen_syms import XenSyms
 from targets.cachedir import cache_root
 from writers import PAGE, write_qemu_elf
