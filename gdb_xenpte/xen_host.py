@@ -82,6 +82,7 @@ class HostVcpu:
     in_kernel: Optional[bool] = None
     address: int = 0
     notes: Tuple[str, ...] = ()
+    hw_cr3: Optional[int] = None  # v->arch.cr3: what Xen loads into CR3 to run it
 
     def record(self) -> Dict[str, object]:
         """The ``{"type": "vcpu", ...}`` JSON record (addresses as hex strings)."""
@@ -91,7 +92,8 @@ class HostVcpu:
                 "hw_cr4": hx(self.hw_cr4), "hw_cr4_origin": self.hw_cr4_origin or None,
                 "cs": hx(self.cs), "state": self.state, "runstate": self.runstate,
                 "paused": self.paused,
-                "running": self.running, "pcpu": self.pcpu, "struct_vcpu": hx(self.address),
+                "running": self.running, "pcpu": self.pcpu, "hw_cr3": hx(self.hw_cr3),
+                "struct_vcpu": hx(self.address),
                 "notes": list(self.notes)}
 
 
@@ -323,13 +325,14 @@ class XenHost:
             efer, user, in_kernel = g("arch.hvm.guest_efer"), None, None
             notes.append("guest-physical tables: walked through the host p2m"
                          + (f" ({dom.p2m_format})" if dom.p2m_format else " (none found)"))
-        hw_cr4, hw_origin = self._observed_cr4(g("arch.cr3"), running, pcpu)
+        hw_cr3 = g("arch.cr3")
+        hw_cr4, hw_origin = self._observed_cr4(hw_cr3, running, pcpu)
         if running and hw_cr4 is None:
             notes.append("marked running, but no pCPU's crash-note CR3 is its arch.cr3")
         state = "running" if running else "paused" if paused else runstate
         return HostVcpu(dom.domid, vid, dom.kind or "unknown", cr3, cr4, user, cr0, efer, hw_cr4,
                         hw_origin, cs, state, paused, runstate, running, pcpu, in_kernel, address,
-                        tuple(notes))
+                        tuple(notes), hw_cr3)
 
     def _observed_cr4(self, arch_cr3: Optional[int], running: bool,
                       pcpu: Optional[int]) -> Tuple[Optional[int], str]:
@@ -341,6 +344,23 @@ class XenHost:
                 return regs.cr4, (f"{regs.origin or f'pCPU {pcpu}'}: that pCPU was running "
                                   f"this vCPU (its CR3 {regs.cr3:#x} is v->arch.cr3)")
         return None, ""
+
+    def tables_of(self, cr3: Optional[int], domains: Sequence[HostDomain]) -> str:
+        """Whose page tables a pCPU's CR3 holds: ``"d2v0"`` (a vCPU's ``arch.cr3``; ``user``
+        or ``kernel`` L4 said for PV64), ``"idle"`` (``idle_pg_table``), else ``""``."""
+        if cr3 is None:
+            return ""
+        frame = cr3 & _ADDR
+        if frame == self.idle_pg_table & _ADDR:
+            return "idle"
+        for d in domains:
+            for v in d.vcpus:
+                if v.hw_cr3 is not None and v.hw_cr3 & _ADDR == frame:
+                    which = ("user L4" if frame == (v.user_cr3 or -1) else
+                             "kernel L4" if frame == (v.cr3 or -1) else "arch.cr3")
+                    return f"d{v.domid}v{v.vcpu} {which}" if d.kind == "pv64" else \
+                        f"d{v.domid}v{v.vcpu}"
+        return ""
 
     def crashing_pcpu(self) -> Tuple[Optional[int], str]:
         """The crashing pCPU: xen-syms' ``crashing_cpu`` if readable, else the notes' inference."""

@@ -53,6 +53,7 @@ class XenPteDomainsCommand(XenPteCommand):
                 doms = host.domains()
                 crashing, why = host.crashing_pcpu()
                 pcpus = src.vcpus()
+                tables = [host.tables_of(r.cr3, doms) for r in pcpus]
                 xen_cr4 = host.xen_cr4()
                 notes = list(host.notes)
                 if xen_cr4 is not None:
@@ -63,9 +64,10 @@ class XenPteDomainsCommand(XenPteCommand):
                             "xen_cr4": None if xen_cr4 is None else f"{xen_cr4:#x}",
                             "notes": notes}
                     return write_lines(dumps(r) for r in
-                                       domain_records(pcpus, doms, crashing, why, info))
+                                       domain_records(pcpus, doms, crashing, why, info,
+                                                      tables))
                 write_lines(domains_text(src.describe(), host.layout.name, pcpus, doms,
-                                         crashing, why, notes))
+                                         crashing, why, notes, tables))
             finally:
                 host.layout.close()
 

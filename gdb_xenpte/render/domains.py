@@ -30,15 +30,17 @@ def _table(rows: List[List[str]], head: List[str]) -> List[str]:
 
 
 def domain_records(pcpus: Sequence, domains: Sequence, crashing: Optional[int],
-                   crashing_why: str, host: Optional[Dict[str, Any]] = None
-                   ) -> List[Dict[str, Any]]:
-    """The JSON records: a ``host`` record (``host`` fields plus the crashing pCPU), pCPUs,
-    vCPUs, then domains."""
+                   crashing_why: str, host: Optional[Dict[str, Any]] = None,
+                   tables: Sequence[str] = ()) -> List[Dict[str, Any]]:
+    """The JSON records: a ``host`` record (``host`` fields plus the crashing pCPU), pCPUs
+    (``tables``: whose page tables each pCPU's CR3 holds), vCPUs, then domains."""
+    tables = list(tables) + [""] * (len(pcpus) - len(tables))
     out: List[Dict[str, Any]] = [{"type": "host", **(host or {}), "crashed_pcpu": crashing,
                                   "crashed_how": crashing_why or None}]
-    for r in pcpus:
+    for r, t in zip(pcpus, tables):
         out.append({"type": "pcpu", "pcpu": r.index, "online": r.online, "cr0": hexa(r.cr0),
-                    "cr3": hexa(r.cr3), "cr4": hexa(r.cr4), "cs": hexa(r.cs), "rip": hexa(r.rip),
+                    "cr3": hexa(r.cr3), "cr3_tables": t or None, "cr4": hexa(r.cr4),
+                    "cs": hexa(r.cs), "rip": hexa(r.rip),
                     "crashed": r.index == crashing if crashing is not None else None,
                     "origin": r.origin})
     for d in domains:
@@ -51,17 +53,19 @@ def domain_records(pcpus: Sequence, domains: Sequence, crashing: Optional[int],
 
 
 def domains_text(source_line: str, layout_name: str, pcpus: Sequence, domains: Sequence,
-                 crashing: Optional[int], crashing_why: str, notes: Sequence[str] = ()
-                 ) -> List[str]:
+                 crashing: Optional[int], crashing_why: str, notes: Sequence[str] = (),
+                 tables: Sequence[str] = ()) -> List[str]:
     """The ``xen-domains`` text: header, pCPU table, vCPU table, notes."""
+    tables = list(tables) + [""] * (len(pcpus) - len(tables))
     out = [f"source: {source_line}", f"layout: {layout_name}",
            "crashed: " + (f"pCPU {crashing} ({crashing_why})" if crashing is not None
                           else "unknown")]
     if pcpus:
-        rows = [[str(r.index), "yes" if r.online else "no", _h(r.cr3), _h(r.cr4), _h(r.cs),
-                 "*" if r.index == crashing else ""] for r in pcpus]
-        out += ["", "pCPUs (Xen crash notes):"] + _table(rows, ["pcpu", "saved", "cr3", "cr4",
-                                                                 "cs", "crashed"])
+        rows = [[str(r.index), "yes" if r.online else "no", _h(r.cr3), t or "-", _h(r.cr4),
+                 _h(r.cs), "*" if r.index == crashing else ""] for r, t in zip(pcpus, tables)]
+        out += ["", "pCPUs (Xen crash notes):"] + _table(rows, ["pcpu", "saved", "cr3",
+                                                                 "tables", "cr4", "cs",
+                                                                 "crashed"])
     rows = []
     for d in domains:
         if not d.vcpus:

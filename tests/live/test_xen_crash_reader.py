@@ -66,6 +66,12 @@ def test_xen_domains_lists_every_domain_with_xenctx_cr3(xen_crash, dump):
     host = records[0]
     assert host["type"] == "host" and host["crashed_pcpu"] == xen_crash["crashed_pcpu"]
     vcpus = {(r["domid"], r["vcpu"]): r for r in records if r["type"] == "vcpu"}
+    # The running domU's pCPU was in its user L4 when the crash came ('xl debug-keys d': CS 0x33).
+    pcpus = {r["pcpu"]: r for r in records if r["type"] == "pcpu"}
+    running = next(d for d in _domus(xen_crash) if d["state"] == "running")
+    key_d = next(d for d in xen_crash["debug_key_d"] if d["domid"] == running["domid"])
+    assert key_d["cs"] & 3 == 3
+    assert pcpus[key_d["pcpu"]]["cr3_tables"] == f"d{running['domid']}v0 user L4"
     assert {d for d, _v in vcpus} == {d["domid"] for d in xen_crash["domains"]}
     for dom in xen_crash["domains"]:
         for v in dom["vcpus"]:

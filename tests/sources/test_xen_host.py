@@ -246,6 +246,10 @@ def test_domains_and_vcpus_as_xen_recorded_them(dump):
         assert v10.cr3 == host.d1_l4 and v10.hw_cr4 is None and v10.cs == 0xE033
         assert d2.vcpus[0].cr3 == 0x1000 and d2.vcpus[0].kind == "hvm"  # guest-physical
         assert (d2.p2m_root, d2.p2m_format) == (0x700000, "pt")
+        # Whose tables each pCPU's CR3 holds: matched against every vCPU's arch.cr3.
+        assert xh.tables_of(host.d0_l4, doms) == "d0v0 kernel L4"
+        assert xh.tables_of(host.m_image(host.lay["idle_pg_table"]), doms) == "idle"
+        assert xh.tables_of(0x00F01000, doms) == ""
         rec = v10.record()
         assert rec["type"] == "vcpu" and rec["domid"] == 1 and rec["cr3"] == hex(host.d1_l4)
 
