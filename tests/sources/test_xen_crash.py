@@ -213,3 +213,24 @@ def test_small_ram_segment_still_beats_a_larger_count_of_text_segments(tmp_path)
         assert src.page_offset == 0xFFFF888000000000
         assert [src.read(a, 1) for a in sorted(pages)] == [b"\x01", b"\x02", b"\x03"]
         assert "alias RAM" in src.describe()
+
+
+def test_flattened_makedumpfile_copy(tmp_path):
+    """makedumpfile -F (the flattened stream): the same pCPUs and memory."""
+    pages, idle_cr3, domu_cr3 = _host()
+    path = tmp_path / "host.flat"
+    write_makedumpfile(path, pages, _notes(idle_cr3, domu_cr3), flattened=True)
+    with open_dump(str(path)) as src:
+        assert src.flattened and [p.cr3 for p in src.vcpus()[:2]] == [idle_cr3, domu_cr3]
+        assert src.read(0x300000, PAGE) == MARKER and src.xen_version == (4, 17)
+
+
+def test_short_crash_info_is_one_clear_error(tmp_path):
+    from writers import _note
+    path = tmp_path / "info.vmcore"
+    notes = xen_crash_notes([dict(cr3=0x1000)]) + _note(b"Xen", 0x1000001, bytes(40))
+    write_kexec_elf(path, {0x1000: MARKER}, notes)
+    with pytest.raises(DumpFormatError) as err:
+        open_dump(str(path))
+    assert "CRASH_INFO note at file offset 0x" in str(err.value) and "needs at least 64" in \
+        str(err.value)
