@@ -36,11 +36,12 @@ from .errors import OptionError, UnreadableMemory
 from .sources.base import PhysSource, VcpuRegs
 from .xen_syms import MissingLayout, VmcoreinfoLayout, XenSyms, first_symbol
 
-__all__ = ["DomainVcpuSource", "HostDomain", "HostVcpu", "XenHost", "open_host"]
+__all__ = ["DomainVcpuSource", "HostDomain", "HostVcpu", "P2mEntry", "P2mTrace", "XenHost",
+           "open_host", "p2m_trace"]
 
 GIB = 1 << 30
 _ADDR = 0x000FFFFFFFFFF000
-_P, _PS = 1, 1 << 7
+_P, _US, _PS = 1, 1 << 2, 1 << 7
 _RUNSTATES = {0: "running", 1: "runnable", 2: "blocked", 3: "offline"}
 _VPF_BLOCKED, _VPF_DOWN = 1 << 0, 1 << 1
 _CDF_HVM = 1 << 0
@@ -111,6 +112,86 @@ class HostDomain:
     notes: Tuple[str, ...] = ()
     p2m_root: Optional[int] = None  # HVM/PVH: machine address of the host p2m's top table
     p2m_format: Optional[str] = None  # "ept" (Intel VMX HAP) or "pt" (AMD NPT, shadow)
+
+
+@dataclass(frozen=True)
+class P2mEntry:
+    """How a guest frame is backed: the host p2m's leaf for it, and the rights of its path.
+
+    :param mfn: the machine frame (None: not mapped; then ``why`` says where the walk stopped).
+    :param read/write/exec: the p2m's permissions, combined over its levels (EPT: R/W/X bits;
+        NPT: P, R/W, NX, the long-mode format).
+    :param type_name: Xen's p2m type of the leaf (``p2m_ram_rw`` ...), from xen-syms' enum.
+    """
+
+    gfn: int
+    mfn: Optional[int]
+    fmt: str
+    raw: int = 0
+    level: int = 0
+    read: bool = False
+    write: bool = False
+    exec: bool = False
+    type_value: Optional[int] = None
+    type_name: str = ""
+    why: str = ""
+
+    def rwx(self) -> str:
+        return ("R" if self.read else "-") + ("W" if self.write else "-") + \
+            ("X" if self.exec else "-")
+
+    def record(self) -> Dict[str, object]:
+        hx = lambda v: None if v is None else f"{v:#x}"
+        return {"type": "p2m", "gfn": hx(self.gfn), "mfn": hx(self.mfn), "format": self.fmt,
+                "level": self.level, "raw": hx(self.raw), "rights": self.rwx(),
+                "p2m_type": self.type_name or None, "why": self.why or None}
+
+
+@dataclass(frozen=True)
+class P2mTrace:
+    """A guest VA through the guest's tables and the host p2m: each guest table's frame and the
+    data frame, as the p2m backs them, and the rights both allow together.
+
+    :param tables: ``(level name, P2mEntry)`` for every guest table the walk read (top first).
+    :param data: the p2m entry of the frame the VA maps to (None when the guest walk stopped).
+    :param read/write/exec: the combined rights: what the guest's tables allow (for the access
+        kind) and the p2m allows; a fault in either is a fault.
+    """
+
+    va: int
+    gpa: Optional[int]
+    tables: Tuple[Tuple[str, P2mEntry], ...]
+    data: Optional[P2mEntry]
+    read: bool = False
+    write: bool = False
+    exec: bool = False
+    user: bool = False
+
+    def rwx(self) -> str:
+        return ("R" if self.read else "-") + ("W" if self.write else "-") + \
+            ("X" if self.exec else "-") + (" U" if self.user else " S")
+
+
+def p2m_trace(host: "XenHost", dom: HostDomain, cr3: int, trace) -> P2mTrace:
+    """Combine a guest trace (:meth:`gdb_xenpte.walk.Walker.trace` of an HVM/PVH vCPU) with the
+    host p2m: every table frame and the data frame looked up, rights ANDed (guest's R/W/X after
+    its own levels, p2m's R/W/X; the p2m applies to every access, whatever the CPL)."""
+    tables = []
+    gfn = (cr3 & _ADDR) >> 12
+    for step in trace.steps:
+        tables.append((step.level, host.p2m_entry(dom, gfn)))
+        gfn = (step.raw & _ADDR) >> 12
+    m = trace.mapping
+    if m is None:
+        return P2mTrace(trace.va, None, tuple(tables), None)
+    leaf = trace.steps[-1].raw
+    size = m.page_size
+    gpa = (leaf & _ADDR & ~(size - 1)) | (trace.va & (size - 1))
+    data = host.p2m_entry(dom, gpa >> 12)
+    ok = data.mfn is not None
+    return P2mTrace(trace.va, gpa, tuple(tables), data, ok and data.read,
+                    ok and data.write and m.effective.write,
+                    ok and data.exec and m.effective.exec, m.effective.user)
 
 
 class XenHost:
@@ -304,6 +385,50 @@ class XenHost:
         maddr, _why = self._walk(dom.p2m_root, gfn << 12, 7 if dom.p2m_format == "ept" else _P)
         return None if maddr is None else maddr >> 12
 
+    def p2m_entry(self, dom: HostDomain, gfn: int) -> P2mEntry:
+        """The host p2m's view of guest frame ``gfn``: machine frame, combined rights, type.
+
+        EPT bit positions (r, w, x, sa_p2mt) are read from xen-syms' ``ept_entry_t``; the NPT
+        (p2m-pt) type is PTE bits 58:52 (``p2m_flags_to_type``: flags >> 12 & 0x7f, flag bit 12 =
+        PTE bit 52) and its rights the long-mode P/RW/NX bits.
+        """
+        fmt = dom.p2m_format or "none"
+        if dom.p2m_root is None:
+            return P2mEntry(gfn, None, fmt, why="no host p2m")
+        ept = fmt == "ept"
+        if ept:
+            fields = {n: self.layout.field("ept_entry_t", n) for n in ("r", "w", "x", "sa_p2mt")}
+            get = lambda raw, n: fields[n].decode(raw.to_bytes(8, "little"))
+        read = write = execute = True
+        table, gpa = dom.p2m_root, gfn << 12
+        for level, shift in ((4, 39), (3, 30), (2, 21), (1, 12)):
+            try:
+                raw = self._entry(table, gpa >> shift & 511)
+            except UnreadableMemory as err:
+                return P2mEntry(gfn, None, fmt, level=level, why=str(err))
+            if ept:
+                r, w, x = get(raw, "r"), get(raw, "w"), get(raw, "x")
+                present = r or w or x
+            else:
+                # NPT: the long-mode format, every nested access a user access (U/S=1 needed).
+                r, w, x = raw & _P and raw & _US, raw & 2, not raw >> 63 & 1
+                present = raw & _P
+            if not present:
+                return P2mEntry(gfn, None, fmt, raw, level, why=f"L{level} entry {raw:#x} is "
+                                                                 "not present")
+            read, write, execute = read and bool(r), write and bool(w), execute and bool(x)
+            if level == 1 or (level in (3, 2) and raw & _PS):
+                size = 1 << shift
+                mfn = ((raw & _ADDR & ~(size - 1)) | (gpa & (size - 1))) >> 12
+                value = get(raw, "sa_p2mt") if ept else raw >> 52 & 0x7F
+                try:
+                    name = self.layout.enum_names("p2m_type_t").get(value, "")
+                except (MissingLayout, AttributeError):
+                    name = ""
+                return P2mEntry(gfn, mfn, fmt, raw, level, read, write, execute, value, name)
+            table = raw & _ADDR
+        raise AssertionError("unreachable")
+
     def _vcpu(self, dom: HostDomain, address: int) -> HostVcpu:
         data = self.read(address, self.layout.size("vcpu"))
         g = lambda path, i=0: self._get("vcpu", path, data, i)
@@ -455,7 +580,7 @@ class XenHost:
             f"CR0/CR3/CR4/EFER are the guest's own (v->arch.hvm.guest_cr[], guest_efer), state "
             f"{v.state}", "table frames are guest frames, each translated to a machine frame "
             "through the domain's host p2m; a large guest page is located by its first frame",
-            "the p2m's own permissions are not shown yet"]
+            "the p2m's own rights and types for an address: xen-pte-p2m"]
         return VcpuRegs(index=v.vcpu, cr0=v.cr0, cr3=v.cr3, cr4=v.cr4, efer=v.efer,
                         long_mode=long_mode, notes=tuple(notes), origin=where)
 
@@ -483,6 +608,8 @@ class DomainVcpuSource(PhysSource):
 
     def __init__(self, host: XenHost, dom: HostDomain, vcpu: HostVcpu):
         self._host = host
+        self.host_view = host  # the XenHost (p2m lookups for HVM/PVH)
+        self.host_domain = dom
         self._src = host.source
         self._regs = host.vcpu_regs(vcpu)
         self.domain = dom.kind

@@ -134,20 +134,48 @@ class XenSyms:
     # -- types -----------------------------------------------------------------------------------
 
     def _struct_die(self, name: str):
+        """The struct/union named ``name`` (a tag, or a typedef of one, e.g. ``ept_entry_t``)."""
+        die = self._type_die(name)
+        if die.tag not in ("DW_TAG_structure_type", "DW_TAG_union_type"):
+            raise MissingLayout(f"{self.name}: {name} is not a struct or union")
+        return die
+
+    def _type_die(self, name: str):
+        """A top-level struct, union or enum by tag name, or a typedef (resolved), by name.
+
+        Compile units are scanned in order, only their top-level DIEs, until ``name`` is found.
+        """
         die = self._structs.get(name)
         if die is not None:
             return die
         for cu in self._dwarf.iter_CUs():
             for child in cu.get_top_DIE().iter_children():
-                if child.tag not in ("DW_TAG_structure_type", "DW_TAG_union_type"):
-                    continue
                 attr = child.attributes.get("DW_AT_name")
-                if attr is None or "DW_AT_byte_size" not in child.attributes:
+                if attr is None:
                     continue
-                self._structs.setdefault(attr.value.decode("utf-8", "replace"), child)
+                key = attr.value.decode("utf-8", "replace")
+                if child.tag in ("DW_TAG_structure_type", "DW_TAG_union_type",
+                                 "DW_TAG_enumeration_type"):
+                    if "DW_AT_byte_size" in child.attributes:
+                        self._structs.setdefault(key, child)
+                elif child.tag == "DW_TAG_typedef" and "DW_AT_type" in child.attributes:
+                    target = self._strip(child)
+                    if "DW_AT_byte_size" in target.attributes:
+                        self._structs.setdefault(key, target)
             if name in self._structs:
                 return self._structs[name]
-        raise MissingLayout(f"{self.name} has no DWARF definition of struct {name}")
+        raise MissingLayout(f"{self.name} has no DWARF definition of {name}")
+
+    def enum_names(self, name: str) -> Dict[int, str]:
+        """``value -> enumerator name`` of the enum (or typedef of one) ``name``."""
+        die = self._type_die(name)
+        if die.tag != "DW_TAG_enumeration_type":
+            raise MissingLayout(f"{self.name}: {name} is not an enum")
+        out: Dict[int, str] = {}
+        for child in die.iter_children():
+            if child.tag == "DW_TAG_enumerator":
+                out.setdefault(child.attributes["DW_AT_const_value"].value, _name(child) or "?")
+        return out
 
     def size(self, struct: str) -> int:
         """``sizeof(struct <struct>)``."""

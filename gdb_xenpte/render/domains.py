@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .common import hexa
 
-__all__ = ["domain_records", "domains_text"]
+__all__ = ["domain_records", "domains_text", "p2m_records", "p2m_text"]
 
 
 def _h(value: Optional[int]) -> str:
@@ -82,4 +82,36 @@ def domains_text(source_line: str, layout_name: str, pcpus: Sequence, domains: S
     if any(v.hw_cr4 is not None for d in domains for v in d.vcpus):
         out.append("note: hw_cr4 is observed (the CR4 of the pCPU running that vCPU when it saved "
                    "its crash notes); elsewhere the walk derives it from Xen's policy")
+    return out
+
+
+def p2m_text(pt) -> List[str]:
+    """The p2m half of ``xen-pte-p2m``: each guest table frame and the data frame as the host
+    p2m backs them (:class:`gdb_xenpte.xen_host.P2mTrace`), then the combined rights."""
+    out = ["host p2m (guest frame -> machine frame, the p2m's rights and type):"]
+    for level, e in pt.tables:
+        out.append(f"  {level} table  " + _p2m_line(e))
+    if pt.data is None:
+        out.append("  data: the guest's walk stopped: no data frame")
+        return out
+    out.append(f"  data GPA {pt.gpa:#x}  " + _p2m_line(pt.data))
+    out.append(f"combined: {pt.rwx()} (guest tables AND p2m; the p2m binds every access, "
+               "kernel or user)")
+    return out
+
+
+def _p2m_line(e) -> str:
+    if e.mfn is None:
+        return f"GFN {e.gfn:#x} -> not mapped ({e.why})"
+    return (f"GFN {e.gfn:#x} -> MFN {e.mfn:#x}  {e.rwx()}  {e.type_name or '?'}  "
+            f"({e.fmt} L{e.level} entry {e.raw:#x})")
+
+
+def p2m_records(pt) -> List[Dict[str, Any]]:
+    """JSON: one ``p2m`` record per guest table frame (``role``: the level), one for the data
+    frame, then ``{"type": "p2m_combined", "rights"}``."""
+    out = [{**e.record(), "role": f"{level} table"} for level, e in pt.tables]
+    if pt.data is not None:
+        out.append({**pt.data.record(), "role": "data", "gpa": hexa(pt.gpa)})
+        out.append({"type": "p2m_combined", "va": hexa(pt.va), "rights": pt.rwx()})
     return out

@@ -61,6 +61,8 @@ def test_pcpu_walk_uses_the_crash_notes(host_vmcore):
     ("xen-pte-walk --core {qemu} --domid 1 0", "xen-pte-walk: --domid needs a Xen host crash "
                                                "dump (kexec vmcore or its makedumpfile copy) or "
                                                "--xen-syms; QEMU ELF dump guest.elf is neither"),
+    ("xen-pte-p2m --core {host} 0x1000", "xen-pte-p2m: give --domid N: the HVM/PVH domain "
+                                         "whose address to trace"),
     ("xen-domains --core {qemu}", "xen-domains: QEMU ELF dump guest.elf is not a Xen host crash "
                                   "dump (no Xen crash notes): give --xen-syms"),
 ])

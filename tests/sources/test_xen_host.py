@@ -19,7 +19,7 @@ from builder import P, PS, RW, US, Builder
 from gdb_xenpte.errors import OptionError
 from gdb_xenpte.session import Options, prepare
 from gdb_xenpte.sources.open import open_dump
-from gdb_xenpte.xen_host import DomainVcpuSource, open_host
+from gdb_xenpte.xen_host import DomainVcpuSource, open_host, p2m_trace
 from gdb_xenpte.xen_syms import XenSyms
 from targets.cachedir import cache_root
 from writers import PAGE, write_qemu_elf
@@ -347,3 +347,46 @@ def test_hvm_walk_through_the_host_p2m(tmp_path, gdb_layout, eptp):
         m = s.walker().trace(0x400000).mapping
         assert m is not None and m.pa == 0x680000
         assert src.read(m.pa, 12) == MARKER[:12]
+
+
+@pytest.mark.parametrize("eptp", [0, 0x70001E], ids=["npt", "ept"])
+def test_p2m_rights_and_type_beside_the_guests(tmp_path, gdb_layout, eptp):
+    """xen-pte-p2m's engine: every guest table frame and the data frame through the host p2m,
+    the p2m's rights ANDed with the guest's. The data page's p2m entry is made read-only and
+    given Xen's p2m_ram_ro type (value from gdb: the enumerator in this xen-syms)."""
+    out = subprocess.run(["gdb", "-nx", "-batch", "-ex", "print/d p2m_ram_ro", XEN_SYMS],
+                         capture_output=True, text=True, timeout=60).stdout
+    ram_ro = int(re.search(r"= (\d+)", out).group(1))
+    host = Host(gdb_layout, eptp=eptp)
+    pages = host.build()
+    # Split the p2m's 2 MiB entry: an L1 table whose entry for gfn 0x80 is read-only, typed
+    # p2m_ram_ro (EPT: sa_p2mt, bits 57:52 per vmx.h; NPT: bits 58:52 per p2m_flags_to_type).
+    l2 = 0x700000 + 0x2000  # Builder: root, L3, L2 at 0x700000.. (one table each)
+    l1 = bytearray(PAGE)
+    for i in range(512):
+        flags = P | RW | US
+        if i == 0x80:
+            flags = P | US
+        struct.pack_into("<Q", l1, 8 * i, (0x600000 + i * PAGE) | flags | ram_ro << 52
+                         if i == 0x80 else (0x600000 + i * PAGE) | flags)
+    pages = dict(pages)
+    pages[0x780000] = bytes(l1)
+    l2page = bytearray(pages[l2])
+    struct.pack_into("<Q", l2page, 0, 0x780000 | P | RW | US)
+    pages[l2] = bytes(l2page)
+    path = tmp_path / "p2m.vmcore"
+    write_kexec_elf(path, pages, _notes(host, gdb_layout))
+    with open_dump(str(path)) as src:
+        xh = open_host(src, XEN_SYMS)
+        dom, v = xh.find(2, 0)
+        e = xh.p2m_entry(dom, 0x80)
+        assert (e.mfn, e.level, e.rwx(), e.type_name) == (0x680, 1, "R-X", "p2m_ram_ro")
+        view = DomainVcpuSource(xh, dom, v)
+        s = prepare(view, Options(vcpu=0))
+        trace = s.walker().trace(0x400000)
+        pt = p2m_trace(xh, dom, s.cpu.cr3, trace)
+        assert [lvl for lvl, _e in pt.tables] == ["pml4", "pdpt", "pd", "pt"]
+        assert pt.tables[0][1].gfn == 1 and all(x.mfn == x.gfn + 0x600 for _l, x in pt.tables)
+        assert pt.gpa == 0x80000 and pt.data.mfn == 0x680
+        # The guest maps it RW (user, NX clear); the p2m makes it read-only: combined R-X.
+        assert trace.mapping.effective.write and pt.rwx() == "R-X U"
