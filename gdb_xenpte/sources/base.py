@@ -17,7 +17,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from .filemap import MappedFile
 
-__all__ = ["FileSource", "PhysSource", "VcpuRegs"]
+__all__ = ["FileSource", "NoMemory", "PhysSource", "VcpuRegs"]
 
 
 @dataclass(frozen=True)
@@ -122,3 +122,17 @@ class FileSource(PhysSource):
     def close(self) -> None:
         self._file.close()
 
+
+
+class NoMemory(PhysSource):
+    """A source with no memory and no registers: for questions that need only options
+    (``xen-cr4 VALUE``, ``xen-pte-decode``), so they go through the same derivation as walks."""
+
+    name = "no target (options only)"
+
+    def read(self, paddr: int, size: int) -> bytes:
+        from ..errors import UnreadableMemory
+        raise UnreadableMemory(self.name, paddr, "no memory (only options were given)")
+
+    def ranges(self) -> Sequence[Tuple[int, int]]:
+        return ()

@@ -27,7 +27,7 @@ def _validate(records):
 def test_table(image):
     out = _ok(run_gdb(f"xen-pte-walk {image}")).stdout
     lines = out.splitlines()
-    assert lines[0].startswith("4-level paging, CR3 0x100000, CR4 0x3006a0, domain hvm; raw image")
+    assert lines[0].startswith("4-level paging, CR3 0x100000, CR4 0x3006a0, domain native; raw image")
     assert all(ln.startswith("note: ") for ln in lines[1:lines.index(next(
         ln for ln in lines if ln.startswith("VA range")))])
     head = next(ln for ln in lines if ln.startswith("VA range"))
@@ -37,8 +37,13 @@ def test_table(image):
     assert len(rows) == 4
     assert rows[0].split()[:6] == ["0x0000000000400000-0x0000000000401fff", "0x200000-0x201fff",
                                    "8K", "4K", "RWX", "U"]
-    assert "kx:SMEP" in rows[0] and "kr:SMAP[AC=0]" in rows[0]
-    assert lines[-1] == "4 mappings; 5 pages; 2064K mapped; 2 with SMEP/SMAP/key/RSVD faults."
+    # Grouped, abbreviated reasons; '?' marks a verdict that depends on an unknown (AC).
+    assert rows[0].split()[-2:] == ["kr,kw:SMAP?", "kx:SMEP"]
+    # Kernel rows: a user access to a supervisor page is the page's own rights, not a finding.
+    assert rows[2].split()[-1] == "-"
+    assert lines[-1] == ("4 mappings; 5 pages; 2064K mapped; 0 faulting beyond the guest's own "
+                         "choices (imposed or reserved bits); 2 where the guest's own "
+                         "SMEP/SMAP/keys fault an access.")
 
 
 def test_no_coalesce_and_limit(image):
@@ -69,8 +74,12 @@ def test_range(image):
     ("--verdict kernel-exec=fault:SMEP", ["0x400000", "0x7f0000000000"]),
     ("--verdict user-exec=fault:NX --verdict kernel-read=fault", ["0x7f0000000000"]),
     ("--verdict kernel-write=ok", ["0xffff800000000000"]),
-    ("--faults", ["0x400000", "0x7f0000000000"]),  # SMEP/SMAP; not mere U/S, RO or NX faults
-    ("--faults --kernel", []),
+    # The guest's own SMEP/SMAP fault its user pages: not beyond its choices (issue 14)...
+    ("--faults", []),
+    # ...but --faults=all lists them; never mere U/S, RO or NX faults.
+    ("--faults=all", ["0x400000", "0x7f0000000000"]),
+    ("--faults=all --kernel", []),
+    ("--verdict kx=fault:SMEP --verdict kr=fault:SMAP", ["0x400000", "0x7f0000000000"]),
 ])
 def test_filters(image, flt, first_vas):
     recs = _ok(run_gdb(f"xen-pte-walk --json {flt} {image}")).json_lines()
@@ -88,7 +97,10 @@ def test_json_walk_validates_and_is_ordered(image):
     assert [e["level"] for e in first["entries"]] == ["pml4", "pdpt", "pd", "pt"]
     assert first["flags"] == ["P", "RW", "US"]
     assert first["verdicts"]["kernel_exec"] == "fault:SMEP"
-    assert summary["counts"] == {"mappings": 4, "pages": 5, "bytes": 0x204000, "faulting": 2}
+    assert summary["counts"] == {"mappings": 4, "pages": 5, "bytes": 0x204000, "faulting": 0,
+                                 "fault_classes": {"invalid": 0, "imposed": 0, "guest": 2,
+                                                   "conditional": 0, "none": 2}}
+    assert [r["fault_class"] for r in recs[1:-1]] == ["guest", "guest", "none", "none"]
     assert summary["budget_hit"] is False and summary["unreadable"] == []
 
 

@@ -80,9 +80,15 @@ def _where(path, node) -> str:
 
 # -- static ---------------------------------------------------------------------------------------
 
+# The one module that writes a file: the user's own -o output (it refuses an input as output).
+OUTPUT_WRITER = "outfile.py"
+
+
 def test_no_code_writes_target_memory_registers_or_files():
     bad = []
     for path, tree in _modules(PACKAGE):
+        if path.name == OUTPUT_WRITER and path.parent == PACKAGE:
+            continue
         for call in _calls(tree):
             name = _name(call.func)
             last = name.rsplit(".", 1)[-1]
