@@ -524,7 +524,7 @@ def derive(source: PhysSource, regs: VcpuRegs, opts: Options = Options()) -> Dom
     for name in ("xen", "domain", "smep", "smap", "xen_debug"):
         spot = opts.origin(name)
         if getattr(opts, name) is not None and spot.startswith("set xen-pte"):
-            notes.append(f"{name.replace('_', '-')} {_show(getattr(opts, name))} from `{spot}`")
+            notes.append(f"{spot.split()[-1]} {_show(getattr(opts, name))} from `{spot}`")
     return DomainCpu(domain, policy, cpu, read, cr4, guest_view, cpl, protections, imposed,
                      origins, mode, opts.context, notes)
 

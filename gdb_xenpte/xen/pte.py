@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-from ..arch import PTE
+from ..arch import PTE, PTE_BIT_NAMES
 from ..errors import OptionError
 from .facts import Version, cite
 from .policy import XenPolicy
@@ -190,8 +190,7 @@ def _pte_bit_name(bit: int, level: int, policy: XenPolicy) -> str:
         return "_PAGE_GNTTAB"
     if bit == PTE.PS:
         return "PAT" if level == 1 else "PSE"
-    names = {PTE.P: "P", PTE.RW: "RW", PTE.US: "US", PTE.PWT: "PWT", PTE.PCD: "PCD", PTE.A: "A",
-             PTE.D: "D", PTE.G: "G", PTE.XD: "NX"}
+    names = {b: name for name, b in PTE_BIT_NAMES if b >= 0}  # one spelling: arch's
     names.update({b: f"AVAIL{i}" for i, b in enumerate(PTE.AVAIL_LOW)})
     return names.get(bit, f"bit{bit}")
 
