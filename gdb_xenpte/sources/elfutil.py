@@ -17,7 +17,7 @@ from elftools.construct import ConstructError
 from elftools.elf.elffile import ELFFile
 
 from ..errors import DumpFormatError
-from .filemap import MappedFile
+from .filemap import DumpFile
 
 __all__ = ["EM_386", "EM_X86_64", "ET_CORE", "elf_errors", "open_elf", "probe_elf_core"]
 
@@ -69,7 +69,7 @@ def probe_elf_core(head: bytes) -> Optional[dict]:
     return {"class": elf_class, "machine": e_machine, "phnum": phnum, "shnum": shnum}
 
 
-def open_elf(file: MappedFile) -> ELFFile:
+def open_elf(file: DumpFile) -> ELFFile:
     """Parse the ELF header of ``file`` with pyelftools and check it is an x86 core dump.
 
     :raises DumpFormatError: if the header is truncated, not ELF, not ``ET_CORE``, or not x86.

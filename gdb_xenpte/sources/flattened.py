@@ -25,7 +25,7 @@ from bisect import bisect_right
 from typing import List
 
 from ..errors import DumpFormatError
-from .filemap import ByteView, MappedFile
+from .filemap import ByteView, DumpFile
 
 __all__ = ["FLAT_SIGNATURE", "FlattenedView", "is_flattened"]
 
@@ -41,13 +41,13 @@ def is_flattened(head: bytes) -> bool:
 
 
 class FlattenedView(ByteView):
-    """The reassembled file of a flattened dump, served from the mapped flattened file.
+    """The reassembled file of a flattened dump, served from the flattened file.
 
     :param file: the flattened file.
     :raises DumpFormatError: see the module docstring.
     """
 
-    def __init__(self, file: MappedFile):
+    def __init__(self, file: DumpFile):
         self._file = file
         self.name = file.name
         self.remarks: List[str] = []

@@ -102,7 +102,7 @@ def _decompressor(flags: int) -> Tuple[str, Optional[Callable[[bytes, int], byte
 class KdumpSource(FileSource):
     """Physical memory and vCPU registers of a kdump-compressed dump.
 
-    :param path: the dump file (plain or flattened); opened read-only and mapped.
+    :param path: the dump file (plain or flattened); opened read-only (never mapped: see filemap).
     :raises DumpFormatError: see the module docstring.
     """
 

@@ -16,7 +16,7 @@ from typing import Dict, Optional, Type
 
 from ..errors import DumpFormatError, OptionError
 from .base import PhysSource, VcpuRegs
-from .filemap import MappedFile
+from .filemap import DumpFile
 from .kdump import KdumpSource
 from .qemu_elf import QemuElfSource
 from .raw import RawSource
@@ -34,7 +34,7 @@ def detect_format(path: str) -> str:
 
     :raises DumpFormatError: if no reader recognises it.
     """
-    file = MappedFile(path)
+    file = DumpFile(path)
     try:
         head = file.head(PROBE_BYTES)
         for reader in READERS:

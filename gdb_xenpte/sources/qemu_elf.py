@@ -40,7 +40,7 @@ def _is_physical_segment(vaddr: int, paddr: int) -> bool:
 class QemuElfSource(FileSource):
     """Physical memory and vCPU registers of a QEMU ELF guest-memory dump.
 
-    :param path: the dump file; opened read-only and mapped.
+    :param path: the dump file; opened read-only (never mapped: see filemap).
     :raises DumpFormatError: see the module docstring.
     """
 

@@ -14,7 +14,7 @@ from typing import Sequence, Tuple
 
 from ..errors import OptionError
 from .base import PhysSource
-from .filemap import MappedFile
+from .filemap import DumpFile
 from .runs import RunMap
 
 __all__ = ["RawSource", "parse_raw_spec"]
@@ -46,7 +46,7 @@ def parse_raw_spec(spec: str) -> Tuple[str, int]:
 class RawSource(PhysSource):
     """A flat image of guest-physical memory starting at ``base``.
 
-    :param path: the image; opened read-only and mapped.
+    :param path: the image; opened read-only (never mapped: see filemap).
     :param base: guest-physical address of the file's first byte.
     """
 
@@ -58,7 +58,7 @@ class RawSource(PhysSource):
         return False
 
     def __init__(self, path: str, base: int = 0):
-        self._file = MappedFile(path)
+        self._file = DumpFile(path)
         self.base = base
         self.name = f"raw image {self._file.name}@{base:#x}"
         self._runs = RunMap(self._file, self._file.name)
