@@ -21,8 +21,9 @@ the end of the file or with a negative offset/size, or a read past the reassembl
 from __future__ import annotations
 
 import struct
+import heapq
 from bisect import bisect_right
-from typing import List
+from typing import List, Tuple
 
 from ..errors import DumpFormatError
 from .filemap import ByteView, DumpFile
@@ -33,6 +34,44 @@ FLAT_SIGNATURE = b"makedumpfile"
 FLAT_HEADER_SIZE = 4096
 _RECORD = struct.Struct(">qq")
 _END = -1
+_WINDOW = 64 << 10  # record headers are read in windows of this many bytes
+
+
+def _paint(records: List[Tuple[int, int, int]]) -> Tuple[List[int], List[int], List[int]]:
+    """Lay the records over each other, later ones winning, in O(n log n) for n records.
+
+    One sweep over the sorted record edges keeps the records covering the current position in a
+    heap ordered by recency; between two edges the most recent one supplies the bytes. (Painting
+    each record into a sorted list as it is read is quadratic for a storm of small records in
+    descending order.)
+
+    :param records: ``(start, end, file offset)`` in file order.
+    :returns: sorted disjoint pieces as three lists: starts, ends, file offsets.
+    """
+    starts: List[int] = []
+    ends: List[int] = []
+    offs: List[int] = []
+    order = sorted(range(len(records)), key=lambda k: records[k][0])
+    edges = sorted({e for r in records for e in r[:2]})
+    live: List[Tuple[int, int]] = []  # (-sequence, record index)
+    nxt = 0
+    for x, x_next in zip(edges, edges[1:]):
+        while nxt < len(order) and records[order[nxt]][0] <= x:
+            heapq.heappush(live, (-order[nxt], order[nxt]))
+            nxt += 1
+        while live and records[live[0][1]][1] <= x:
+            heapq.heappop(live)  # ended before x: drop lazily, only when it would win
+        if not live:
+            continue  # a hole: no record covers [x, x_next)
+        start, _end, off = records[live[0][1]]
+        fileoff = off + (x - start)
+        if ends and ends[-1] == x and offs[-1] + (x - starts[-1]) == fileoff:
+            ends[-1] = x_next  # the same record (or a contiguous one) continues
+        else:
+            starts.append(x)
+            ends.append(x_next)
+            offs.append(fileoff)
+    return starts, ends, offs
 
 
 def is_flattened(head: bytes) -> bool:
@@ -60,55 +99,35 @@ class FlattenedView(ByteView):
                                              "expected 1")
         if version != 1:
             self.remarks.append(f"flattened format version {version} (expected 1)")
+        records = self._read_records(file)
         # Disjoint pieces of the logical file, sorted: logical start/end and file offset.
-        self._starts: List[int] = []
-        self._ends: List[int] = []
-        self._fileoffs: List[int] = []
+        self._starts, self._ends, self._fileoffs = _paint(records)
+        self.size = self._ends[-1] if self._ends else 0
+
+    def _read_records(self, file: DumpFile) -> List[Tuple[int, int, int]]:
+        """Return every data record as ``(logical start, logical end, file offset of its data)``,
+        in file order. Record headers are read in blocks, not one call each."""
+        records: List[Tuple[int, int, int]] = []
         pos = FLAT_HEADER_SIZE
+        window_at, window = 0, b""
         while True:
             if pos == file.size:
                 self.remarks.append("no end record: the flattened file may be truncated")
-                break
-            offset, size = file.unpack(">qq", pos, "flattened record header")
+                return records
+            if not window_at <= pos <= window_at + len(window) - _RECORD.size:
+                window_at = pos
+                window = file.slice(pos, max(min(_WINDOW, file.size - pos), _RECORD.size),
+                                    "flattened record header")
+            offset, size = _RECORD.unpack_from(window, pos - window_at)
             if offset == _END and size == _END:
-                break
+                return records
             if offset < 0 or size < 0:
                 raise DumpFormatError(file.name, f"flattened record at file offset {pos:#x} has "
                                                  f"offset {offset} and size {size}")
             file.check_range(pos + _RECORD.size, size, f"flattened record data (record at {pos:#x})")
             if size:
-                self._paint(offset, offset + size, pos + _RECORD.size)
+                records.append((offset, offset + size, pos + _RECORD.size))
             pos += _RECORD.size + size
-        self.size = self._ends[-1] if self._ends else 0
-
-    def _paint(self, start: int, end: int, fileoff: int) -> None:
-        """Lay ``[start, end)`` over the pieces recorded so far (later records win)."""
-        i = bisect_right(self._ends, start)  # first piece ending after start
-        if i == len(self._starts) or self._starts[i] >= end:
-            self._starts.insert(i, start)
-            self._ends.insert(i, end)
-            self._fileoffs.insert(i, fileoff)
-            return
-        new_s, new_e, new_f = [], [], []
-        j = i
-        while j < len(self._starts) and self._starts[j] < end:
-            s, e, f = self._starts[j], self._ends[j], self._fileoffs[j]
-            if s < start:  # keep the head of an overlapped piece
-                new_s.append(s)
-                new_e.append(start)
-                new_f.append(f)
-            j += 1
-        new_s.append(start)
-        new_e.append(end)
-        new_f.append(fileoff)
-        s, e, f = self._starts[j - 1], self._ends[j - 1], self._fileoffs[j - 1]
-        if e > end:  # keep the tail of the last overlapped piece
-            new_s.append(end)
-            new_e.append(e)
-            new_f.append(f + (end - s))
-        self._starts[i:j] = new_s
-        self._ends[i:j] = new_e
-        self._fileoffs[i:j] = new_f
 
     def slice(self, offset: int, length: int, what: str) -> bytes:
         self.check_range(offset, length, what)

@@ -16,6 +16,7 @@ from typing import Dict, Optional, Type
 
 from ..errors import DumpFormatError, OptionError
 from .base import PhysSource, VcpuRegs
+from .elfutil import describe_elf_head
 from .filemap import DumpFile
 from .kdump import KdumpSource
 from .qemu_elf import QemuElfSource
@@ -40,6 +41,9 @@ def detect_format(path: str) -> str:
         for reader in READERS:
             if reader.probe(head):
                 return reader.format_name
+        elf = describe_elf_head(head)
+        if elf:
+            raise DumpFormatError(file.name, f"not a recognised dump: {elf}")
         raise DumpFormatError(file.name, f"not a recognised dump: the first bytes {head[:8]!r} "
                                          "match no QEMU ELF, kdump or xl dump-core header; for a "
                                          "raw memory image use --raw FILE@BASE")
