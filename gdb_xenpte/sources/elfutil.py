@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 from elftools.common.exceptions import ELFError
 from elftools.construct import ConstructError
 from elftools.elf.elffile import ELFFile
-from elftools.elf.enums import ENUM_E_MACHINE, ENUM_E_TYPE
+from elftools.elf.enums import ENUM_E_MACHINE
 
 from ..errors import DumpFormatError
 from .filemap import DumpFile
