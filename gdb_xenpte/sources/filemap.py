@@ -102,8 +102,7 @@ class DumpFile(ByteView):
         before = check_regular_file(self.path)
         try:
             # O_NONBLOCK: should a FIFO be swapped in after the check, open() still returns.
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
-                         | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         except OSError as err:
             raise SourceError(self.path, f"cannot open: {err.strerror or err}") from None
         st = os.fstat(fd)

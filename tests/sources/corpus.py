@@ -7,6 +7,7 @@ errors, never anything else.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 import struct
@@ -136,3 +137,44 @@ def write_sparse_note(path: pathlib.Path, claim: int = 8 << 30) -> int:
 def shrink_sizes(layout: Layout):
     """Sizes to truncate a written file to while it is open: before each structure, and 1."""
     return sorted({1} | {o for o in layout.boundaries() if 0 < o < layout.size})
+
+
+# ----------------------------------------------------------------------------------------------
+# Files for the read-only audits (tests/unit, tests/gdb test_read_only*)
+
+def fingerprint(path: pathlib.Path):
+    """What must not change when a dump is read: content hash, size, mtime, mode."""
+    st = path.stat()
+    return hashlib.sha256(path.read_bytes()).hexdigest(), st.st_size, st.st_mtime_ns, st.st_mode
+
+
+def walkable_dump_files(tmp_path):
+    """``(path, format, gdb options)`` for every format, and the CR3 of the tables: the parser
+    corpus (PV and 32-bit included; random page contents) and real 4-level tables
+    (tests/builder.py) in each HVM format, so walks have leaves to produce."""
+    from builder import NX, P, RW, US, Builder
+    from writers import write_raw
+    files = []
+    for case in cases():
+        path = tmp_path / f"{case.name}.dump"
+        case.write(path)
+        files.append((path, case.fmt, f"--core {path}"))
+    b = Builder("4level")
+    for i in range(8):
+        b.map(0xFFFFFFFF81000000 + i * 4096, 0x200000 + i * 4096, flags=P | RW)
+    b.map(0x400000, 0x300000, flags=P | US, extra=NX)
+    b.map(0xFFFF888000000000, 0x40000000, size=1 << 30, flags=P | RW, extra=NX)
+    image = b.image()
+    regs = [dict(cr0=0x80050033, cr3=b.cr3, cr4=0x3506F0, cs_flags=0xA09B00)]
+    writers = {"qemu-elf": lambda p: write_qemu_elf(p, image, regs),
+               "kdump": lambda p: write_kdump(p, image, regs),
+               "kdump-flat": lambda p: write_kdump(p, image, regs, flattened=True),
+               "xc-hvm": lambda p: write_xc_core(p, image, regs, kind="hvm")}
+    for name, write in writers.items():
+        path = tmp_path / f"tables-{name}.dump"
+        write(path)
+        files.append((path, name, f"--core {path}"))
+    raw = tmp_path / "tables.raw"
+    write_raw(raw, image)
+    files.append((raw, "raw", f"--raw {raw}@0 --cr3 {b.cr3:#x} --cr4 0x3506f0 --efer 0xd01"))
+    return files, b.cr3
