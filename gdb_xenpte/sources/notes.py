@@ -45,7 +45,7 @@ DESC_L_MASK = 1 << 21  # CS descriptor flags: 64-bit code segment (QEMU target/i
 # + QEMUCPUState 440 + headers) and Linux ~0.5 KiB per CPU plus a few KiB of VMCOREINFO, so even
 # 8192 CPUs stay under 8 MiB; a header claiming more is corrupt or hostile, and is refused before
 # anything is allocated (a sparse file can make any size "fit" the file).
-NOTE_AREA_LIMIT = 64 << 20
+NOTE_AREA_LIMIT = 16 << 20
 
 
 def check_note_area(what: str, offset: int, size: int, where: str) -> None:
