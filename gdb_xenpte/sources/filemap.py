@@ -30,7 +30,7 @@ from ..errors import DumpFormatError, SourceError
 
 __all__ = ["ByteView", "DumpFile", "MappedFile", "check_regular_file"]
 
-_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"),
           (stat.S_ISSOCK, "a socket"))
 

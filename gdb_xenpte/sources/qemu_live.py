@@ -71,7 +71,7 @@ class TargetGone(SourceError):
         self.paddr = paddr
         super().__init__(what, f"the target disappeared while physical address {paddr:#x} was "
                                "being read (QEMU exited or the gdb connection closed); nothing "
-                               "further can be read, and there is no PhyMemMode left to restore")
+                               "further can be read from it")
 
 
 class Stub:

@@ -245,7 +245,7 @@ def test_target_gone_mid_walk_is_named_and_nothing_masks_it():
     src.close()
     assert len(errors) == 10 and all(isinstance(e, TargetGone) for e in errors)
     assert "the target disappeared while physical address 0x10 was being read" in str(errors[0])
-    assert all("PhyMemMode" not in str(e).replace("no PhyMemMode left", "") for e in errors)
+    assert all("PhyMemMode" not in str(e) for e in errors)
     assert stub.reads == 3  # nothing was sent to a dead target after it was noticed
 
 
