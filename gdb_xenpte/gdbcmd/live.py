@@ -2,8 +2,8 @@
 
 Everything here only relays: monitor commands, maintenance packets, memory reads and registers.
 The logic (RAM layout, fast path, PhyMemMode save/restore, a vanished target) is in
-:mod:`gdb_xenpte.sources.qemu_live`, the direct map and M2P in :mod:`gdb_xenpte.sources.directmap`;
-neither imports gdb.
+:mod:`gdb_xenpte.sources.qemu_live`, the direct map and M2P in :mod:`gdb_xenpte.sources.directmap`
+(neither imports gdb).
 
 Failure modes: :class:`~gdb_xenpte.errors.OptionError` when there is no live target or it offers no
 physical access and no ``--direct-map``; gdb's own errors become

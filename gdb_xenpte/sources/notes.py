@@ -18,8 +18,8 @@ from typing import Iterator, List, NamedTuple, Optional
 from ..errors import DumpFormatError
 from .base import VcpuRegs
 
-__all__ = ["NOTE_AREA_LIMIT", "Note", "PROCESS_NOTE_TYPES", "QEMU_CPU_STATE_SIZE", "check_note_area", "iter_notes",
-           "lma_hint_from_prstatus", "qemu_vcpus"]
+__all__ = ["NOTE_AREA_LIMIT", "Note", "PROCESS_NOTE_TYPES", "QEMU_CPU_STATE_SIZE",
+           "check_note_area", "iter_notes", "lma_hint_from_prstatus", "qemu_vcpus"]
 
 NOTE_HEADER = struct.Struct("<III")  # n_namesz, n_descsz, n_type
 

@@ -250,18 +250,18 @@ def test_target_gone_mid_walk_is_named_and_nothing_masks_it():
 
 
 _CHILD_RAM = bytes(range(256)) * 64  # 16 KiB the child holds at a known host address
+_CHILD = ("import ctypes,socket,time\n"
+          f"ram=ctypes.create_string_buffer({_CHILD_RAM!r}, {len(_CHILD_RAM)})\n"
+          "s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(1)\n"
+          "print(s.getsockname()[1], ctypes.addressof(ram), flush=True)\n"
+          "c,_=s.accept(); time.sleep(60)")
 
 
 def test_target_gone_on_the_fast_path_is_named():
     # A child process plays QEMU: it serves a TCP port (so the peer lookup finds it) and holds
     # guest RAM in its own memory; the source reads it through /proc/<child>/mem, then the child
     # is killed mid-walk.
-    child = subprocess.Popen([sys.executable, "-c",
-                              "import ctypes,socket,time\n"
-                              f"ram=ctypes.create_string_buffer({_CHILD_RAM!r}, {len(_CHILD_RAM)})\n"
-                              "s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(1)\n"
-                              "print(s.getsockname()[1], ctypes.addressof(ram), flush=True)\n"
-                              "c,_=s.accept(); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", _CHILD], stdout=subprocess.PIPE, text=True)
     try:
         port, hva = map(int, child.stdout.readline().split())
         with socket.create_connection(("127.0.0.1", port)):
