@@ -163,7 +163,8 @@ class KdumpSource(FileSource):
                                              f"but the whole flattened file holds {file.size:#x}: "
                                              "corrupt header")
         view.check_range(bitmap_off, 2 * half, f"bitmaps ({bitmap_blocks} blocks)")
-        self._bitmap_ram = view.slice(bitmap_off, used, "first (RAM) bitmap")
+        # The RAM bitmap only words a miss ("excluded" vs "not in dump"): read a byte of it then.
+        self._bitmap_ram_off = bitmap_off
         self._bitmap = view.slice(bitmap_off + half, used, "second (dumped pages) bitmap")
         self._build_rank()
         self._desc_off = (1 + sub_blocks + bitmap_blocks) * bs
@@ -234,8 +235,8 @@ class KdumpSource(FileSource):
         paddr = pfn * self.block_size
         what = self._file.name
         if pfn < 0 or pfn >= self.max_mapnr or not self._is_dumped(pfn):
-            ram = self._bitmap_ram
-            in_ram = 0 <= pfn < len(ram) * 8 and ram[pfn >> 3] >> (pfn & 7) & 1
+            in_ram = 0 <= pfn < self.max_mapnr and self._view.slice(
+                self._bitmap_ram_off + (pfn >> 3), 1, "first (RAM) bitmap")[0] >> (pfn & 7) & 1
             raise UnreadableMemory(what, paddr, "page excluded from the dump" if in_ram
                                    else "not in dump")
         index = self._descriptor_index(pfn)
