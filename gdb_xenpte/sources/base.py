@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from .filemap import MappedFile
+from .filemap import DumpFile
 
 __all__ = ["FileSource", "NoMemory", "PhysSource", "VcpuRegs"]
 
@@ -100,7 +100,7 @@ class PhysSource:
 
 
 class FileSource(PhysSource):
-    """A source read from one dump file, mapped read-only; subclasses parse it in ``_open``.
+    """A source read from one dump file, opened read-only; subclasses parse it in ``_open``.
 
     The file is closed again if parsing fails, so a bad dump never leaks its mapping.
 
@@ -109,7 +109,7 @@ class FileSource(PhysSource):
     """
 
     def __init__(self, path: str):
-        self._file = MappedFile(path)
+        self._file = DumpFile(path)
         try:
             self._open()
         except BaseException:

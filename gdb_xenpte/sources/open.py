@@ -16,7 +16,8 @@ from typing import Dict, Optional, Type
 
 from ..errors import DumpFormatError, OptionError
 from .base import PhysSource, VcpuRegs
-from .filemap import MappedFile
+from .elfutil import describe_elf_head
+from .filemap import DumpFile
 from .kdump import KdumpSource
 from .qemu_elf import QemuElfSource
 from .raw import RawSource
@@ -34,12 +35,15 @@ def detect_format(path: str) -> str:
 
     :raises DumpFormatError: if no reader recognises it.
     """
-    file = MappedFile(path)
+    file = DumpFile(path)
     try:
         head = file.head(PROBE_BYTES)
         for reader in READERS:
             if reader.probe(head):
                 return reader.format_name
+        elf = describe_elf_head(head)
+        if elf:
+            raise DumpFormatError(file.name, f"not a recognised dump: {elf}")
         raise DumpFormatError(file.name, f"not a recognised dump: the first bytes {head[:8]!r} "
                                          "match no QEMU ELF, kdump or xl dump-core header; for a "
                                          "raw memory image use --raw FILE@BASE")
