@@ -19,7 +19,8 @@ import gdb
 
 from ..errors import OptionError, SourceError, UnreadableMemory
 from ..sources.base import PhysSource, VcpuRegs
-from ..sources.directmap import M2P_PV32, M2P_PV64, DirectMapSource
+from ..sources.directmap import DirectMapSource
+from ..xen import M2P_PV32, M2P_PV64
 from ..sources.qemu_live import QemuLiveSource, Stub
 
 __all__ = ["GdbStub", "open_live_source"]

@@ -16,16 +16,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from ..errors import UnreadableMemory
 from .base import PhysSource, VcpuRegs
 
-__all__ = ["DirectMapSource", "M2P_PV32", "M2P_PV64"]
+__all__ = ["DirectMapSource"]
 
-# Kept here until the Xen layout facts (gdb_xenpte/xen/layout.py, issue 17) are merged; then these
-# two names are imported from there.
-# Xen's read-only M2P as mapped into every PV guest: (virtual base, entry size in bytes).
-# 64-bit: RO_MPT_VIRT_START (xen/include/public/arch-x86/xen-x86_64.h, 0xFFFF800000000000).
-M2P_PV64 = (0xFFFF800000000000, 8)
-# 32-bit PV on 64-bit Xen: the compat M2P at HYPERVISOR_COMPAT_VIRT_START's default 0xF5800000
-# (xen/include/public/arch-x86/xen-x86_32.h MACH2PHYS_VIRT_START_PAE).
-M2P_PV32 = (0xF5800000, 4)
 # INVALID_M2P_ENTRY (~0UL) and SHARED_M2P_ENTRY (~0UL - 1), xen/include/public/xen.h.
 _M2P_INVALID_FROM = {8: (1 << 64) - 2, 4: (1 << 32) - 2}
 
@@ -36,8 +28,8 @@ class DirectMapSource(PhysSource):
 
     Guest-physical address ``pa`` is read at virtual address ``base + pa`` (e.g. a Linux guest's
     ``page_offset_base``). For a PV guest, page-table entries hold machine frames: ``m2p`` names
-    Xen's read-only M2P (:data:`M2P_PV64` or :data:`M2P_PV32`) and every frame is translated
-    MFN -> PFN through it before it is read.
+    Xen's read-only M2P (:data:`gdb_xenpte.xen.M2P_PV64` or ``M2P_PV32``) and every frame is
+    translated MFN -> PFN through it before it is read.
 
     :param read_virt: reads ``size`` bytes at a guest virtual address; raises UnreadableMemory.
     :param base: virtual address of guest-physical 0 (bytes).

@@ -16,7 +16,8 @@ import pytest
 
 from gdb_xenpte.errors import SourceError, UnreadableMemory
 from gdb_xenpte.sources.base import VcpuRegs
-from gdb_xenpte.sources.directmap import M2P_PV64, DirectMapSource
+from gdb_xenpte.sources.directmap import DirectMapSource
+from gdb_xenpte.xen import M2P_PV64
 from gdb_xenpte.sources.procpeer import find_peer_pid
 from gdb_xenpte.sources.qemu_live import (QemuLiveSource, Stub, TargetGone, parse_gpa2hva,
                                           parse_mtree)
