@@ -31,7 +31,7 @@ import struct
 import zlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import pytest
 from elftools.elf.elffile import ELFFile
