@@ -14,11 +14,14 @@ makedumpfile's own definitions, cross-checked against what Xen's tools printed b
   through the dump at the machine address Xen stored) spell Xen's banner; one VMCOREINFO_XEN whose
   SYMBOL(domain_list) is xen-syms' ``domain_list``;
 * the pCPU that ran the running domU (pinned to pCPU 1, spinning in user mode) crashed with one
-  of that domU's pinned L4s (xen-mfndump) in CR3, the one ``xl debug-keys d`` printed for it;
+  of that domU's pinned L4s (xen-mfndump) in CR3: its marker process's kernel L4 (xenctx) or
+  user L4 (the CR3 ``xl debug-keys d`` printed for it in user mode) — both were seen;
 * ``xenctx`` CR3 of each domU is one of its pinned L4s, unchanged up to the crash for the running
   one; each domU's marker page lies at the MFN xen-mfndump's p2m gives for the PFN the domU's own
   pagemap reported, and holds that domain's marker (distinct per domain), in the ELF and in the
   makedumpfile copy alike, and in what ``xenctx -m`` read through libxc's page walk;
+* the paused domU's ``xl dump-core``: its context's kernel L4 is xenctx's, its user L4 another
+  pinned L4 of the domain; its own p2m and page data agree on the marker page;
 * ``vmcore.kdump``: makedumpfile's kdump-compressed format (``KDUMP   ``, dump level 0), carrying
   the ELF's notes byte for byte;
 * ``xen-syms``: ELF64 with DWARF.
@@ -36,7 +39,7 @@ from typing import List, Tuple
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from targets.xen_crash import marker_page, parse_debug_key_d, parse_p2m
+from targets.xen_crash import dump_core_ctrlregs, marker_page, parse_debug_key_d, parse_p2m
 from targets.xl_dumpcore import parse_xenctx, parse_xenctx_memory
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
@@ -118,7 +121,7 @@ def _text(crash, name: str) -> str:
     return Path(crash["texts"][name]).read_text(errors="replace")
 
 
-# ---- the ELF vmcore ------------------------------------------------------------------------------
+# ---- the ELF vmcore ------------------------------------------------------------------------
 
 def test_elf_is_keyed_by_machine_address_with_the_direct_map_as_vaddr(xen_crash):
     loads, _ = _segments(xen_crash["vmcore_elf"])
@@ -187,13 +190,18 @@ def test_running_domus_pcpu_crashed_in_its_address_space(xen_crash):
     pinned = set(running["pinned_l4_mfns"])
     hits = [cr3 for cr3 in cr3s if (cr3 >> 12) in pinned]
     assert len(hits) == 1, [hex(c) for c in cr3s]
-    # ...and it is the L4 Xen's debug-key d showed for that domU's vCPU just before
+    # ...and it is the marker process's: its kernel L4 (xenctx) if the crash NMI caught the vCPU
+    # in its kernel (a tick) or Xen, else its user L4, which debug-key d showed just before with
+    # the vCPU in user mode
     (rec,) = [r for r in parse_debug_key_d(_text(xen_crash, "xl-debug-keys.txt"))
               if r["domid"] == running["domid"]]
-    assert rec["pcpu"] in running["pcpu_affinity"] and rec["cr3"] == hits[0]
+    assert rec["pcpu"] in running["pcpu_affinity"] and rec["cs"] & 3 == 3
+    kernel_l4 = running["vcpus"][0]["cr3"]
+    assert rec["cr3"] != kernel_l4 and (rec["cr3"] >> 12) in pinned
+    assert hits[0] in (kernel_l4, rec["cr3"])
 
 
-# ---- what Xen's tools said, and the marker pages ---------------------------------------------------
+# ---- what Xen's tools said, and the marker pages --------------------------------------------
 
 def test_two_pv_domus_one_paused(xen_crash):
     domus = _domus(xen_crash)
@@ -232,12 +240,32 @@ def test_marker_page_at_its_mfn_in_both_dumps(xen_crash, state):
     assert va == marker["va"] and len(data) >= 256 and expected.startswith(data)
 
 
+def test_paused_domus_xl_dump_core_agrees(xen_crash):
+    """The toolstack's own dump of the paused domU: same L4s, same p2m, same marker page."""
+    (dom,) = [d for d in _domus(xen_crash) if d["state"] == "paused"]
+    vcpu = dom["vcpus"][0]
+    kernel_l4, user_l4 = vcpu["cr3"] >> 12, vcpu["dump_core"]["user_cr3"] >> 12
+    ctrlreg = dump_core_ctrlregs(Path(dom["xl_dump_core"]))[0]
+    assert ctrlreg[3] >> 12 == kernel_l4 and ctrlreg[1] >> 12 == user_l4
+    assert user_l4 != kernel_l4 and {user_l4, kernel_l4} <= set(dom["pinned_l4_mfns"])
+    with open(dom["xl_dump_core"], "rb") as f:
+        elf = ELFFile(f)
+        p2m = elf.get_section_by_name(".xen_p2m").data()
+        pages = elf.get_section_by_name(".xen_pages")
+        pairs = [struct.unpack_from("<QQ", p2m, i) for i in range(0, len(p2m), 16)]
+        marker = dom["marker"]
+        (index,) = [i for i, (pfn, _mfn) in enumerate(pairs) if pfn == marker["pfn"]]
+        assert pairs[index][1] == marker["mfn"]
+        f.seek(pages["sh_offset"] + index * PAGE)
+        assert f.read(PAGE) == marker_page(marker["tag"])
+
+
 def test_markers_differ_between_domains(xen_crash):
     a, b = (d["marker"] for d in _domus(xen_crash))
     assert a["mfn"] != b["mfn"] and a["sha256"] != b["sha256"]
 
 
-# ---- the makedumpfile copy ------------------------------------------------------------------------
+# ---- the makedumpfile copy ----------------------------------------------------------------
 
 def test_kdump_copy_is_makedumpfile_format_with_the_elf_notes(xen_crash):
     _, blob = _segments(xen_crash["vmcore_elf"])

@@ -15,8 +15,10 @@ What a support engineer holds after a Xen host died is the ``/proc/vmcore`` that
   each running ``xencrash/marker.c``, which fills one page with content naming its domain and
   prints the page's VA and PFN; then records, before the crash, ``xenctx -a`` (vCPU context: CR3
   as Xen holds it), ``xenctx -m`` at the marker VA, ``xen-mfndump dump-p2m`` (PFN -> MFN, pinned
-  L4s), ``xl list -l``, ``xl vcpu-list``, and Xen's ``xl debug-keys d`` (per-pCPU registers)
-  and ``q`` (domains, vCPU -> pCPU); writes them as a tar onto the second virtio disk; and
+  L4s), ``xl list -l``, ``xl vcpu-list``, ``xl dump-core`` of the paused domU (its vCPU
+  context has both L4s: ctrlreg[3] kernel, ctrlreg[1] user), and Xen's ``xl debug-keys d``
+  (per-pCPU registers) and ``q`` (domains, vCPU -> pCPU); writes them as a tar onto the second
+  virtio disk; and
   runs ``xl debug-keys C``: Xen goes down ``kexec_crash()`` on pCPU 0;
 * the crash kernel boots natively in the reserved region and ``dd``\\ s ``/proc/vmcore`` onto the
   first virtio disk (QEMU ``detect-zeroes=unmap``: the host file stays sparse);
@@ -39,7 +41,9 @@ config delta); ``crashed_pcpu`` (Xen's "Executing kexec image on cpuN"), ``pcpus
 ``debug_key_d`` (per pCPU: context, domid/vcpu, cr3, cr4, cs, rip as Xen printed them);
 ``domains``: per domain ``domid``, ``name``, ``kind`` (``pv64``), ``state``
 (``running``/``paused``), ``vcpus`` (per vCPU: ``pcpu`` and ``has`` from debug-key q, and for
-domUs ``xenctx``: the registers ``xenctx -a`` printed, cr3 = the kernel L4 as a machine address),
+domUs ``xenctx``: the registers ``xenctx -a`` printed, cr3 = the kernel L4 as a machine address;
+for the paused domU also ``dump_core``: kernel_cr3, user_cr3, cr4 from its ``xl dump-core``
+context, kept as ``xl_dump_core``),
 ``pinned_l4_mfns`` (xen-mfndump), ``marker`` (tag, va, pfn, mfn, maddr, sha256, file) and the
 text files by name (``texts``); ``seconds`` (measured times).
 
@@ -69,6 +73,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import tarfile
 import time
@@ -278,8 +283,9 @@ def build_dom0_initramfs(workdir: Path) -> Path:
     for tag, name, _state in DOMAINS:
         tree.file(f"/etc/xen/{tag}.cfg", _domu_config(tag, name).encode())
     domains = " ".join(f"{tag}:{name}" for tag, name, _state in DOMAINS)
-    tree.file("/etc/xenpte.conf", (f"XEN_BIN={xl_dumpcore.XEN_BIN}\nRESULTS_DISK=/dev/vdb\n"
-                                   f"CRASH_APPEND='{CRASH_APPEND}'\nDOMAINS='{domains}'\n").encode())
+    conf = (f"XEN_BIN={xl_dumpcore.XEN_BIN}\nRESULTS_DISK=/dev/vdb\n"
+            f"CRASH_APPEND='{CRASH_APPEND}'\nDOMAINS='{domains}'\n")
+    tree.file("/etc/xenpte.conf", conf.encode())
     path = workdir / "dom0-initramfs.cpio"
     path.write_bytes(tree.archive.finish())
     return path
@@ -366,6 +372,26 @@ def _makedumpfile(elf: Path, syms: Path, out: Path) -> float:
     return time.monotonic() - t0
 
 
+# struct vcpu_guest_context, x86_64 (xen/include/public/arch-x86/xen.h, xen-x86_64.h): fpu_ctxt
+# 512, flags 8, cpu_user_regs 200, trap_info[256] 4096, ldt_base, ldt_ents, gdt_frames[16],
+# gdt_ents, kernel_ss, kernel_sp, then ctrlreg[8].
+VCPU_CONTEXT_SIZE = 5168            # sizeof(vcpu_guest_context_any_t), x86_64 toolstack
+CTRLREG_OFFSET = 512 + 8 + 200 + 4096 + 8 * (2 + 16 + 1 + 2)
+
+
+def dump_core_ctrlregs(core: Path) -> List[List[int]]:
+    """Return each vCPU's ``ctrlreg[0..7]`` from an ``xl dump-core`` file's ``.xen_prstatus``."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(core, "rb") as f:
+        section = ELFFile(f).get_section_by_name(".xen_prstatus")
+        if section is None:
+            raise QemuError(f"{core}: no .xen_prstatus section (not an xl dump-core file?)")
+        data = section.data()
+    return [list(struct.unpack_from("<8Q", data, base + CTRLREG_OFFSET))
+            for base in range(0, len(data) - VCPU_CONTEXT_SIZE + 1, VCPU_CONTEXT_SIZE)]
+
+
 def _link_or_copy(src: Path, dest: Path) -> None:
     try:
         os.link(src, dest)
@@ -392,8 +418,8 @@ def generate(workdir: Path, inputs: Optional[Dict[str, object]] = None,
     mem_mb = int(MACHINE_MEMORY.rstrip("M"))
     with open(vmcore_disk, "wb") as f:
         f.truncate((mem_mb + 64) << 20)
-    with open(results_disk, "wb") as f:
-        f.truncate(64 << 20)
+    with open(results_disk, "wb") as f:  # the small files and the paused domU's dump-core
+        f.truncate((DOMU_MEMORY_MB + 64) << 20)
     built = time.monotonic()
     # zeros become holes in the host file (the vmcore is mostly free memory)
     drive = "format=raw,if=virtio,cache=unsafe,discard=unmap,detect-zeroes=unmap"
@@ -443,7 +469,7 @@ def _steps(serial: str) -> Dict[str, float]:
 def _manifest(workdir: Path, serial: str, trigger: int, cmdline: str, build, kernel: Path,
               inputs: Dict[str, object]) -> Dict[str, object]:
     out = workdir / "out"
-    texts = {p.name: p for p in sorted(out.iterdir()) if p.is_file()}
+    texts = {p.name: p for p in sorted(out.iterdir()) if p.is_file() and p.suffix != ".core"}
     read = lambda name: texts[name].read_text(errors="replace") if name in texts else ""
     before, after = serial[:trigger], serial[trigger:]
     crashed = re.search(r"Executing kexec image on cpu(\d+)", after)
@@ -473,13 +499,24 @@ def _manifest(workdir: Path, serial: str, trigger: int, cmdline: str, build, ker
         mfn = p2m[pfn]["mfn"]
         (workdir / f"{tag}-marker.bin").write_bytes(content)
         qv = q.get(domid, {}).get("vcpus", {})
+        vcpu: Dict[str, object] = {"vcpu": 0, **qv.get(0, {}),
+                                   "xenctx": {k: ctx[k] for k in sorted(ctx)},
+                                   "cr3": ctx.get("cr3"), "cr4": ctx.get("cr4")}
+        core = out / f"{tag}.core"
+        if core.is_file():
+            ctrlreg = dump_core_ctrlregs(core)[0]
+            if ctrlreg[3] != ctx.get("cr3"):  # the layout check: the same context as xenctx's
+                raise QemuError(f"{core}: ctrlreg[3] {ctrlreg[3]:#x} is not xenctx's cr3 "
+                                f"{ctx.get('cr3')}: wrong vcpu_guest_context layout?")
+            vcpu["dump_core"] = {"kernel_cr3": ctrlreg[3], "user_cr3": ctrlreg[1],
+                                 "cr4": ctrlreg[4]}
+            os.replace(core, workdir / f"{tag}.core")
         domains.append({
             "domid": domid, "name": name, "tag": tag, "kind": "pv64", "state": state,
             "memory_mb": DOMU_MEMORY_MB, "pcpu_affinity": [DOMU_PCPU],
             "pause_count": q.get(domid, {}).get("pause_count"),
-            "vcpus": [{"vcpu": 0, **qv.get(0, {}),
-                       "xenctx": {k: ctx[k] for k in sorted(ctx)},
-                       "cr3": ctx.get("cr3"), "cr4": ctx.get("cr4")}],
+            "vcpus": [vcpu],
+            "xl_dump_core": str(workdir / f"{tag}.core") if "dump_core" in vcpu else None,
             "pinned_l4_mfns": sorted(e["mfn"] for e in p2m.values() if e["type"] == "pinned L4"),
             "p2m_entries": len(p2m),
             "marker": {"tag": tag, "va": va, "pfn": pfn, "mfn": mfn, "maddr": mfn * PAGE_SIZE,

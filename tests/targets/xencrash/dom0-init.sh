@@ -103,6 +103,12 @@ for entry in $DOMAINS; do
     xen-mfndump dump-p2m "$domid" > "/out/$tag-p2m.txt" 2>&1 || say "xen-mfndump $domid failed"
     cp "/var/log/xen/console/guest-$name.log" "/out/$tag-console.log"
 done
+# The paused domU as the toolstack saves it: its vCPU context there holds both L4s (ctrlreg[3]
+# kernel, ctrlreg[1] user), which xenctx does not print.
+for entry in $DOMAINS; do
+    tag=${entry%%:*}
+    [ "$tag" = "$last" ] || run xl dump-core "$(cat "/out/$tag-domid")" "/out/$tag.core"
+done
 xl list > /out/xl-list.txt 2>&1
 xl list -l > /out/xl-list-l.json 2>&1
 xl vcpu-list > /out/xl-vcpu-list.txt 2>&1
