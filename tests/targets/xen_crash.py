@@ -43,7 +43,8 @@ config delta); ``crashed_pcpu`` (Xen's "Executing kexec image on cpuN"), ``pcpus
 (``running``/``paused``), ``vcpus`` (per vCPU: ``pcpu`` and ``has`` from debug-key q, and for
 domUs ``xenctx``: the registers ``xenctx -a`` printed, cr3 = the kernel L4 as a machine address;
 for the paused domU also ``dump_core``: kernel_cr3, user_cr3, cr4 from its ``xl dump-core``
-context, kept as ``xl_dump_core``),
+context, kept as ``xl_dump_core``; ``user_cr3`` and ``user_cr3_from``: that context's, or for the
+running domU the CR3 debug-key d printed with the vCPU in user mode),
 ``pinned_l4_mfns`` (xen-mfndump), ``marker`` (tag, va, pfn, mfn, maddr, sha256, file) and the
 text files by name (``texts``); ``seconds`` (measured times).
 
@@ -477,6 +478,7 @@ def _manifest(workdir: Path, serial: str, trigger: int, cmdline: str, build, ker
     kdump = re.search(r"Kdump: (\d+)MB \(\d+kB\) at (0x[0-9a-f]+)", serial)
     keys = read("xl-debug-keys.txt")
     q = parse_debug_key_q(keys)
+    key_d = parse_debug_key_d(keys)
     domains: List[Dict[str, object]] = [{
         "domid": 0, "name": "Domain-0", "kind": "pv64", "state": "running",
         "pause_count": q.get(0, {}).get("pause_count"),
@@ -511,6 +513,15 @@ def _manifest(workdir: Path, serial: str, trigger: int, cmdline: str, build, ker
             vcpu["dump_core"] = {"kernel_cr3": ctrlreg[3], "user_cr3": ctrlreg[1],
                                  "cr4": ctrlreg[4]}
             os.replace(core, workdir / f"{tag}.core")
+        # The user L4 (PV64): the toolstack's context has it; else debug-key d's CR3 of this
+        # vCPU caught in user mode is it (a PV64 vCPU in user mode runs its user L4)
+        seen = [r for r in key_d if r["domid"] == domid and r["vcpu"] == 0]
+        if "dump_core" in vcpu:
+            vcpu["user_cr3"] = vcpu["dump_core"]["user_cr3"]
+            vcpu["user_cr3_from"] = "xl dump-core: ctrlreg[1]"
+        elif seen and seen[0]["cs"] & 3 == 3 and seen[0]["cr3"] != ctx.get("cr3"):
+            vcpu["user_cr3"] = seen[0]["cr3"]
+            vcpu["user_cr3_from"] = f"xl debug-keys d: pCPU {seen[0]['pcpu']} in user mode"
         domains.append({
             "domid": domid, "name": name, "tag": tag, "kind": "pv64", "state": state,
             "memory_mb": DOMU_MEMORY_MB, "pcpu_affinity": [DOMU_PCPU],
@@ -547,7 +558,7 @@ def _manifest(workdir: Path, serial: str, trigger: int, cmdline: str, build, ker
         "pcpus": PCPUS,
         "crashed_pcpu": int(crashed.group(1)) if crashed else None,
         "crash_trigger": "xl debug-keys C",
-        "debug_key_d": parse_debug_key_d(keys),
+        "debug_key_d": key_d,
         "domains": domains,
         "texts": {name: str(path) for name, path in texts.items()},
         "steps": _steps(before + after),
