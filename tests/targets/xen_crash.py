@@ -51,7 +51,8 @@ text files by name (``texts``); ``seconds`` (measured times).
 Measured here (2 cores, QEMU 7.2 TCG): 100 s for a whole generation at load average ~2 (QEMU
 start to the crash kernel's done line 91 s: toolstack up at dom0 uptime 8 s, each domU ~13 s to
 its marker, records and tar 5 s, crash kernel up 2 s after the crash, ``dd`` of 1.34 GB 30 s;
-makedumpfile 8 s), 150 s at load 6-10; a cached set is found in ~1 s (apt-cache for the key).
+makedumpfile 8 s), 150-155 s at load 6-10 (the paused domU's ``xl dump-core`` adds ~10 s); a
+cached set is found in 1-3 s (apt-cache, for the key).
 The Xen build it shares with the PV32 target: 94 s cold. The host's makedumpfile needs liblzo2-2
 (via liblzo2-dev) and libdw1/libelf1 (via gdb), both from .ci/apt-packages.txt.
 
