@@ -24,7 +24,10 @@ makedumpfile's own definitions, cross-checked against what Xen's tools printed b
   pinned L4 of the domain; its own p2m and page data agree on the marker page;
 * ``vmcore.kdump``: makedumpfile's kdump-compressed format (``KDUMP   ``, dump level 0), carrying
   the ELF's notes byte for byte;
-* ``xen-syms``: ELF64 with DWARF.
+* ``xen-syms``: ELF64 with DWARF;
+* with ``XENPTE_XENCRASH_PVH=1``, a PVH domU too: its marker is the vmcore's only page with that
+  content, where libxc's walk through its guest-physical tables found it; its CR3 is
+  guest-physical.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from typing import List, Tuple
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from targets import xen_crash as xen_crash_target
 from targets.xen_crash import dump_core_ctrlregs, marker_page, parse_debug_key_d, parse_p2m
 from targets.xl_dumpcore import parse_xenctx, parse_xenctx_memory
 
@@ -115,6 +119,11 @@ def _kdump_page(path: str, pfn: int) -> bytes:
 
 def _domus(crash) -> List[dict]:
     return [d for d in crash["domains"] if d["domid"] != 0]
+
+
+def _domain(crash, tag: str) -> dict:
+    (dom,) = [d for d in _domus(crash) if d["tag"] == tag]
+    return dom
 
 
 def _text(crash, name: str) -> str:
@@ -205,31 +214,36 @@ def test_running_domus_pcpu_crashed_in_its_address_space(xen_crash):
 
 def test_two_pv_domus_one_paused(xen_crash):
     domus = _domus(xen_crash)
-    assert sorted(d["state"] for d in domus) == ["paused", "running"]
-    assert len({d["domid"] for d in domus}) == 2
+    pv = [d for d in domus if d["kind"] == "pv64"]
+    assert sorted((d["tag"], d["state"]) for d in pv) == [("paused", "paused"),
+                                                          ("running", "running")]
+    assert len({d["domid"] for d in domus}) == len(domus)
     for d in domus:
         assert d["pause_count"] == (1 if d["state"] == "paused" else 0)  # debug-key q
         assert d["vcpus"][0]["has"] == (d["state"] == "running")
 
 
-@pytest.mark.parametrize("state", ["paused", "running"])
-def test_xenctx_cr3_is_a_pinned_l4_of_the_domain(xen_crash, state):
-    (dom,) = [d for d in _domus(xen_crash) if d["state"] == state]
+@pytest.mark.parametrize("tag", ["paused", "running"])  # the PV domUs, tagged by their state
+def test_xenctx_cr3_is_a_pinned_l4_of_the_domain(xen_crash, tag):
+    dom = _domain(xen_crash, tag)
     ctx = parse_xenctx(_text(xen_crash, f"{dom['tag']}-xenctx.txt"))
     assert ctx["cr3"] == dom["vcpus"][0]["cr3"] and ctx["cr3"] & 0xFFF == 0
     assert (ctx["cr3"] >> 12) in dom["pinned_l4_mfns"]
     p2m = parse_p2m(_text(xen_crash, f"{dom['tag']}-p2m.txt"))
     assert ctx["cr3"] >> 12 in {e["mfn"] for e in p2m.values()}
     assert ctx["cs"] & 3 == 3  # the marker spins in user mode
-    if state == "running":
+    if tag == "running":
         late = parse_xenctx(_text(xen_crash, "running-xenctx-late.txt"))
         assert late["cr3"] == ctx["cr3"]
 
 
-@pytest.mark.parametrize("state", ["paused", "running"])
-def test_marker_page_at_its_mfn_in_both_dumps(xen_crash, state):
-    (dom,) = [d for d in _domus(xen_crash) if d["state"] == state]
+@pytest.mark.parametrize("tag", ["paused", "running"])
+def test_marker_page_at_its_mfn_in_both_dumps(xen_crash, tag):
+    dom = _domain(xen_crash, tag)
     marker = dom["marker"]
+    # among the vmcore's pages with this content (the paused domU's also sits in dom0's copy
+    # of its xl dump-core, in tmpfs)
+    assert marker["maddr"] in marker["found_at"]
     p2m = parse_p2m(_text(xen_crash, f"{dom['tag']}-p2m.txt"))
     assert p2m[marker["pfn"]]["mfn"] == marker["mfn"] and marker["maddr"] == marker["mfn"] * PAGE
     expected = marker_page(marker["tag"])
@@ -242,7 +256,7 @@ def test_marker_page_at_its_mfn_in_both_dumps(xen_crash, state):
 
 def test_paused_domus_xl_dump_core_agrees(xen_crash):
     """The toolstack's own dump of the paused domU: same L4s, same p2m, same marker page."""
-    (dom,) = [d for d in _domus(xen_crash) if d["state"] == "paused"]
+    dom = _domain(xen_crash, "paused")
     vcpu = dom["vcpus"][0]
     kernel_l4, user_l4 = vcpu["cr3"] >> 12, vcpu["dump_core"]["user_cr3"] >> 12
     ctrlreg = dump_core_ctrlregs(Path(dom["xl_dump_core"]))[0]
@@ -261,8 +275,28 @@ def test_paused_domus_xl_dump_core_agrees(xen_crash):
 
 
 def test_markers_differ_between_domains(xen_crash):
-    a, b = (d["marker"] for d in _domus(xen_crash))
-    assert a["mfn"] != b["mfn"] and a["sha256"] != b["sha256"]
+    markers = [d["marker"] for d in _domus(xen_crash)]
+    assert len({m["mfn"] for m in markers}) == len({m["sha256"] for m in markers}) == len(markers)
+
+
+def test_pvh_domu_marker_found_by_content_and_by_libxc(xen_crash):
+    """The PVH domU (opt-in): its tables are guest-physical, its p2m is Xen's NPT. xen-mfndump
+    cannot read that p2m, so the marker's frame is the vmcore's only page with its content."""
+    pvh = [d for d in _domus(xen_crash) if d["kind"] == "pvh"]
+    if not pvh:
+        pytest.skip(f"no PVH domU: set {xen_crash_target.PVH_OPT_IN}=1 to make one (own cache key)")
+    (dom,) = pvh
+    marker, expected = dom["marker"], marker_page(dom["marker"]["tag"])
+    assert dom["state"] == "paused" and dom["pause_count"] == 1 and not dom["pinned_l4_mfns"]
+    assert marker["found_at"] == [marker["maddr"]] == [marker["mfn"] * PAGE]
+    assert _read_maddr(xen_crash["vmcore_elf"], marker["maddr"], PAGE) == expected
+    assert _kdump_page(xen_crash["vmcore_kdump"], marker["mfn"]) == expected
+    va, data = parse_xenctx_memory(_text(xen_crash, "pvh-xenctx-marker.txt"))
+    assert va == marker["va"] and len(data) >= 256 and expected.startswith(data)
+    ctx = parse_xenctx(_text(xen_crash, "pvh-xenctx.txt"))
+    # an HVM guest's CR3 is guest-physical: inside its own RAM, not a machine frame of Xen's
+    assert ctx["cr0"] & CR0_PG and ctx["cr4"] & CR4_PAE
+    assert 0 < ctx["cr3"] < dom["memory_mb"] << 20 and ctx["cr3"] == dom["vcpus"][0]["cr3"]
 
 
 # ---- the makedumpfile copy ----------------------------------------------------------------

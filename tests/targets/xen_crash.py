@@ -56,7 +56,13 @@ cached set is found in 1-3 s (apt-cache, for the key).
 The Xen build it shares with the PV32 target: 94 s cold. The host's makedumpfile needs liblzo2-2
 (via liblzo2-dev) and libdw1/libelf1 (via gdb), both from .ci/apt-packages.txt.
 
-Run ``python3 -m tests.targets.xen_crash [--force]`` from the repository root to make (or find)
+With ``XENPTE_XENCRASH_PVH=1`` (or ``pvh=True``) a third domU is made before the running one:
+the same kernel as a PVH guest (an HVM container under Xen's SVM + NPT), left paused; its own
+cache key. xen-mfndump cannot read a PVH p2m, so its marker's machine frame is the only page of
+the vmcore holding the marker (:func:`find_pages`, recorded for every domU as ``found_at``; a PV
+marker can have copies: the paused domU's is also in dom0's tmpfs copy of its xl dump-core).
+
+Run ``python3 -m tests.targets.xen_crash [--force] [--pvh]`` from the repository root to make (or find)
 the artefacts and print the manifest's path and the times.
 
 Failure modes: :class:`~tests.targets.packages.TargetSetupError` (no apt/gcc/ldd, a package or
@@ -81,7 +87,7 @@ import tarfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from . import packages, xl_dumpcore
 from .cachedir import cache_root
@@ -90,7 +96,8 @@ from .packages import TargetSetupError
 from .qemu import QemuError
 from .xen import boot_xen
 
-__all__ = ["FORMAT", "artefacts", "cache_key", "generate", "load", "marker_page",
+__all__ = ["FORMAT", "artefacts", "build_dom0_initramfs", "cache_key", "domains",
+           "dump_core_ctrlregs", "find_pages", "generate", "load", "marker_page",
            "parse_debug_key_d", "parse_debug_key_q", "parse_p2m"]
 
 HERE = Path(__file__).resolve().parent / "xencrash"
@@ -98,7 +105,7 @@ SCRIPTS = ("dom0-init.sh", "domu-init.sh", "crash-init.sh", "marker.c")
 # Bump when the manifest or the generation changes in a way the inputs below do not show.
 FORMAT = 1
 # Artefact sets kept in the cache (other keys: other branches or script versions); older ones go.
-KEEP_ENTRIES = 3
+KEEP_ENTRIES = 4
 MACHINE_MEMORY = "1536M"
 PCPUS = 2
 DOM0_MEMORY = "512M"
@@ -107,9 +114,16 @@ CRASHKERNEL = "256M"
 XEN_ARGS = ("dom0_max_vcpus=1", "dom0_vcpus_pin", f"crashkernel={CRASHKERNEL}", "conring_size=1m")
 # The crash kernel: native, one CPU, devices reset (kexec-tools adds elfcorehdr= and the memmap).
 CRASH_APPEND = "console=ttyS0,115200 nr_cpus=1 irqpoll reset_devices panic=-1"
-# (tag, name, state) in creation order: the paused one first, so it boots without a spinning
-# neighbour on pCPU 1; the last is left running.
-DOMAINS = (("paused", "xenpte-paused", "paused"), ("running", "xenpte-running", "running"))
+# (tag, name, state, xl type) in creation order: the paused ones first, so they boot without a
+# spinning neighbour on pCPU 1. With PVH_OPT_IN=1 a PVH domU (an HVM container: Xen uses the SVM +
+# NPT QEMU TCG offers; see tests/targets/xl_dumpcore.py) is made too, left paused.
+DOMAINS = (("paused", "xenpte-paused", "paused", "pv"),
+           ("running", "xenpte-running", "running", "pv"))
+PVH_DOMAIN = ("pvh", "xenpte-pvh", "paused", "pvh")
+PVH_OPT_IN = "XENPTE_XENCRASH_PVH"
+# Domains whose vCPU context is also taken by `xl dump-core` (both L4s of a PV64 vCPU).
+DUMPCORE = ("paused",)
+KINDS = {"pv": "pv64", "pvh": "pvh"}
 DOMU_MEMORY_MB = 128
 DOMU_PCPU = 1
 KEXEC_PACKAGE = "kexec-tools"
@@ -133,7 +147,15 @@ def marker_page(tag: str) -> bytes:
 
 # -- inputs and the cache ---------------------------------------------------------------------
 
-def _inputs() -> Dict[str, object]:
+def domains(pvh: Optional[bool] = None) -> Tuple[Tuple[str, str, str, str], ...]:
+    """The domUs to make: :data:`DOMAINS`, plus :data:`PVH_DOMAIN` before the running one if
+    ``pvh`` (default: ``$XENPTE_XENCRASH_PVH`` is ``1``)."""
+    if pvh is None:
+        pvh = os.environ.get(PVH_OPT_IN) == "1"
+    return (DOMAINS[0], PVH_DOMAIN, DOMAINS[1]) if pvh else DOMAINS
+
+
+def _inputs(pvh: Optional[bool] = None) -> Dict[str, object]:
     """Everything the artefacts depend on (versions, hashes, parameters), for the cache key."""
     from tests.pv32 import xen_pv32
 
@@ -150,7 +172,8 @@ def _inputs() -> Dict[str, object]:
         "packages": versions, "scripts": scripts,
         "machine": {"memory": MACHINE_MEMORY, "pcpus": PCPUS, "dom0_mem": DOM0_MEMORY,
                     "xen_args": list(XEN_ARGS), "crash_append": CRASH_APPEND,
-                    "domains": [list(d) for d in DOMAINS], "domu_mb": DOMU_MEMORY_MB,
+                    "domains": [list(d) for d in domains(pvh)], "domu_mb": DOMU_MEMORY_MB,
+                    "dumpcore": list(DUMPCORE),
                     "makedumpfile": list(MAKEDUMPFILE_ARGS)},
     }
 
@@ -170,13 +193,14 @@ def _locked(folder: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def artefacts(force: bool = False, timeout: float = 1200.0) -> Path:
+def artefacts(force: bool = False, timeout: float = 1200.0, pvh: Optional[bool] = None) -> Path:
     """Return the path of ``manifest.json`` of the crash artefacts, generating them if not cached.
 
     :param force: generate again even if cached.
     :param timeout: seconds from QEMU start to the crash kernel's done line.
+    :param pvh: also a PVH domU (default: ``$XENPTE_XENCRASH_PVH`` is ``1``); its own cache key.
     """
-    inputs = _inputs()
+    inputs = _inputs(pvh)
     root = cache_root("xencrash")
     final = root / cache_key(inputs)
     with _locked(root):
@@ -184,7 +208,7 @@ def artefacts(force: bool = False, timeout: float = 1200.0) -> Path:
             return final / "manifest.json"
         work = final.with_name(final.name + ".tmp")
         shutil.rmtree(work, ignore_errors=True)
-        generate(work, inputs, timeout=timeout)
+        generate(work, inputs, timeout=timeout, pvh=pvh)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(work, final)
         manifest = final / "manifest.json"
@@ -213,12 +237,14 @@ def _gcc_marker(workdir: Path) -> Path:
     return out
 
 
-def _domu_config(tag: str, name: str) -> str:
+def _domu_config(tag: str, name: str, kind: str) -> str:
     return "\n".join([
-        f'name = "{name}"', 'type = "pv"', 'kernel = "/boot/vmlinuz"',
+        f'name = "{name}"', f'type = "{kind}"', 'kernel = "/boot/vmlinuz"',
         'ramdisk = "/boot/domu-initrd.cpio"',
         f'extra = "console=hvc0 panic=-1 xenpte_tag={tag}"', f"memory = {DOMU_MEMORY_MB}",
         "vcpus = 1", f'cpus = "{DOMU_PCPU}"',
+        # PVH under Xen's SVM on QEMU TCG (as in xl_dumpcore.domu_config): no RDTSCP, no PKU
+        *(['cpuid = "host,rdtscp=0,pku=0"'] if kind == "pvh" else []),
         'on_crash = "preserve"', 'on_poweroff = "preserve"', ""])
 
 
@@ -235,7 +261,7 @@ def _crash_initramfs(busybox: Path, modules_dir: Path) -> bytes:
     return gzip.compress(archive.finish(), compresslevel=6, mtime=0)
 
 
-def build_dom0_initramfs(workdir: Path) -> Path:
+def build_dom0_initramfs(workdir: Path, pvh: Optional[bool] = None) -> Path:
     """Write dom0's initramfs (uncompressed cpio): toolstack, kexec, domU and crash images."""
     roots = {name: packages.unpack(name) for name in xl_dumpcore.TOOLSTACK_PACKAGES}
     kexec = packages.unpack(KEXEC_PACKAGE) / "sbin" / "kexec"
@@ -282,11 +308,11 @@ def build_dom0_initramfs(workdir: Path) -> Path:
     tree.file("/boot/vmlinuz", kernel.read_bytes())
     tree.file("/boot/domu-initrd.cpio", domu.finish())
     tree.file("/boot/crash-initrd.cpio.gz", _crash_initramfs(busybox, modules_dir))
-    for tag, name, _state in DOMAINS:
-        tree.file(f"/etc/xen/{tag}.cfg", _domu_config(tag, name).encode())
-    domains = " ".join(f"{tag}:{name}" for tag, name, _state in DOMAINS)
+    for tag, name, _state, kind in domains(pvh):
+        tree.file(f"/etc/xen/{tag}.cfg", _domu_config(tag, name, kind).encode())
+    words = " ".join(f"{tag}:{name}:{state}" for tag, name, state, _kind in domains(pvh))
     conf = (f"XEN_BIN={xl_dumpcore.XEN_BIN}\nRESULTS_DISK=/dev/vdb\n"
-            f"CRASH_APPEND='{CRASH_APPEND}'\nDOMAINS='{domains}'\n")
+            f"CRASH_APPEND='{CRASH_APPEND}'\nDOMAINS='{words}'\nDUMPCORE='{' '.join(DUMPCORE)}'\n")
     tree.file("/etc/xenpte.conf", conf.encode())
     path = workdir / "dom0-initramfs.cpio"
     path.write_bytes(tree.archive.finish())
@@ -402,7 +428,7 @@ def _link_or_copy(src: Path, dest: Path) -> None:
 
 
 def generate(workdir: Path, inputs: Optional[Dict[str, object]] = None,
-             timeout: float = 1200.0) -> Path:
+             timeout: float = 1200.0, pvh: Optional[bool] = None) -> Path:
     """Boot, crash, copy, convert; write ``manifest.json`` into ``workdir`` and return its path.
 
     QEMU is killed (by pid) before this returns, whatever happens.
@@ -412,9 +438,9 @@ def generate(workdir: Path, inputs: Optional[Dict[str, object]] = None,
     started = time.monotonic()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    inputs = inputs or _inputs()
+    inputs = inputs or _inputs(pvh)
     build = xen_pv32.xen_build()
-    initramfs = build_dom0_initramfs(workdir)
+    initramfs = build_dom0_initramfs(workdir, pvh)
     vmcore_disk = workdir / "vmcore.disk"
     results_disk = workdir / "results.disk"
     mem_mb = int(MACHINE_MEMORY.rstrip("M"))
@@ -451,7 +477,7 @@ def generate(workdir: Path, inputs: Optional[Dict[str, object]] = None,
     seconds["makedumpfile"] = _makedumpfile(elf, syms, workdir / "vmcore.kdump")
     initramfs.unlink()
     (workdir / "marker").unlink(missing_ok=True)
-    manifest = _manifest(workdir, serial, trigger, cmdline, build, kernel, inputs)
+    manifest = _manifest(workdir, serial, trigger, cmdline, build, kernel, inputs, pvh)
     seconds["total"] = time.monotonic() - started
     manifest["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     path = workdir / "manifest.json"
@@ -468,8 +494,29 @@ def _steps(serial: str) -> Dict[str, float]:
     return steps
 
 
+def find_pages(elf: Path, content: bytes) -> List[int]:
+    """Return the machine addresses of every page of the ELF vmcore ``elf`` equal to ``content``
+    (a brute-force scan by p_paddr, independent of any page table or p2m)."""
+    import mmap
+
+    from elftools.elf.elffile import ELFFile
+
+    found = []
+    with open(elf, "rb") as f:
+        loads = [(s["p_paddr"], s["p_offset"], s["p_filesz"]) for s in ELFFile(f).iter_segments()
+                 if s["p_type"] == "PT_LOAD"]
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mem:
+            for paddr, offset, size in loads:
+                at = mem.find(content[:64], offset, offset + size)
+                while at >= 0:
+                    if (at - offset) % PAGE_SIZE == 0 and mem[at:at + PAGE_SIZE] == content:
+                        found.append(paddr + at - offset)
+                    at = mem.find(content[:64], at + 1, offset + size)
+    return found
+
+
 def _manifest(workdir: Path, serial: str, trigger: int, cmdline: str, build, kernel: Path,
-              inputs: Dict[str, object]) -> Dict[str, object]:
+              inputs: Dict[str, object], pvh: Optional[bool] = None) -> Dict[str, object]:
     out = workdir / "out"
     texts = {p.name: p for p in sorted(out.iterdir()) if p.is_file() and p.suffix != ".core"}
     read = lambda name: texts[name].read_text(errors="replace") if name in texts else ""
@@ -480,12 +527,12 @@ def _manifest(workdir: Path, serial: str, trigger: int, cmdline: str, build, ker
     keys = read("xl-debug-keys.txt")
     q = parse_debug_key_q(keys)
     key_d = parse_debug_key_d(keys)
-    domains: List[Dict[str, object]] = [{
+    records: List[Dict[str, object]] = [{
         "domid": 0, "name": "Domain-0", "kind": "pv64", "state": "running",
         "pause_count": q.get(0, {}).get("pause_count"),
         "vcpus": [{"vcpu": v, **info} for v, info in sorted(q.get(0, {}).get("vcpus", {}).items())],
     }]
-    for tag, name, state in DOMAINS:
+    for tag, name, state, xl_type in domains(pvh):
         domid = int(read(f"{tag}-domid"))
         ctx = xl_dumpcore.parse_xenctx(read(f"{tag}-xenctx.txt"))
         p2m = parse_p2m(read(f"{tag}-p2m.txt"))
@@ -497,9 +544,16 @@ def _manifest(workdir: Path, serial: str, trigger: int, cmdline: str, build, ker
         content = marker_page(tag)
         if bytes.fromhex(line.group(4)) != content[:32]:
             raise QemuError(f"{name}'s marker head {line.group(4)} is not marker_page({tag!r})")
-        if pfn not in p2m:
-            raise QemuError(f"{name}'s marker PFN {pfn:#x} is not in xen-mfndump's p2m")
-        mfn = p2m[pfn]["mfn"]
+        found = find_pages(workdir / "vmcore.elf", content)
+        if xl_type == "pv":
+            if pfn not in p2m:
+                raise QemuError(f"{name}'s marker PFN {pfn:#x} is not in xen-mfndump's p2m")
+            mfn = p2m[pfn]["mfn"]
+        elif len(found) == 1:  # PVH: xen-mfndump cannot read its p2m; the page is unique
+            mfn = found[0] // PAGE_SIZE
+        else:
+            raise QemuError(f"{name}'s marker page is at {len(found)} machine frames: "
+                            f"{[hex(a) for a in found]}")
         (workdir / f"{tag}-marker.bin").write_bytes(content)
         qv = q.get(domid, {}).get("vcpus", {})
         vcpu: Dict[str, object] = {"vcpu": 0, **qv.get(0, {}),
@@ -523,8 +577,8 @@ def _manifest(workdir: Path, serial: str, trigger: int, cmdline: str, build, ker
         elif seen and seen[0]["cs"] & 3 == 3 and seen[0]["cr3"] != ctx.get("cr3"):
             vcpu["user_cr3"] = seen[0]["cr3"]
             vcpu["user_cr3_from"] = f"xl debug-keys d: pCPU {seen[0]['pcpu']} in user mode"
-        domains.append({
-            "domid": domid, "name": name, "tag": tag, "kind": "pv64", "state": state,
+        records.append({
+            "domid": domid, "name": name, "tag": tag, "kind": KINDS[xl_type], "state": state,
             "memory_mb": DOMU_MEMORY_MB, "pcpu_affinity": [DOMU_PCPU],
             "pause_count": q.get(domid, {}).get("pause_count"),
             "vcpus": [vcpu],
@@ -533,6 +587,9 @@ def _manifest(workdir: Path, serial: str, trigger: int, cmdline: str, build, ker
             "p2m_entries": len(p2m),
             "marker": {"tag": tag, "va": va, "pfn": pfn, "mfn": mfn, "maddr": mfn * PAGE_SIZE,
                        "sha256": hashlib.sha256(content).hexdigest(),
+                       "found_at": found,
+                       "mfn_from": "xen-mfndump dump-p2m" if xl_type == "pv" else
+                       "the only page of the vmcore with the marker's content",
                        "file": str(workdir / f"{tag}-marker.bin")},
         })
     return {
@@ -560,7 +617,7 @@ def _manifest(workdir: Path, serial: str, trigger: int, cmdline: str, build, ker
         "crashed_pcpu": int(crashed.group(1)) if crashed else None,
         "crash_trigger": "xl debug-keys C",
         "debug_key_d": key_d,
-        "domains": domains,
+        "domains": records,
         "texts": {name: str(path) for name, path in texts.items()},
         "steps": _steps(before + after),
     }
@@ -605,7 +662,7 @@ if __name__ == "__main__":
     import sys
 
     t0 = time.monotonic()
-    manifest = artefacts(force="--force" in sys.argv)
+    manifest = artefacts(force="--force" in sys.argv, pvh="--pvh" in sys.argv or None)
     data = load(manifest)
     print(f"manifest: {manifest} ({time.monotonic() - t0:.1f} s)")
     print("seconds: " + ", ".join(f"{k} {v}" for k, v in data.get("seconds", {}).items()))

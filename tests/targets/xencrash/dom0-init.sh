@@ -3,8 +3,8 @@
 # Xen (kexec -p), start two PV domUs (one left paused, one running), record what Xen and its
 # tools say about them, write that as a tar onto the second virtio disk, then crash Xen with
 # `xl debug-keys C`. /etc/xenpte.conf (written by tests/targets/xen_crash.py) sets XEN_BIN,
-# RESULTS_DISK, CRASH_APPEND and DOMAINS ("tag:name" words, in creation order; the last is left
-# running, the others are paused once their marker is up).
+# RESULTS_DISK, CRASH_APPEND, DOMAINS ("tag:name:state" words in creation order; state "paused":
+# paused once its marker is up) and DUMPCORE (the tags to `xl dump-core` while paused).
 /bin/busybox --install -s /bin
 . /etc/xenpte.conf
 export PATH=$XEN_BIN:/usr/bin:/bin:/sbin:/usr/sbin LD_LIBRARY_PATH=/lib/x86_64-linux-gnu
@@ -78,36 +78,36 @@ wait_for 30 xenstore-read /
 run xen-init-dom0
 run xenconsoled --log=guest --log-dir=/var/log/xen/console --pid-file=/run/xen/xenconsoled.pid
 
-last=""
-for entry in $DOMAINS; do last=${entry%%:*}; done
+# "tag:name:state" -> $tag $name $state
+split() { tag=${1%%:*} rest=${1#*:}; name=${rest%%:*} state=${rest#*:}; }
 for entry in $DOMAINS; do
-    tag=${entry%%:*} name=${entry#*:}
+    split "$entry"
     run xl create "/etc/xen/$tag.cfg"
     say "waiting for the marker of $name"
-    wait_for 240 domu_marker "$name"
+    wait_for 480 domu_marker "$name"  # a PVH domU under TCG SVM boots slowly
     domid=$(xl domid "$name") || fail "xl domid $name"
     echo "$domid" > "/out/$tag-domid"
     say "$name is domain $domid"
-    [ "$tag" = "$last" ] || run xl pause "$domid"
+    [ "$state" = paused ] && run xl pause "$domid"
 done
 
 # Xen's and libxc's views of every domU, taken before the crash: the vCPU context (xenctx -a:
 # XEN_DOMCTL_getvcpucontext), 512 bytes at the marker VA through libxc's own page walk, the p2m
 # with page types (pinned L4s) from xen-mfndump.
 for entry in $DOMAINS; do
-    tag=${entry%%:*} name=${entry#*:}
+    split "$entry"
     domid=$(cat "/out/$tag-domid")
     va=$(marker_va "$name")
     xenctx -a "$domid" 0 > "/out/$tag-xenctx.txt" 2>&1 || say "xenctx $domid failed (exit $?)"
     xenctx -m "$va" -l 16 "$domid" 0 > "/out/$tag-xenctx-marker.txt" 2>&1
+    # (PV only: xen-mfndump maps the PV meminfo; it fails on a PVH domU)
     xen-mfndump dump-p2m "$domid" > "/out/$tag-p2m.txt" 2>&1 || say "xen-mfndump $domid failed"
     cp "/var/log/xen/console/guest-$name.log" "/out/$tag-console.log"
 done
 # The paused domU as the toolstack saves it: its vCPU context there holds both L4s (ctrlreg[3]
 # kernel, ctrlreg[1] user), which xenctx does not print.
-for entry in $DOMAINS; do
-    tag=${entry%%:*}
-    [ "$tag" = "$last" ] || run xl dump-core "$(cat "/out/$tag-domid")" "/out/$tag.core"
+for tag in $DUMPCORE; do
+    run xl dump-core "$(cat "/out/$tag-domid")" "/out/$tag.core"
 done
 xl list > /out/xl-list.txt 2>&1
 xl list -l > /out/xl-list-l.json 2>&1
@@ -123,8 +123,9 @@ sleep 1
 xl dmesg > /out/xl-debug-keys.txt 2>&1
 # The running domU again: it must still be in its marker process (same kernel L4) at the crash.
 for entry in $DOMAINS; do
-    tag=${entry%%:*}
-    [ "$tag" = "$last" ] && xenctx -a "$(cat "/out/$tag-domid")" 0 > "/out/$tag-xenctx-late.txt" 2>&1
+    split "$entry"
+    [ "$state" = running ] &&
+        xenctx -a "$(cat "/out/$tag-domid")" 0 > "/out/$tag-xenctx-late.txt" 2>&1
 done
 
 say "writing results to $RESULTS_DISK"
