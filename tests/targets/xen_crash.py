@@ -18,35 +18,36 @@ What a support engineer holds after a Xen host died is the ``/proc/vmcore`` that
   L4s), ``xl list -l``, ``xl vcpu-list``, ``xl dump-core`` of the paused domU (its vCPU
   context has both L4s: ctrlreg[3] kernel, ctrlreg[1] user), and Xen's ``xl debug-keys d``
   (per-pCPU registers) and ``q`` (domains, vCPU -> pCPU); writes them as a tar onto the second
-  virtio disk; and
-  runs ``xl debug-keys C``: Xen goes down ``kexec_crash()`` on pCPU 0;
+  virtio disk; and runs ``xl debug-keys C``: Xen goes down ``kexec_crash()`` on pCPU 0;
 * the crash kernel boots natively in the reserved region and ``dd``\\ s ``/proc/vmcore`` onto the
   first virtio disk (QEMU ``detect-zeroes=unmap``: the host file stays sparse);
 * on the host: the disk cut to the vmcore's size is ``vmcore.elf``; Debian's ``makedumpfile``
   (1.7.2, run from its unpacked package) makes the kdump-compressed ``vmcore.kdump``
   (``makedumpfile -c -d 0 --xen-syms xen-syms vmcore.elf vmcore.kdump``, what a user runs on
   the copied vmcore; -d 0 keeps every page, domUs' included); the marker page's machine frame is
-  looked up in xen-mfndump's p2m; everything is described in ``manifest.json``.
+  looked up in xen-mfndump's p2m and by a content scan; everything goes in ``manifest.json``.
 
 The result lives in ``<cache>/xencrash/<key>/`` (tests/targets/cachedir.py), ``<key>`` a hash of
 every input (Xen build, package versions, the scripts in ``xencrash/``, the machine's parameters,
 ``FORMAT``), built under a lock, so a CI run boots it once and later runs only read it. The
-vmcore is ~1.3 GB of address space but sparse (~370 MB on disk; the makedumpfile copy ~105 MB);
-only the ``KEEP_ENTRIES`` newest sets are kept.
+vmcore is ~1.3 GB of address space but sparse (370-500 MB on disk; the makedumpfile copy 105-125
+MB, paused.core 130 MB); only the ``KEEP_ENTRIES`` newest sets are kept.
 
 manifest.json (``FORMAT`` 1): ``vmcore_elf``, ``vmcore_kdump``, ``xen_syms``, ``xen_image``,
 ``dom0_kernel``, ``serial_log`` (absolute paths; :func:`load` re-bases them on the manifest's
 folder if the cache moved); ``xen_version`` (Xen's banner), ``xen_build`` (Debian source version,
 config delta); ``crashed_pcpu`` (Xen's "Executing kexec image on cpuN"), ``pcpus``;
 ``debug_key_d`` (per pCPU: context, domid/vcpu, cr3, cr4, cs, rip as Xen printed them);
-``domains``: per domain ``domid``, ``name``, ``kind`` (``pv64``), ``state``
+``domains``: per domain ``domid``, ``name``, ``kind`` (``pv64``; ``pvh``), ``state``
 (``running``/``paused``), ``vcpus`` (per vCPU: ``pcpu`` and ``has`` from debug-key q, and for
 domUs ``xenctx``: the registers ``xenctx -a`` printed, cr3 = the kernel L4 as a machine address;
 for the paused domU also ``dump_core``: kernel_cr3, user_cr3, cr4 from its ``xl dump-core``
 context, kept as ``xl_dump_core``; ``user_cr3`` and ``user_cr3_from``: that context's, or for the
 running domU the CR3 debug-key d printed with the vCPU in user mode),
-``pinned_l4_mfns`` (xen-mfndump), ``marker`` (tag, va, pfn, mfn, maddr, sha256, file) and the
-text files by name (``texts``); ``seconds`` (measured times).
+``pinned_l4_mfns`` (xen-mfndump), ``marker`` (tag, va, pfn, mfn, maddr, sha256, file, found_at,
+mfn_from) and the
+text files by name (``texts``); ``seconds`` (measured times), ``steps`` (dom0's and the crash
+kernel's step lines with their uptimes).
 
 Measured here (2 cores, QEMU 7.2 TCG): 100 s for a whole generation at load average ~2 (QEMU
 start to the crash kernel's done line 91 s: toolstack up at dom0 uptime 8 s, each domU ~13 s to
@@ -62,8 +63,8 @@ cache key. xen-mfndump cannot read a PVH p2m, so its marker's machine frame is t
 the vmcore holding the marker (:func:`find_pages`, recorded for every domU as ``found_at``; a PV
 marker can have copies: the paused domU's is also in dom0's tmpfs copy of its xl dump-core).
 
-Run ``python3 -m tests.targets.xen_crash [--force] [--pvh]`` from the repository root to make (or find)
-the artefacts and print the manifest's path and the times.
+Run ``python3 -m tests.targets.xen_crash [--force] [--pvh]`` from the repository root to make
+(or find) the artefacts and print the manifest's path and the times.
 
 Failure modes: :class:`~tests.targets.packages.TargetSetupError` (no apt/gcc/ldd, a package or
 library missing, makedumpfile failing), :class:`~tests.targets.qemu.QemuSetupError` (no QEMU),
