@@ -205,7 +205,9 @@ def artefacts(force: bool = False, timeout: float = 1200.0, pvh: Optional[bool] 
     root = cache_root("xencrash")
     final = root / cache_key(inputs)
     with _locked(root):
-        if (final / "manifest.json").is_file() and not force:
+        complete = all((final / name).is_file() for name in
+                       ("manifest.json", "vmcore.elf", "vmcore.kdump", "xen-syms"))
+        if complete and not force:
             return final / "manifest.json"
         work = final.with_name(final.name + ".tmp")
         shutil.rmtree(work, ignore_errors=True)
