@@ -451,6 +451,14 @@ def derive(source: PhysSource, regs: VcpuRegs, opts: Options = Options()) -> Dom
     """
     notes = list(regs.notes)
     origins: Dict[str, Origin] = {}
+    seen_xen_cr4 = getattr(regs, "xen_cr4", None)  # a host dump's mmu_cr4_features
+    if opts.xen_cr4 is not None:
+        origins["xen_cr4"] = Origin("given", opts.origin("xen_cr4"))
+    elif seen_xen_cr4 is not None:
+        # Observed: a PV vCPU's hardware CR4 is derived from it, not from the version's defaults.
+        opts = opts.with_(xen_cr4=seen_xen_cr4)
+        origins["xen_cr4"] = Origin("observed", f"Xen's mmu_cr4_features "
+                                                f"({_where_cpu(regs, source)})")
     cr3 = first_given(opts.cr3, regs.cr3)
     where = _where_cpu(regs, source)
     if cr3 is not None:  # xen-cr4 needs none; a walk checks (session.prepare)
