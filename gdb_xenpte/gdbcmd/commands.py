@@ -6,6 +6,7 @@ Bit meanings, walks and verdicts all come from the engine; this module only wire
 from __future__ import annotations
 
 import argparse
+import textwrap
 from typing import List
 
 import gdb
@@ -57,7 +58,8 @@ class XenPteWalkCommand(XenPteCommand):
     def build_parser(self) -> GdbArgumentParser:
         p = GdbArgumentParser(self.command, "", epilog=(
             "examples:\n  xen-pte-walk $rip\n  xen-pte-walk --faults --user\n"
-            "  xen-pte-walk --core guest.elf --json 0xffff800000000000 0xffff810000000000"))
+            "  xen-pte-walk --core guest.elf --json 0xffff800000000000 0xffff810000000000\n\n"
+            + textwrap.fill(render.LEGEND, 99)))
         p.add_argument("addr", metavar="ADDR | START END", nargs="*", type=address,
                        help="one VA to trace, or a VA range to list (end exclusive; END 0: to "
                             "the top of the address space)")
