@@ -30,7 +30,7 @@ from .filemap import MappedFile
 from .qemu_elf import QemuElfSource
 from .runs import RunMap
 from .xen_crash import HostNotes, is_kexec_note, parse_host_notes
-from .notes import iter_notes
+from .notes import check_note_area, iter_notes
 
 __all__ = ["KexecElfSource", "describe_host", "read_c_string"]
 
@@ -53,11 +53,14 @@ def _note_segments(file: MappedFile, head: bytes):
         fmt = _PHDR32
     if phentsize != fmt.size:
         return
+    total = 0
     for i in range(phnum):
         ph = fmt.unpack(file.slice(phoff + i * phentsize, fmt.size, f"program header {i}"))
         if ph[0] != PT_NOTE:
             continue
         offset, size = (ph[2], ph[5]) if fmt is _PHDR64 else (ph[1], ph[4])
+        total += size  # the limit holds for all note segments together
+        check_note_area(file.name, offset, total, f"PT_NOTE segment {i}")
         yield offset, file.slice(offset, size, f"PT_NOTE segment {i}")
 
 

@@ -55,7 +55,8 @@ def test_every_pcpu_walked_with_its_crash_note_registers(xen_crash, dump):
         for p in pcpus:
             assert p.online and p.cr3 and p.cr4 and f"pCPU {p.index}" in p.origin
             s = prepare(src, Options(vcpu=p.index))
-            assert s.cpu.cr3 == p.cr3 and s.guest_cr4 == p.cr4  # the notes' values, not policy's
+            # The notes' values, observed, not the policy's: CR3 and the hardware CR4 as saved.
+            assert s.cpu.cr3 == p.cr3 and s.state.cr4_read == p.cr4 == s.effective_cr4
             m = s.walker().trace(image_va).mapping
             assert m is not None and m.pa == start + image_va - image_base
         seen = {d["pcpu"]: d for d in xen_crash["debug_key_d"]}
@@ -107,7 +108,7 @@ def test_domid_reaches_each_marker_at_its_p2m_mfn(xen_crash, dump):
         if dom["state"] == "paused" and dom["kind"] == "pv64":
             # Not running: the hardware CR4 is derived, from Xen's own CR4 as the dump shows it
             # (mmu_cr4_features), so SMEP/SMAP are those every pCPU ran with.
-            assert any("derived from Xen's own CR4" in n for n in header["notes"])
+            assert header["provenance"]["xen_cr4"].startswith("observed: Xen's mmu_cr4_features")
             smx = 0x300000
             with open_dump(dump) as src:
                 assert {p.cr4 & smx for p in src.vcpus()} == {int(header["effective_cr4"], 16)

@@ -108,7 +108,9 @@ def test_each_pcpu_walks_with_its_notes_cr3_and_cr4(host_dump):
         trace = s1.walker().trace(0x400000)
         assert trace.mapping is not None and trace.mapping.pa == 0x300000
         assert src.read(trace.mapping.pa, 16) == MARKER[:16]
-        assert s1.cpu.cr3 == s1.regs.cr3 and s1.guest_cr4 == GUEST_CR4
+        # The hardware CR4 the pCPU saved is a fact: read and used as is, not rewritten by policy.
+        assert s1.cpu.cr3 == s1.regs.cr3 and s1.state.cr4_read == GUEST_CR4
+        assert s1.effective_cr4 == GUEST_CR4
         s0 = prepare(src, Options(vcpu=0))
         assert s0.walker().trace(0xFFFF830000000000).mapping.pa == 0
 
