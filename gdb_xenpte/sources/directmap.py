@@ -20,6 +20,7 @@ __all__ = ["DirectMapSource", "M2P_PV32", "M2P_PV64"]
 
 # Kept here until the Xen layout facts (gdb_xenpte/xen/layout.py, issue 17) are merged; then these
 # two names are imported from there.
+
 # Xen's read-only M2P as mapped into every PV guest: (virtual base, entry size in bytes).
 # 64-bit: RO_MPT_VIRT_START (xen/include/public/arch-x86/xen-x86_64.h, 0xFFFF800000000000).
 M2P_PV64 = (0xFFFF800000000000, 8)
@@ -28,7 +29,6 @@ M2P_PV64 = (0xFFFF800000000000, 8)
 M2P_PV32 = (0xF5800000, 4)
 # INVALID_M2P_ENTRY (~0UL) and SHARED_M2P_ENTRY (~0UL - 1), xen/include/public/xen.h.
 _M2P_INVALID_FROM = {8: (1 << 64) - 2, 4: (1 << 32) - 2}
-
 
 
 class DirectMapSource(PhysSource):
