@@ -13,7 +13,7 @@ from typing import Iterator, List, Optional
 
 from .. import render
 from ..domain_cpu import first_given
-from ..errors import OptionError
+from ..errors import OptionError, XenpteError
 from ..filters import build_filter
 from ..model import Mapping
 from ..walk import Walker
@@ -102,6 +102,7 @@ def _write_walk(rows: Iterator[Mapping], walker: Walker, header: dict, as_json: 
     kept: List[Mapping] = []  # text: the table needs every row for its column widths
     pending: List[str] = [render.dumps(header)] if as_json else []  # JSON: streamed in chunks
     interrupted = limited = False
+    failed: Optional[XenpteError] = None
     try:
         for m in rows:
             if limit is not None and counter.mappings >= limit:
@@ -117,13 +118,18 @@ def _write_walk(rows: Iterator[Mapping], walker: Walker, header: dict, as_json: 
                 pending.clear()
     except KeyboardInterrupt:
         interrupted = True  # Ctrl-C: stop walking, still report what was found
+    except XenpteError as err:  # e.g. the target vanished: what was found, then the error
+        failed = err
     stats = walker.stats
     if as_json:
+        extra = {"error": str(failed)} if failed is not None else {}
         write_lines(pending + [render.dumps(render.summary_record(
             counter, limited or bool(stats.budget_hit), stats.unreadable, interrupted,
-            budget=stats.budget_hit, tables_read=stats.tables_read))])
+            budget=stats.budget_hit, tables_read=stats.tables_read, **extra))])
     else:
         write_lines(render.header_lines(header) + render.mapping_table(kept, style())
                     + [render.summary_text(counter, stats, limited, interrupted)])
     if interrupted:
         raise KeyboardInterrupt
+    if failed is not None:
+        raise failed

@@ -18,14 +18,14 @@ from typing import Dict, Optional, Type
 from ..errors import DumpFormatError, OptionError
 from .base import PhysSource, VcpuRegs
 from .elfutil import describe_elf_head
-from .filemap import DumpFile
+from .filemap import DumpFile, check_regular_file  # the "regular files only" rule, for tools
 from .kdump import KdumpSource
 from .kexec_elf import KexecElfSource
 from .qemu_elf import QemuElfSource
 from .raw import RawSource
 from .xc_core import XcCoreSource
 
-__all__ = ["FORMATS", "READERS", "detect_format", "open_dump", "pick_vcpu"]
+__all__ = ["FORMATS", "READERS", "check_regular_file", "detect_format", "open_dump", "pick_vcpu"]
 
 READERS = (KdumpSource, XcCoreSource, KexecElfSource, QemuElfSource)
 FORMATS: Dict[str, Type[PhysSource]] = {r.format_name: r for r in READERS + (RawSource,)}

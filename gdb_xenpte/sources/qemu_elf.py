@@ -14,7 +14,9 @@ Facts (QEMU ``dump/dump.c``, ``target/i386/arch_dump.c``; shared/reference/prior
   for a page-table walk. They are recognised by ``p_vaddr`` differing from ``p_paddr`` (and not 0).
 
 Failure modes: :class:`~gdb_xenpte.errors.DumpFormatError` when the file is truncated, not an x86
-ELF core, has overlapping or out-of-file segments, or holds only virtual (``-p``) segments;
+ELF core (the message names its machine and byte order), has overlapping or out-of-file segments,
+note segments beyond the note-area limit, or holds only virtual segments (a ``-p`` dump, or a
+user process's core, each named as such);
 :class:`~gdb_xenpte.errors.UnreadableMemory` from :meth:`QemuElfSource.read` for addresses that no
 segment stores.
 """
