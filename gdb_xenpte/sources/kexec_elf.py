@@ -27,10 +27,10 @@ from typing import List, Optional, Tuple
 
 from ..errors import DumpFormatError, UnreadableMemory
 from .filemap import MappedFile
+from .notes import check_note_area, iter_notes
 from .qemu_elf import QemuElfSource
 from .runs import RunMap
 from .xen_crash import HostNotes, is_kexec_note, parse_host_notes
-from .notes import check_note_area, iter_notes
 
 __all__ = ["KexecElfSource", "describe_host", "read_c_string"]
 
