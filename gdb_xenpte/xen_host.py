@@ -554,7 +554,8 @@ class XenHost:
                          f"{v.cr4:#x}")
             return VcpuRegs(index=v.vcpu, cr0=cr0, cr3=v.cr3, cr4=v.hw_cr4, cs=0xE008,
                             long_mode=True, user_cr3=v.user_cr3,
-                            notes=tuple(notes), origin=where + ", CR4 from the crash notes")
+                            notes=tuple(notes), origin=where + ", CR4 from the crash notes",
+                            xen_cr4=self.xen_cr4())
         if v.hw_cr4 is not None:
             notes.append(f"pCPU {v.pcpu} ran it with CR4 {v.hw_cr4:#x} ({v.hw_cr4_origin}); a "
                          "32-bit PV walk starts from the guest's own L3, so the guest view is "
