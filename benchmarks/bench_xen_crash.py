@@ -46,7 +46,8 @@ for a in addrs:
     try:
         out[a] = k.read(kdumpfile.KDUMP_MACHPHYSADDR, a, 8).hex()
     except Exception as e:
-        errors[type(e).__name__ + ": " + str(e)[:40]] = errors.get(type(e).__name__ + ": " + str(e)[:40], 0) + 1
+        key = type(e).__name__ + ": " + str(e)[:40]
+        errors[key] = errors.get(key, 0) + 1
 took = time.perf_counter() - t
 attrs = {}
 def walk(a, prefix=""):

@@ -20,10 +20,10 @@ frame translated guest frame -> machine frame through the domain's host p2m
 shown beside the guest's.
 
 Failure modes: :class:`~gdb_xenpte.errors.OptionError` for a domain or vCPU that does not exist,
-a layout without what is asked (names ``--xen-syms``), an HVM/PVH domain without a host p2m,
-or a source without
-CRASH_INFO's xen_phys_start where no CPU's CR3 maps Xen's image either; :class:`~gdb_xenpte.errors.UnreadableMemory` (naming the VA and the
-machine address) for Xen memory the dump lacks.
+a layout without what is asked (names ``--xen-syms``), an HVM/PVH domain without a host p2m, or a
+source without CRASH_INFO's xen_phys_start where no CPU's CR3 maps Xen's image either;
+:class:`~gdb_xenpte.errors.UnreadableMemory` (naming the VA and the machine address) for Xen
+memory the dump lacks.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Probing reads the first 4 KiB and asks each reader's ``probe(head)`` in :data:`READERS` order:
 kdump (plain or flattened) first (signatures at offset 0), then xl dump-core (ELF, sections only),
 then kexec crash vmcores (ELF whose notes are VMCOREINFO/Xen crash notes: ``probe_file`` reads
-the note segments), then QEMU ELF (ELF with program headers). Raw images have no signature and are only opened on
-request (``fmt="raw"`` with a base address).
+the note segments), then QEMU ELF (ELF with program headers). Raw images have no signature and are
+only opened on request (``fmt="raw"`` with a base address).
 
 Failure modes: :class:`~gdb_xenpte.errors.OptionError` for an unknown ``fmt`` or a vCPU index the
 source does not have; :class:`~gdb_xenpte.errors.DumpFormatError` when no reader recognises the file
