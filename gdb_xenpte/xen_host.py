@@ -6,7 +6,7 @@ makedumpfile copy, or any source whose physical addresses are machine addresses)
 :class:`~gdb_xenpte.xen_syms.XenSyms` (``--xen-syms FILE``: DWARF, every field) or, without it,
 :class:`~gdb_xenpte.xen_syms.VmcoreinfoLayout` (the dump's VMCOREINFO_XEN: domain ids only).
 
-Facts used (:data:`gdb_xenpte.sources.xen_crash_facts.CRASH_FACTS`): ``virt_to_maddr`` (a Xen
+Facts used (:data:`gdb_xenpte.xen.FACTS`): ``virt_to_maddr`` (a Xen
 VA in the image's GiB is ``xen_phys_start + va - XEN_VIRT_START``; every other VA is translated
 through ``idle_pg_table``), ``domain_list``, ``domain_kind``, ``vcpu_pagetables``, ``vcpu_state``,
 ``curr_vcpu``. Observed values stay observed: a PV vCPU that a pCPU was running when it saved its

@@ -1,7 +1,7 @@
 """Kexec crash vmcores (``/proc/vmcore`` of a crash kernel, copied with ``cp``/``dd``, or
 ``makedumpfile -E``): machine memory keyed by ``p_paddr``, registers from the crash notes.
 
-Facts (:data:`~.xen_crash_facts.CRASH_FACTS` ``kexec_vmcore_phdrs``): kexec-tools writes
+Facts (:data:`gdb_xenpte.xen.FACTS` ``kexec_vmcore_phdrs``): kexec-tools writes
 ``p_paddr`` = the physical (on a Xen host: machine) address and ``p_vaddr`` = page_offset +
 ``p_paddr``, the first kernel's direct map, for every RAM range; one kernel-text segment may alias
 part of RAM at another ``p_vaddr``. Such a file differs from a QEMU ``dump-guest-memory -p`` dump

@@ -1,7 +1,7 @@
 """The notes of a Xen host's kexec crash dump: every pCPU's registers, Xen's build facts, and
 the VMCOREINFO(_XEN) texts; shared by the ELF vmcore reader and the kdump (makedumpfile) reader.
 
-Facts (:data:`~.xen_crash_facts.CRASH_FACTS`): per pCPU, a ``CORE`` ``NT_PRSTATUS`` (ELF_Prstatus,
+Facts (:data:`gdb_xenpte.xen.FACTS`): per pCPU, a ``CORE`` ``NT_PRSTATUS`` (ELF_Prstatus,
 ``pr_reg`` at byte 112 in Linux x86_64 order) followed by a ``Xen`` ``XEN_ELFNOTE_CRASH_REGS``
 (0x1000002: cr0, cr2, cr3, cr4); once, a ``Xen`` ``XEN_ELFNOTE_CRASH_INFO`` (0x1000001: Xen
 version, build strings as machine addresses, tainted, xen_phys_start, dom0's p2m

@@ -2,7 +2,7 @@
 
 The dump's struct domain / struct vcpu bytes are placed at the offsets gdb reports for the same
 xen-syms (``print &((struct vcpu *)0)->arch.pv.ctrlreg``), an oracle independent of our
-pyelftools reader; the facts checked are Xen's (xen_crash_facts: domain_list, vcpu_pagetables,
+pyelftools reader; the facts checked are Xen's (gdb_xenpte.xen.FACTS: domain_list, vcpu_pagetables,
 vcpu_state, domain_kind, virt_to_maddr). Skipped when no Xen build with DWARF is cached (the pv32
 tier builds one) or gdb is missing.
 """

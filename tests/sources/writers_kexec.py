@@ -2,7 +2,7 @@
 and a makedumpfile (kdump-compressed) copy of it.
 
 Layouts are written from Xen's and kexec-tools' definitions (cited in
-gdb_xenpte/sources/xen_crash_facts.py), independently of the readers:
+gdb_xenpte/xen/facts.py, CRASH_KEYS), independently of the readers:
 
 * per pCPU: ``CORE`` NT_PRSTATUS, 336 bytes, ``pr_reg`` (27 u64 in Linux x86_64 order) at byte
   112; then ``Xen`` type 0x1000002 {cr0, cr2, cr3, cr4}; pCPU 0 also ``Xen`` type 0x1000001
