@@ -7,7 +7,7 @@ translation); raw entries are exactly as read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, FrozenSet, Optional, Tuple
 
 __all__ = ["ACCESS_KEYS", "Effective", "EntryRef", "Mapping", "Step", "Trace", "Verdict"]
@@ -92,6 +92,10 @@ class Mapping:
         ``"pt[3]: bit 62 (_PAGE_GNTTAB)"`` (PV domains only).
     :param xen_owned: reached through an entry that is Xen's, not the guest's (the guest PV ABI
         does not apply: no Xen bits, no disallow masks).
+    :param repeat: copies this record stands for (1 unless the walk found the same subtree again
+        at VAs in arithmetic progression); copy ``k`` lies at ``va + k * stride`` with the same
+        ``pa``, flags, rights, key, Xen bits and verdicts; ``entries`` describe copy 0.
+    :param stride: bytes between copies (0 when ``repeat`` is 1).
     :param kind: ``"page"`` for a real leaf; ``"rsvd"`` for a present entry that raises #PF RSVD
         instead of mapping (e.g. PS=1 in a PML4E); ``"unreadable"`` when the next table cannot be
         read; ``"not-in-dump"`` when the next table's frame is not in the source. Non-page records
@@ -116,10 +120,37 @@ class Mapping:
     kind: str = "page"
     disallowed: Tuple[str, ...] = ()
     xen_owned: bool = False  # reached through a Xen-owned entry (Xen L4 slot, PV32 Xen area)
+    repeat: int = 1
+    stride: int = 0
 
     @property
     def end(self) -> int:
+        """End of copy 0 (exclusive); :attr:`last_end` for the last copy."""
         return self.va + self.size
+
+    @property
+    def last_end(self) -> int:
+        """End (exclusive) of the last copy."""
+        return self.va + (self.repeat - 1) * self.stride + self.size
+
+    @property
+    def total_pages(self) -> int:
+        """Pages over every copy (``count * repeat``); 0 for a record that maps nothing."""
+        return self.count * self.repeat
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of VA over every copy (``size * repeat``)."""
+        return self.size * self.repeat
+
+    def copies(self):
+        """One mapping per copy (``repeat`` 1), copy 0 first: the same record at ``va + k *
+        stride``. ``entries`` stay copy 0's (a walk with ``expand=True`` gives each copy's own)."""
+        if self.repeat <= 1:
+            yield self
+            return
+        for k in range(self.repeat):
+            yield replace(self, va=self.va + k * self.stride, repeat=1, stride=0)
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,13 @@ from .decode import (KIND_LEAF, KIND_RSVD_STOP, KIND_TABLE, DecodedTable, LevelR
                      decode_table, explain_entry, level_rules, memory_type, np)
 from .errors import OptionError, SourceError, UnreadableMemory, XenpteError
 from .model import Effective, EntryRef, Mapping, Step, Trace, Verdict
+from .replay import A_D, Block, Ctx, Dim, Run, fold, fold_list, merge, new_run, pse36_mask, shift
 
 __all__ = ["DEFAULT_ENTRY_BUDGET", "DEFAULT_TIME_BUDGET", "WalkStats", "Walker", "cr3_root"]
 
 DEFAULT_ENTRY_BUDGET = 50_000_000
 DEFAULT_TIME_BUDGET = 300.0
 
-_A_D = 0x60
 _CACHE_MAX = 65536  # entries in each per-walker cache (leaf attributes, leaf EntryRefs)
 # Decoded last-level tables kept at once. A decoded table costs ~5x its bytes (index, kind and
 # reserved-bit arrays); keeping every one made a walk's memory grow ~21 KiB per table (0.9 GiB for
@@ -78,20 +78,6 @@ class WalkStats:
 
 class _BudgetHit(Exception):
     pass
-
-
-@dataclass(frozen=True)
-class _Ctx:
-    """Rights and remarks accumulated from the levels above an entry."""
-
-    user: bool
-    write: bool
-    nx: bool
-    rsvd: Tuple[str, ...]
-    path: Tuple[EntryRef, ...]
-    notes: Tuple[str, ...]
-    disallowed: Tuple[str, ...] = ()
-    xen_owned: bool = False  # below a Xen-owned entry: the PV ABI (bits, masks) does not apply
 
 
 class Walker:
@@ -147,6 +133,13 @@ class Walker:
         self._sign_bit = 1 << (self.mode.va_bits - 1) if self.mode.canonical else 0
         self._sign_ext = ~self._va_mask & 0xFFFFFFFFFFFFFFFF
         self._root_error: Optional[str] = None
+        # A repeated subtree is given once only where its copies would be labelled alike: a PV32
+        # guest's hypervisor area is labelled by VA at every level (xen.pv32_hypervisor_area), so
+        # there only subtrees that are wholly Xen's are taken as repeats.
+        self._repeat_ok = getattr(getattr(domain, "policy", None), "domain", None) != "pv32"
+        self._expand = False
+        self._coalesce = True
+        self._phys = False
         if root is not None:
             self.root = root
         else:
@@ -210,14 +203,9 @@ class Walker:
 
     # -- per-entry semantics ----------------------------------------------------------------
 
-    def _child_ctx(self, ctx: _Ctx, rule: LevelRule, index: int, table_pa: int, raw: int,
-                   rsvd: int, va: int = 0) -> _Ctx:
-        user, write, nx = ctx.user, ctx.write, ctx.nx
-        if rule.has_rights:
-            user = user and bool(raw & 4)
-            write = write and bool(raw & 2)
-        if rule.has_xd and raw >> 63:
-            nx = True
+    def _child_ctx(self, ctx: Ctx, rule: LevelRule, index: int, table_pa: int, raw: int,
+                   rsvd: int, va: int = 0) -> Ctx:
+        user, write, nx = rule.rights(raw, ctx.user, ctx.write, ctx.nx)
         rs = ctx.rsvd
         if rsvd:
             rs = rs + (f"{rule.name}[{index}]: {bits_text(rsvd)} reserved",)
@@ -231,21 +219,17 @@ class Walker:
                 owned = True
             else:
                 dis = dis + _disallowed_texts(self.domain, rule, index, raw)
-        return _Ctx(user, write, nx, rs, ctx.path + (EntryRef(rule.name, index, table_pa, raw),),
-                    notes, dis, owned)
+        return Ctx(user, write, nx, rs, ctx.path + (EntryRef(rule.name, index, table_pa, raw),),
+                   notes, dis, owned)
 
     def _attrs(self, rule: LevelRule, raw: int, ctx_key: tuple, rsvd_here: int):
         """Derived attributes of a leaf, cached by everything they depend on."""
-        key = (rule.depth, raw & ~(rule.leaf_frame_mask | _A_D), ctx_key, rsvd_here)
+        key = (rule.depth, raw & ~(rule.leaf_frame_mask | A_D), ctx_key, rsvd_here)
         hit = self._attr_cache.get(key)
         if hit is not None:
             return hit
         user, write, nx, has_rsvd, xen_owned = ctx_key
-        if rule.has_rights:
-            user = user and bool(raw & 4)
-            write = write and bool(raw & 2)
-        if rule.has_xd and raw >> 63:
-            nx = True
+        user, write, nx = rule.rights(raw, user, write, nx)
         eff = Effective(user, write, not nx)
         flags = set()
         for name, bit in (("P", 0), ("RW", 1), ("US", 2), ("PWT", 3), ("PCD", 4), ("G", 8)):
@@ -277,7 +261,7 @@ class Walker:
         self._attr_cache[key] = hit
         return hit
 
-    def _make_mapping(self, rule: LevelRule, ctx: _Ctx, va_lin: int, index: int, table_pa: int,
+    def _make_mapping(self, rule: LevelRule, ctx: Ctx, va_lin: int, index: int, table_pa: int,
                       raw: int, rsvd: int, count: int, and_ad: int, pa: Optional[int],
                       notes: Tuple[str, ...] = ()) -> Mapping:
         owned = ctx.xen_owned
@@ -286,7 +270,8 @@ class Walker:
             label = self.domain.xen_area(rule.name, index, va_lin, rule.page_size)
             if label:
                 owned, notes = True, (label,) + notes
-        ctx_key = (ctx.user, ctx.write, ctx.nx, bool(ctx.rsvd), owned)
+        ctx_key = ctx.key if owned == ctx.xen_owned else (ctx.user, ctx.write, ctx.nx,
+                                                          bool(ctx.rsvd), owned)
         eff, flags_by_ad, pkey, xen_bits, mt, verdicts, dis = self._attrs(rule, raw, ctx_key,
                                                                           rsvd)
         rs = ctx.rsvd
@@ -316,7 +301,7 @@ class Walker:
             ref = self._ref_cache[key] = EntryRef(level, index, table_pa, raw)
         return ref
 
-    def _stop_record(self, kind: str, rule: LevelRule, ctx: _Ctx, va_lin: int, index: int,
+    def _stop_record(self, kind: str, rule: LevelRule, ctx: Ctx, va_lin: int, index: int,
                      table_pa: int, raw: int, rsvd: int, why: str) -> Mapping:
         """A record for a present entry the walk cannot follow (RSVD stop, unreadable table)."""
         child = self._child_ctx(ctx, rule, index, table_pa, raw, rsvd, va_lin)
@@ -345,7 +330,7 @@ class Walker:
         if self._root_error:
             return Trace(va, (), None, f"unreadable: {self._root_error}")
         self._deadline = time.monotonic() + self.time_budget
-        ctx = _Ctx(True, True, False, (), (), ())
+        ctx = Ctx(True, True, False, (), (), ())
         table_pa = self.root
         steps: List[Step] = []
         for rule in self.rules:
@@ -383,7 +368,7 @@ class Walker:
                 page_lin = (lin >> rule.shift) << rule.shift
                 pa = self._frame_to_pa(rule.frame(raw, True))
                 m = self._make_mapping(rule, ctx, page_lin, index, table_pa, raw, rsvd, 1,
-                                       raw & _A_D, pa)
+                                       raw & A_D, pa)
                 return Trace(va, tuple(steps), m, "reserved bit" if m.rsvd else "leaf")
             nxt = self._frame_to_pa(rule.frame(raw, False))
             steps.append(Step(rule.name, index, table_pa, entry_pa, raw, bits, eff,
@@ -397,12 +382,22 @@ class Walker:
     # -- whole-space walk -------------------------------------------------------------------
 
     def iter_mappings(self, start: int = 0, end: Optional[int] = None, *, coalesce: bool = True,
-                      phys: bool = False) -> Iterator[Mapping]:
+                      phys: bool = False, repeats: bool = False,
+                      keep: Optional[Callable[[Mapping], bool]] = None) -> Iterator[Mapping]:
         """Yield mappings in VA order over ``[start, end)`` (canonical VAs; end exclusive).
 
         :param coalesce: merge VA-contiguous leaves of one level with equal attributes (rights,
             key, Xen bits, memory type, software bits); A and D are kept only if set on every page.
+            Without it (one record per page) copies are always expanded.
         :param phys: also require PA contiguity when merging.
+        :param repeats: a subtree reached again at VAs in arithmetic progression (Linux's espfix
+            area, aliases of one table) is one record per run with ``repeat`` copies ``stride``
+            bytes apart (records are then in VA order of their first copy; ``Mapping.copies()``
+            expands one). Without it, one record per copy: every consumer that sums ``count``
+            stays right.
+        :param keep: a predicate over a mapping's attributes (rights, key, Xen bits, verdicts,
+            flags, notes; not its addresses or counts): records it refuses are not built, and it
+            is asked once per distinct set of attributes.
         """
         lo = start & self._va_mask
         hi = (self._va_mask + 1) if end is None else (((end - 1) & self._va_mask) + 1)
@@ -413,10 +408,13 @@ class Walker:
         self._pages.clear()
         self._tables.clear()
         self._pt_lru.clear()
+        self._expand = not repeats or not coalesce
+        self._coalesce = coalesce
+        self._phys = phys
         t0 = time.monotonic()
         self._deadline = t0 + self.time_budget
-        root_ctx = _Ctx(True, True, False, (), (), ())
-        pending = None
+        root_ctx = Ctx(True, True, False)
+        keep_memo: Dict[tuple, bool] = {}
         try:
             if self._root_error:
                 raise SourceError(self.source.name, self._root_error)
@@ -425,28 +423,43 @@ class Walker:
                 raise SourceError(self.source.name,
                                   f"the top-level table (CR3 {self.cpu.cr3:#x}) cannot be read: "
                                   f"{getattr(top, 'detail', top)}")
-            for rec in self._walk_table(self.root, 0, 0, root_ctx, lo, hi, coalesce, phys):
-                if pending is None:
-                    pending = rec
-                    continue
-                merged = _merge(pending, rec, phys) if coalesce else None
-                if merged is not None:
-                    pending = merged
+            items = fold(_until_budget(self._walk_table(self.root, 0, 0, root_ctx, lo, hi)),
+                         coalesce, phys)
+            for item in items:
+                if type(item) is Block:
+                    for run in item.first():
+                        m = self._finish(run, keep, keep_memo, item.n, item.stride)
+                        if m is not None:
+                            yield m
                 else:
-                    yield self._finish(pending)
-                    pending = rec
-        except _BudgetHit:
-            pass
+                    m = self._finish(item, keep, keep_memo)
+                    if m is not None:
+                        yield m
         finally:
             self.stats.seconds = time.monotonic() - t0
-        if pending is not None:
-            yield self._finish(pending)
 
-    def _finish(self, rec) -> Mapping:
-        if rec[0] == "rec":
-            return rec[1]
-        _, rule, ctx, _ck, va, index, table_pa, raw, rsvd, count, and_ad, pa = rec
-        return self._make_mapping(rule, ctx, va, index, table_pa, raw, rsvd, count, and_ad, pa)
+    def _finish(self, run: Run, keep=None, memo=None, repeat: int = 1,
+                stride: int = 0) -> Optional[Mapping]:
+        if run.kind != "page":
+            m = self._stop_record(run.kind, run.rule, run.ctx, run.va, run.index, run.table_pa,
+                                  run.raw, run.rsvd, run.why)
+        else:
+            m = self._make_mapping(run.rule, run.ctx, run.va, run.index, run.table_pa, run.raw,
+                                   run.rsvd, run.count, run.and_ad, run.pa)
+        if repeat > 1:
+            m.repeat, m.stride = repeat, stride
+        if keep is not None:
+            # Keyed by the objects the walker shares between equal records (attribute cache).
+            key = (id(m.effective), id(m.flags), m.pkey, id(m.xen_bits), id(m.verdicts),
+                   m.notes, m.rsvd, m.disallowed, m.kind, m.level, m.memtype, m.xen_owned)
+            ok = memo.get(key)
+            if ok is None:
+                ok = memo[key] = bool(keep(m))
+                if len(memo) > _CACHE_MAX:
+                    memo.clear()
+            if not ok:
+                return None
+        return m
 
     def _check_budget(self, va_lin: int) -> None:
         if self.stats.entries > self.entry_budget:
@@ -458,13 +471,14 @@ class Walker:
                                      f"VA {self.canonical(va_lin):#x}")
             raise _BudgetHit()
 
-    def _walk_table(self, table_pa: int, depth: int, base: int, ctx: _Ctx, lo: int, hi: int,
-                    coalesce: bool, phys: bool):
+    def _walk_table(self, table_pa: int, depth: int, base: int, ctx: Ctx, lo: int, hi: int):
+        """Yield the runs and blocks of the table at ``table_pa`` (mapping ``base`` onward) that lie
+        in ``[lo, hi)``, in VA order."""
         rule = self.rules[depth]
         dt = self._table(table_pa, depth)
-        shift = rule.shift
-        first = max(0, (lo - base) >> shift)
-        last = min((1 << rule.index_bits) - 1, (hi - 1 - base) >> shift)
+        shift_ = rule.shift
+        first = max(0, (lo - base) >> shift_)
+        last = min((1 << rule.index_bits) - 1, (hi - 1 - base) >> shift_)
         self._check_budget(base)
         if np is not None:
             # Fast paths for the common case (a whole table, a PT of leaves only): each numpy
@@ -475,7 +489,7 @@ class Walker:
                 sel = np.flatnonzero((dt.index >= first) & (dt.index <= last))
             self.stats.entries += len(sel)
             if rule.last:  # a last-level table holds only leaves (decode_table)
-                leaf_pos, other_pos = sel, ()
+                leaf_pos, other_pos = sel, []
             else:
                 kinds = dt.kind[sel]
                 leaf_pos = sel[kinds == KIND_LEAF]
@@ -488,48 +502,139 @@ class Walker:
         # Emit leaves and subtrees interleaved in VA order: split leaf positions at subtrees.
         li = 0
         n_leaf = len(leaf_pos)
-        for pos in other_pos:
+        span = rule.page_size
+        p = 0
+        n_other = len(other_pos)
+        while p < n_other:
+            pos = other_pos[p]
+            p += 1
             index = int(dt.index[pos])
             if li < n_leaf:
                 cut = _count_below(leaf_pos, pos, li)
                 if cut > li:
-                    yield from self._leaf_runs(rule, dt, leaf_pos[li:cut], table_pa, base, ctx,
-                                               coalesce, phys)
+                    yield from self._leaf_runs(rule, dt, leaf_pos[li:cut], table_pa, base, ctx)
                     li = cut
             raw = int(dt.raw[pos])
             rsvd = int(dt.rsvd[pos])
-            va = base + (index << shift)
+            va = base + (index << shift_)
             if dt.kind[pos] == KIND_RSVD_STOP:
-                yield ("rec", self._stop_record("rsvd", rule, ctx, va, index, table_pa, raw, rsvd,
-                                                f"PS=1 in a {rule.name} entry: #PF with RSVD"))
+                yield new_run("rsvd", rule, ctx, va, index, table_pa, raw, rsvd, 0, 0, None,
+                              f"PS=1 in a {rule.name} entry: #PF with RSVD")
                 continue
-            child_ctx = self._child_ctx(ctx, rule, index, table_pa, raw, rsvd, va)
             child_pa = self._frame_to_pa(rule.frame(raw, False))
             if child_pa is None:
-                yield ("rec", self._stop_record(
-                    "not-in-dump", rule, ctx, va, index, table_pa, raw, rsvd,
-                    f"next table (frame {rule.frame(raw, False) >> 12:#x}) not in source"))
+                yield new_run("not-in-dump", rule, ctx, va, index, table_pa, raw, rsvd, 0, 0,
+                              None, f"next table (frame {rule.frame(raw, False) >> 12:#x}) not "
+                                    f"in source")
                 continue
             child = self._table(child_pa, depth + 1)
             if isinstance(child, XenpteError):
-                yield ("rec", self._stop_record("unreadable", rule, ctx, va, index, table_pa, raw,
-                                                rsvd, f"next table unreadable: {child}"))
+                yield new_run("unreadable", rule, ctx, va, index, table_pa, raw, rsvd, 0, 0,
+                              None, f"next table unreadable: {child}")
                 continue
-            yield from self._walk_table(child_pa, depth + 1, va, child_ctx, lo, hi, coalesce,
-                                        phys)
+            child_ctx = self._child_ctx(ctx, rule, index, table_pa, raw, rsvd, va)
+            # The same table reached again from the next entries with the same context: a
+            # repeated subtree (aliases of one table: Linux's espfix area, hostile storms).
+            raws = [raw]
+            if (not rsvd and p < n_other and lo <= va and va + span <= hi
+                    and (self._repeat_ok or child_ctx.xen_owned)):
+                nomask = raw & ~_A
+                while p < n_other:
+                    q = other_pos[p]
+                    qraw = int(dt.raw[q])
+                    qindex = int(dt.index[q])
+                    qva = base + (qindex << shift_)
+                    if (qindex != index + len(raws) or (qraw & ~_A) != nomask
+                            or dt.kind[q] != KIND_TABLE or dt.rsvd[q] or qva + span > hi
+                            or (self._sign_bit and (qva ^ va) & self._sign_bit)):
+                        break
+                    qctx = self._child_ctx(ctx, rule, qindex, table_pa, qraw, 0, qva)
+                    if not qctx.same_but_path(child_ctx):
+                        break
+                    raws.append(qraw)
+                    p += 1
+            if len(raws) == 1:
+                yield from self._walk_table(child_pa, depth + 1, va, child_ctx, lo, hi)
+            else:
+                dim = Dim(depth, rule.name, table_pa, index, 1, tuple(raws), len(raws))
+                yield from self._repeated(child_pa, depth + 1, va, child_ctx, lo, hi, dim, span)
         if li < n_leaf:
-            yield from self._leaf_runs(rule, dt, leaf_pos[li:], table_pa, base, ctx, coalesce,
-                                       phys)
+            yield from self._leaf_runs(rule, dt, leaf_pos[li:], table_pa, base, ctx)
+
+    def _repeated(self, table_pa: int, depth: int, va: int, ctx: Ctx, lo: int, hi: int,
+                  dim: Dim, span: int):
+        """A subtree reached from ``dim.n`` consecutive entries: walked once, then given as a
+        block of copies, or (when expanding, or when copies merge into each other) replayed
+        shifted; a subtree too big to hold is walked again per copy."""
+        stats = self.stats
+        leaves0 = stats.leaves
+        items: List = []
+        walk = self._walk_table(table_pa, depth, va, ctx, lo, hi)
+        for item in walk:
+            items.append(item)
+            if len(items) > _REPLAY_MAX:
+                break
+        else:
+            walk = None
+        if walk is not None:
+            # Too big to replay: stream this copy, walk each other copy again.
+            yield from items
+            yield from walk
+            for k in range(1, dim.n):
+                ref = EntryRef(dim.level, dim.index0 + k, dim.table_pa, dim.raws[k])
+                yield from self._walk_table(table_pa, depth, va + k * span,
+                                            ctx.with_path(ctx.path[:-1] + (ref,)), lo, hi)
+            return
+        sub_leaves = stats.leaves - leaves0
+        if not items:
+            return
+        n = dim.n
+        if not self._expand:
+            inner = items[0]
+            if len(items) == 1 and type(inner) is Block and inner.n * inner.stride == span:
+                # The subtree is itself copies that tile it (espfix's PT: one page every 64 KiB
+                # over 2 MiB): one block of n * inner.n copies at the inner stride.
+                stats.leaves += sub_leaves * (n - 1)
+                yield Block(inner.runs, inner.stride, (dim,) + inner.dims)
+                return
+            flat = _flatten(items)
+            if flat is not None:
+                runs = fold_list(flat, self._phys)
+                nxt = runs[0]._replace(va=runs[0].va + span)
+                if merge(runs[-1], nxt, self._phys) is None:
+                    stats.leaves += sub_leaves * (n - 1)
+                    yield Block(runs, span, (dim,))
+                    return
+                items = runs
+            else:  # inner blocks too big to flatten: walk each copy again
+                yield from items
+                for k in range(1, n):
+                    ref = EntryRef(dim.level, dim.index0 + k, dim.table_pa, dim.raws[k])
+                    yield from self._walk_table(table_pa, depth, va + k * span,
+                                                ctx.with_path(ctx.path[:-1] + (ref,)), lo, hi)
+                return
+        elif self._coalesce:
+            items = fold_list(items, self._phys)
+        # Replay: copy k is copy 0 shifted (what a walk of it would give, without walking it).
+        yield from items
+        cost = sum(r.count if r.kind == "page" else 1 for r in items) if not self._coalesce \
+            else len(items)
+        for k in range(1, n):
+            stats.entries += cost
+            stats.leaves += sub_leaves
+            self._check_budget(va + k * span)
+            yield from shift(items, k, (dim,), span)
 
     def _leaf_runs(self, rule: LevelRule, dt: DecodedTable, pos, table_pa: int, base: int,
-                   ctx: _Ctx, coalesce: bool, phys: bool):
-        """Yield runs of leaves of one table: ``("run", ...)`` tuples merged by the caller."""
+                   ctx: Ctx):
+        """Yield runs of leaves of one table, and blocks of equal runs at a constant stride."""
         n = len(pos)
         self.stats.leaves += n
-        ctx_key = (ctx.user, ctx.write, ctx.nx, bool(ctx.rsvd), ctx.xen_owned)
+        coalesce = self._coalesce
+        phys = self._phys
         page = rule.page_size
         # What must be equal for two leaves to merge: all but the frame and A/D.
-        keymask = ~(rule.leaf_frame_mask | _A_D | _pse36_mask(rule)) & 0xFFFFFFFFFFFFFFFF
+        keymask = ~(rule.leaf_frame_mask | A_D | pse36_mask(rule)) & 0xFFFFFFFFFFFFFFFF
         translate = self._translate is not None
         if np is not None:
             if n == len(dt.index):  # every present entry (pos is sorted and distinct)
@@ -549,11 +654,11 @@ class Walker:
                     frames = raws & np.uint64(rule.leaf_frame_mask)
                     brk[1:] |= frames[1:] != frames[:-1] + np.uint64(page)
                 starts = np.flatnonzero(brk)
-                ad = np.bitwise_and.reduceat(raws & np.uint64(_A_D), starts).tolist()
+                ad = np.bitwise_and.reduceat(raws & np.uint64(A_D), starts).tolist()
                 starts_l = starts.tolist()
             else:
                 starts_l = list(range(n))
-                ad = (raws & np.uint64(_A_D)).tolist()
+                ad = (raws & np.uint64(A_D)).tolist()
             if translate:
                 idx_l, raw_l, rsv_l = idx.tolist(), raws.tolist(), rsv.tolist()
             else:
@@ -574,39 +679,87 @@ class Walker:
                         and (not phys or translate
                              or rule.frame(r, True) == rule.frame(raw_l[i - 1], True) + page))
                 if cont:
-                    ad[-1] &= r & _A_D
+                    ad[-1] &= r & A_D
                 else:
                     starts_l.append(i)
-                    ad.append(r & _A_D)
+                    ad.append(r & A_D)
                 prev = (k,)
             heads = ((idx_l[s], raw_l[s], rsv_l[s]) for s in starts_l)
-        if not translate:
-            yield from self._runs(rule, ctx, ctx_key, base, table_pa, heads, starts_l, n, ad)
+        shift_ = rule.shift
+        to_pa = self._frame_to_pa
+        if translate:
+            # PV: frames are MFNs; a run stays one record only where PFNs are contiguous too
+            # (checked per page by the merge step).
+            runs = [new_run("page", rule, ctx, base + (i << shift_), i, table_pa, r, s, 1, r & A_D,
+                            to_pa(rule.frame(r, True)))
+                    for i, r, s in zip(idx_l, raw_l, rsv_l)]
+        else:
+            ends = starts_l[1:] + [n]
+            runs = [new_run("page", rule, ctx, base + (i << shift_), i, table_pa, r, s, e - b,
+                            a, to_pa(rule.frame(r, True)))
+                    for (i, r, s), b, e, a in zip(heads, starts_l, ends, ad)]
+        if self._expand or len(runs) < 2:
+            yield from runs
             return
-        # PV: frames are MFNs; a run stays one record only where PFNs are contiguous too (checked
-        # lazily, per page, by the merge step).
-        for s, e in zip(starts_l, starts_l[1:] + [n]):
-            for k in range(s, e):
-                r = raw_l[k]
-                yield ("run", rule, ctx, ctx_key, base + (idx_l[k] << rule.shift), idx_l[k],
-                       table_pa, r, rsv_l[k], 1, r & _A_D, self._frame_to_pa(rule.frame(r, True)))
+        yield from _leaf_blocks(runs, table_pa)
 
-    def _runs(self, rule: LevelRule, ctx: _Ctx, ctx_key: tuple, base: int, table_pa: int, heads,
-              starts: List[int], n: int, ad: List[int]):
-        """Yield one ``("run", ...)`` tuple per run from its first entry's (index, raw, rsvd)."""
-        ends = starts[1:] + [n]
-        for (index, raw, rsvd), s, e, and_ad in zip(heads, starts, ends, ad):
-            yield ("run", rule, ctx, ctx_key, base + (index << rule.shift), index, table_pa, raw,
-                   rsvd, e - s, and_ad, self._frame_to_pa(rule.frame(raw, True)))
+
+
+_A = 0x20  # the accessed bit: entries that differ only in it still reach one subtree alike
+# Items of a repeated subtree held to replay it; a bigger subtree is walked again per copy.
+_REPLAY_MAX = 4096
+
+
+def _until_budget(items):
+    """The walk's items until a budget stops it (the fold then still gives what it holds)."""
+    try:
+        yield from items
+    except _BudgetHit:
+        return
+
+
+def _flatten(items) -> Optional[List[Run]]:
+    """Runs of ``items`` with blocks expanded (each block lies between its neighbours), or None
+    when that would be more than can be held."""
+    out: List[Run] = []
+    for it in items:
+        if type(it) is Block:
+            if len(out) + it.n * len(it.runs) > _REPLAY_MAX:
+                return None
+            out.extend(it.expand())
+        else:
+            out.append(it)
+    return out
+
+
+def _leaf_blocks(runs: List[Run], table_pa: int):
+    """Runs of one table with runs of equal leaves at a constant index step (the step larger
+    than the run, so copies do not touch) given as blocks: e.g. Linux's espfix PT, one stack page
+    every 16th entry."""
+    i, n = 0, len(runs)
+    while i < n:
+        r = runs[i]
+        j = i + 1
+        if j < n:
+            step = runs[j].index - r.index
+            if step > r.count:
+                key = (r.raw, r.rsvd, r.count, r.and_ad)
+                while (j < n and runs[j].index - runs[j - 1].index == step
+                       and (runs[j].raw, runs[j].rsvd, runs[j].count, runs[j].and_ad) == key):
+                    j += 1
+        if j - i >= 2:
+            rule = r.rule
+            yield Block((r,), step * rule.page_size,
+                        (Dim(-1, rule.name, table_pa, r.index, step, (), j - i),))
+            i = j
+        else:
+            yield r
+            i += 1
 
 
 def _disallowed_texts(domain, rule: LevelRule, index: int, raw: int) -> Tuple[str, ...]:
     return tuple(f"{rule.name}[{index}]: bit {bit} ({name})"
                  for bit, name in domain.disallowed(raw, rule.name))
-
-
-def _pse36_mask(rule: LevelRule) -> int:
-    return ((1 << rule.pse36_bits) - 1) << 13 if rule.pse36_bits else 0
 
 
 def _count_below(leaf_pos, pos, start: int) -> int:
@@ -617,28 +770,3 @@ def _count_below(leaf_pos, pos, start: int) -> int:
     while i < len(leaf_pos) and leaf_pos[i] < pos:
         i += 1
     return i
-
-
-def _merge(a, b, phys: bool):
-    """Merge run ``b`` into pending run ``a`` when contiguous with equal attributes, else None."""
-    if a[0] != "run" or b[0] != "run":
-        return None
-    _, rule, ctx, ctx_key, va, index, table_pa, raw, rsvd, count, and_ad, pa = a
-    _, rule2, _c2, ctx_key2, va2, _i2, _t2, raw2, rsvd2, count2, and_ad2, pa2 = b
-    if rule2 is not rule or ctx_key2 != ctx_key or bool(rsvd2) != bool(rsvd):
-        return None
-    if va2 != va + count * rule.page_size:
-        return None
-    mask = ~(rule.leaf_frame_mask | _A_D | _pse36_mask(rule))
-    if ((raw2 & mask) != (raw & mask) or ctx.notes != _c2.notes or ctx.rsvd != _c2.rsvd
-            or ctx.disallowed != _c2.disallowed):
-        return None
-    if (pa is None) != (pa2 is None):
-        return None
-    if phys and pa is not None and pa2 != pa + count * rule.page_size:
-        return None
-    if rsvd2 != rsvd:
-        return None
-    return ("run", rule, ctx, ctx_key, va, index, table_pa, raw, rsvd, count + count2,
-            and_ad & and_ad2, pa)
-
