@@ -96,6 +96,8 @@ class Mapping:
         at VAs in arithmetic progression); copy ``k`` lies at ``va + k * stride`` with the same
         ``pa``, flags, rights, key, Xen bits and verdicts; ``entries`` describe copy 0.
     :param stride: bytes between copies (0 when ``repeat`` is 1).
+    :param pa_contiguous: the frames of a coalesced run are contiguous, so ``pa`` .. ``pa +
+        size`` is its physical range; when False only ``pa`` (the first frame) is meaningful.
     :param kind: ``"page"`` for a real leaf; ``"rsvd"`` for a present entry that raises #PF RSVD
         instead of mapping (e.g. PS=1 in a PML4E); ``"unreadable"`` when the next table cannot be
         read; ``"not-in-dump"`` when the next table's frame is not in the source. Non-page records
@@ -122,6 +124,7 @@ class Mapping:
     xen_owned: bool = False  # reached through a Xen-owned entry (Xen L4 slot, PV32 Xen area)
     repeat: int = 1
     stride: int = 0
+    pa_contiguous: bool = True
 
     @property
     def end(self) -> int:

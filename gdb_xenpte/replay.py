@@ -67,6 +67,8 @@ class Run(NamedTuple):
     :param and_ad: the A and D bits set in every leaf of the run.
     :param pa: the first frame in the source's space (None: not in the source).
     :param why: for a non-page run, why the walk stopped there.
+    :param contig: the run's frames are contiguous (coalescing without ``phys`` also merges
+        pages whose frames are scattered).
     """
 
     kind: str
@@ -81,15 +83,17 @@ class Run(NamedTuple):
     and_ad: int
     pa: Optional[int]
     why: str = ""
+    contig: bool = True
 
 
 _tuple_new = tuple.__new__
 
 
-def new_run(kind, rule, ctx, va, index, table_pa, raw, rsvd, count, and_ad, pa, why=""):
+def new_run(kind, rule, ctx, va, index, table_pa, raw, rsvd, count, and_ad, pa, why="",
+            contig=True):
     """``Run(...)`` without NamedTuple's Python-level ``__new__`` (made once per run)."""
     return _tuple_new(Run, (kind, rule, ctx, va, index, table_pa, raw, rsvd, count, and_ad, pa,
-                            why))
+                            why, contig))
 
 
 class Dim(NamedTuple):
@@ -192,7 +196,8 @@ def shift(runs: Sequence[Run], k: int, dims: Tuple[Dim, ...], stride: int) -> Li
                 new = memo[id(ctx)] = ctx.with_path(tuple(path))
             ctx = new
         out.append(_tuple_new(Run, (r.kind, r.rule, ctx, r.va + delta, r.index + index_delta,
-                                    r.table_pa, r.raw, r.rsvd, r.count, r.and_ad, r.pa, r.why)))
+                                    r.table_pa, r.raw, r.rsvd, r.count, r.and_ad, r.pa, r.why,
+                                    r.contig)))
     return out
 
 
@@ -226,10 +231,11 @@ def merge(a: Run, b: Run, phys: bool) -> Optional[Run]:
     pa = a.pa
     if (pa is None) != (b.pa is None):
         return None
-    if phys and pa is not None and b.pa != pa + count * rule.page_size:
+    contig = a.contig and b.contig and (pa is None or b.pa == pa + count * rule.page_size)
+    if phys and not contig:
         return None
     return _tuple_new(Run, (a.kind, rule, ca, a.va, a.index, a.table_pa, a.raw, a.rsvd,
-                            count + b.count, a.and_ad & b.and_ad, pa, a.why))
+                            count + b.count, a.and_ad & b.and_ad, pa, a.why, contig))
 
 
 def fold_list(runs: Iterable[Run], phys: bool) -> List[Run]:

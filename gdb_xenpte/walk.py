@@ -448,6 +448,8 @@ class Walker:
                                    run.rsvd, run.count, run.and_ad, run.pa)
         if repeat > 1:
             m.repeat, m.stride = repeat, stride
+        if not run.contig:
+            m.pa_contiguous = False
         if keep is not None:
             # Keyed by the objects the walker shares between equal records (attribute cache).
             key = (id(m.effective), id(m.flags), m.pkey, id(m.xen_bits), id(m.verdicts),
@@ -636,6 +638,7 @@ class Walker:
         # What must be equal for two leaves to merge: all but the frame and A/D.
         keymask = ~(rule.leaf_frame_mask | A_D | pse36_mask(rule)) & 0xFFFFFFFFFFFFFFFF
         translate = self._translate is not None
+        contig = None  # per run: frames contiguous (None: every run's are)
         if np is not None:
             if n == len(dt.index):  # every present entry (pos is sorted and distinct)
                 idx, raws, rsv = dt.index, dt.raw, dt.rsvd
@@ -656,6 +659,18 @@ class Walker:
                 starts = np.flatnonzero(brk)
                 ad = np.bitwise_and.reduceat(raws & np.uint64(A_D), starts).tolist()
                 starts_l = starts.tolist()
+                if not phys and not translate and len(starts_l) < n:
+                    # Which runs have scattered frames (a range is shown only when contiguous).
+                    frames = raws & np.uint64(rule.leaf_frame_mask)
+                    if rule.pse36_bits:
+                        frames |= ((raws >> np.uint64(13))
+                                   & np.uint64((1 << rule.pse36_bits) - 1)) << np.uint64(32)
+                    gap = np.empty(n, dtype=bool)
+                    gap[0] = False
+                    np.not_equal(frames[1:], frames[:-1] + np.uint64(page), out=gap[1:])
+                    gap &= ~brk
+                    if gap.any():
+                        contig = (~np.logical_or.reduceat(gap, starts)).tolist()
             else:
                 starts_l = list(range(n))
                 ad = (raws & np.uint64(A_D)).tolist()
@@ -669,25 +684,37 @@ class Walker:
             idx_l = [dt.index[p] for p in pos]
             raw_l = [dt.raw[p] for p in pos]
             rsv_l = [dt.rsvd[p] for p in pos]
-            starts_l, ad = [], []
+            starts_l, ad, contig_l = [], [], []
             prev = None
             for i in range(n):
                 r = raw_l[i]
                 k = (r & keymask, rsv_l[i])
                 cont = (coalesce and prev is not None and k == prev[0]
-                        and idx_l[i] == idx_l[i - 1] + 1
-                        and (not phys or translate
-                             or rule.frame(r, True) == rule.frame(raw_l[i - 1], True) + page))
+                        and idx_l[i] == idx_l[i - 1] + 1)
+                if cont and not translate:
+                    adjacent = rule.frame(r, True) == rule.frame(raw_l[i - 1], True) + page
+                    if phys:
+                        cont = adjacent
+                    elif not adjacent:
+                        contig_l[-1] = False
                 if cont:
                     ad[-1] &= r & A_D
                 else:
                     starts_l.append(i)
                     ad.append(r & A_D)
+                    contig_l.append(True)
                 prev = (k,)
+            if not all(contig_l):
+                contig = contig_l
             heads = ((idx_l[s], raw_l[s], rsv_l[s]) for s in starts_l)
         shift_ = rule.shift
         to_pa = self._frame_to_pa
-        if translate:
+        if contig is not None:
+            runs = [new_run("page", rule, ctx, base + (i << shift_), i, table_pa, r, s, e - b,
+                            a, to_pa(rule.frame(r, True)), "", c)
+                    for (i, r, s), b, e, a, c in zip(heads, starts_l, starts_l[1:] + [n], ad,
+                                                     contig)]
+        elif translate:
             # PV: frames are MFNs; a run stays one record only where PFNs are contiguous too
             # (checked per page by the merge step).
             runs = [new_run("page", rule, ctx, base + (i << shift_), i, table_pa, r, s, 1, r & A_D,

@@ -86,6 +86,9 @@ class XenPteWalkCommand(XenPteCommand):
                        help="one row per page")
         o.add_argument("--phys", action="store_true",
                        help="merge only where physical addresses are contiguous too")
+        o.add_argument("--expand", action="store_true",
+                       help="one row per copy of a repeated subtree (default: one row with "
+                            "'xN every STRIDE', e.g. Linux's espfix area)")
         o.add_argument("--json", action="store_true",
                        help="JSON Lines: header, mapping records, summary "
                             "(schema: gdb_xenpte/data/xen-pte-walk.schema.json)")
@@ -94,7 +97,7 @@ class XenPteWalkCommand(XenPteCommand):
         return p
 
     def run(self, args: argparse.Namespace) -> None:
-        with _walk(args) as (walker, header, rows):
+        with _walk(args, repeats=not args.expand) as (walker, header, rows):
             if rows is None:
                 return _write_trace(walker.trace(args.addr[0]), header, args.json)
             _write_walk(rows, walker, header, args.json, _first(args.limit,
@@ -102,8 +105,11 @@ class XenPteWalkCommand(XenPteCommand):
 
 
 @contextlib.contextmanager
-def _walk(args: argparse.Namespace):
+def _walk(args: argparse.Namespace, repeats: bool = False):
     """Open the source and yield ``(walker, header, rows)``; rows is None for a single ADDR.
+
+    :param repeats: a subtree reached again at VAs in arithmetic progression is one record with
+        ``repeat`` copies (see :meth:`~gdb_xenpte.walk.Walker.iter_mappings`).
 
     The source stays open (and a live QEMU in PhyMemMode) exactly as long as the block runs.
     """
@@ -125,13 +131,17 @@ def _walk(args: argparse.Namespace):
         keep = build_filter(args.user, args.kernel, args.writable, args.exec, args.wx,
                             args.pkey, args.xen_bits, args.faults, args.verdict)
         coalesce = params.value("coalesce") if args.coalesce is None else args.coalesce
-        rows = (m for m in walker.iter_mappings(start, end, coalesce=coalesce, phys=args.phys)
-                if keep(m))
+        # The filter is asked once per distinct set of attributes, not once per record.
+        rows = walker.iter_mappings(start, end, coalesce=coalesce, phys=args.phys,
+                                    repeats=repeats, keep=keep)
         yield walker, _header(s, walker), rows
 
 
 def collect_records(args: argparse.Namespace) -> List[dict]:
-    """The JSON records ``xen-pte-walk --json`` prints, as a list (for the MI command)."""
+    """The JSON records ``xen-pte-walk --json --expand`` prints, as a list (for the MI command).
+
+    Expanded: the batch tools read ``count`` and ``size`` per record (one record per copy).
+    """
     with _walk(args) as (walker, header, rows):
         if rows is None:
             trace = walker.trace(args.addr[0])

@@ -17,6 +17,7 @@ from .verdict_text import extra_fault
 
 __all__ = [
     "RecordCounter",
+    "SCHEMA_VERSION",
     "anomaly_record",
     "check_summary_record",
     "dumps",
@@ -27,6 +28,9 @@ __all__ = [
     "what_if_records",
 ]
 
+
+# The "version" of gdb_xenpte/data/xen-pte-walk.schema.json these records follow.
+SCHEMA_VERSION = 2
 
 # Shared by every record: json.dumps only reads the dict it is given.
 _VERDICT_TEXTS = ByIdentity(lambda verdicts: _verdict_texts(verdicts))
@@ -49,10 +53,13 @@ def _entry_record(e: EntryRef) -> Dict[str, Any]:
 
 def mapping_record(m: Mapping) -> Dict[str, Any]:
     """Return the ``mapping`` record of one (coalesced) mapping."""
-    return {
+    rec = {
         "type": "mapping", "kind": getattr(m, "kind", "page"), "va": hexa(m.va),
         "pa": hexa(m.pa), "size": m.size,
         "page_size": m.page_size, "level": m.level, "count": m.count,
+    }
+    rec.update(_repeat_fields(m))
+    rec.update({
         "entries": [_entry_record(e) for e in m.entries],
         "flags": list(_FLAG_NAMES(m.flags)),
         "effective": {"user": m.effective.user, "write": m.effective.write,
@@ -62,7 +69,20 @@ def mapping_record(m: Mapping) -> Dict[str, Any]:
         "memtype": m.memtype,
         "verdicts": _VERDICT_TEXTS(m.verdicts),
         "notes": list(m.notes),
-    }
+    })
+    return rec
+
+
+def _repeat_fields(m: Mapping) -> Dict[str, Any]:
+    """Present only when they say something (schema version 2): ``pa_contiguous`` false when
+    the run's frames are scattered (``pa`` is then the first frame only), ``repeat`` when the
+    record stands for copies at ``va + k * stride``."""
+    out: Dict[str, Any] = {}
+    if not getattr(m, "pa_contiguous", True):
+        out["pa_contiguous"] = False
+    if getattr(m, "repeat", 1) > 1:
+        out["repeat"] = {"count": m.repeat, "stride": m.stride}
+    return out
 
 
 
@@ -74,11 +94,14 @@ def mapping_json(m: Mapping) -> str:
     Xen bits and path entries), so those parts are encoded once.
     """
     entries = ",".join([_entry_json(e) for e in m.entries])
+    extra = ""
+    if getattr(m, "repeat", 1) > 1 or not getattr(m, "pa_contiguous", True):
+        extra = _ENCODER.encode(_repeat_fields(m))[1:-1] + ","
     return ('{"type":"mapping","kind":%s,"va":%s,"pa":%s,"size":%d,"page_size":%d,"level":%s,'
-            '"count":%d,"entries":[%s],%s}' % (
+            '"count":%d,%s"entries":[%s],%s}' % (
                 _ENCODER.encode(getattr(m, "kind", "page")), _ENCODER.encode(hexa(m.va)),
                 _ENCODER.encode(hexa(m.pa)), m.size, m.page_size, _ENCODER.encode(m.level),
-                m.count, entries, _tail_json(m)))
+                m.count, extra, entries, _tail_json(m)))
 
 
 # Path entries are shared objects (the walker's context path, its leaf-ref cache).
@@ -112,7 +135,11 @@ def _tail_json(m: Mapping) -> str:
 
 
 class RecordCounter:
-    """Counts what a walk emitted, for the ``summary`` record."""
+    """Counts what a walk emitted, for the ``summary`` record.
+
+    ``mappings`` and ``faulting`` count records (a repeat record once); ``pages`` and ``bytes``
+    count every copy of a repeat record (``Mapping.total_pages``/``total_bytes``).
+    """
 
     def __init__(self):
         self.mappings = 0
@@ -124,8 +151,9 @@ class RecordCounter:
     def add(self, m: Mapping) -> None:
         self.mappings += 1
         if getattr(m, "kind", "page") == "page":  # RSVD/unreadable records map nothing
-            self.pages += m.count
-            self.bytes += m.size
+            repeat = getattr(m, "repeat", 1)
+            self.pages += m.count * repeat
+            self.bytes += m.size * repeat
         self.faulting += self._extra(m.verdicts)
 
 

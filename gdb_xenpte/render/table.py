@@ -18,6 +18,7 @@ __all__ = [
     "bits_table",
     "header_lines",
     "mapping_table",
+    "repeat_text",
     "summary_text",
     "trace_text",
     "va_range",
@@ -45,14 +46,39 @@ _KIND_TEXT = {"rsvd": "(#PF RSVD)", "unreadable": "(table unreadable)",
 
 
 def _pa_range(m: Mapping) -> str:
+    """The PA cell: a range only where the run's frames are contiguous, else the first frame and
+    "scattered" (a coalesced run of 124K can be 31 frames from all over memory)."""
     kind = getattr(m, "kind", "page")
     if kind != "page":
         return _KIND_TEXT.get(kind, f"({kind})")
     if m.pa is None:
         return "not in source"
     if m.count > 1 and m.size != m.page_size:
+        if not getattr(m, "pa_contiguous", True):
+            return f"{m.pa:#x} scattered"
         return f"{m.pa:#x}-{m.pa + m.size - 1:#x}"
     return hex(m.pa)
+
+
+# Areas a repeat record is known to fill, by canonical VA range (first, last byte).
+_KNOWN_AREAS = (
+    # Linux x86-64: ESPFIX_BASE_ADDR = ESPFIX_PGD_ENTRY (-2) << P4D_SHIFT (39), one P4D entry
+    # (arch/x86/include/asm/pgtable_64_types.h, since Linux 3.16): per-CPU espfix stacks, one
+    # page aliased every 64K.
+    (0xFFFFFF0000000000, 0xFFFFFF7FFFFFFFFF, "Linux espfix area"),
+)
+
+
+def repeat_text(m: Mapping) -> str:
+    """``"x65536 every 64K"`` for a repeat record (with the area it fills where known; a Xen
+    area is named in the Xen bits column), else ``""``."""
+    n = getattr(m, "repeat", 1)
+    if n <= 1:
+        return ""
+    text = f"x{n} every {human_size(m.stride)}"
+    last = m.va + (n - 1) * m.stride + m.size - 1
+    area = next((name for lo, hi, name in _KNOWN_AREAS if lo <= m.va and last <= hi), None)
+    return f"{text} ({area})" if area else text
 
 
 
@@ -60,7 +86,8 @@ def mapping_table(mappings: Iterable[Mapping], style: Style = Style()) -> List[s
     """Return the lines of a table of mappings (header first), one row per (coalesced) mapping.
 
     Columns: VA range, PA (range), size, page size, effective rights, pkey, Xen bits (or the Xen
-    area that owns the mapping), verdicts.
+    area that owns the mapping), verdicts. A repeat record is one row: its first copy, and in the
+    size column how many copies and how far apart (:func:`repeat_text`).
     """
     rows = []
     # Records share their Effective and verdicts objects (the walker's attribute cache): make
@@ -70,7 +97,8 @@ def mapping_table(mappings: Iterable[Mapping], style: Style = Style()) -> List[s
     for m in mappings:
         xen = " ".join(m.xen_bits) or _xen_owner(m)
         rows.append([
-            va_range(m), _pa_range(m), human_size(m.size),
+            va_range(m), _pa_range(m),
+            human_size(m.size) + (" " + repeat_text(m) if getattr(m, "repeat", 1) > 1 else ""),
             human_size(m.page_size) if getattr(m, "kind", "page") == "page" else "-",
             rights(m.effective), "-" if m.pkey is None else m.pkey,
             style("warn", xen) if m.xen_bits else xen, verdict_cells(m.verdicts),
