@@ -19,8 +19,8 @@ from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tup
 from .decode import LevelRule
 from .model import EntryRef
 
-__all__ = ["A_D", "Block", "Ctx", "Dim", "Run", "fold", "fold_list", "merge", "new_run", "pse36_mask",
-           "shift"]
+__all__ = ["A_D", "Block", "Ctx", "Dim", "Run", "SubtreeMemo", "fold", "fold_list", "merge", "new_run",
+           "pse36_mask", "rebase", "shift"]
 
 A_D = 0x60  # accessed and dirty: never part of what must be equal for leaves to merge
 
@@ -311,3 +311,70 @@ def fold(items: Iterable[Item], coalesce: bool, phys: bool) -> Iterator[Item]:
             pending = m
     if pending is not None:
         yield pending
+
+
+def rebase(items: Sequence[Item], delta: int, prefix: Tuple[EntryRef, ...]) -> List[Item]:
+    """Items of a subtree walked once, as reached again ``delta`` bytes higher through the
+    entries ``prefix`` (the path down to, and including, the entry referencing the subtree)."""
+    keep = len(prefix)
+    memo = {}
+
+    def ctx_of(ctx: Ctx) -> Ctx:
+        new = memo.get(id(ctx))
+        if new is None:
+            new = memo[id(ctx)] = ctx.with_path(prefix + ctx.path[keep:])
+        return new
+
+    def run_of(r: Run) -> Run:
+        return r._replace(ctx=ctx_of(r.ctx), va=r.va + delta)
+
+    out: List[Item] = []
+    for it in items:
+        if type(it) is Block:
+            out.append(Block([run_of(r) for r in it.runs], it.stride, it.dims, it.start, it.n))
+        else:
+            out.append(run_of(it))
+    return out
+
+
+class SubtreeMemo:
+    """What walks of one unchanging source learnt about its subtrees, kept across walks.
+
+    The top table of each CR3 is the process's own, but the tables below the kernel's entries are
+    shared by every process: a walk of another vCPU (``--vcpu all``) replays those subtrees'
+    items (:func:`rebase`) instead of reading and walking them again. Only for sources that cannot
+    change between walks (dump files): a live guest's tables can.
+
+    Bounded: subtrees with at most ``max_items`` items each, ``max_total`` items in all.
+
+    :attr hits: subtrees replayed from the memo.
+    """
+
+    def __init__(self, max_items: int = 4096, max_total: int = 1 << 20):
+        self.max_items = max_items
+        self.max_total = max_total
+        self.owner: Optional[tuple] = None
+        self.entries: dict = {}
+        self.total = 0
+        self.hits = 0
+
+    def bind(self, owner: tuple) -> None:
+        """Use the memo for walks described by ``owner`` (source, rules, Xen view, options);
+        anything learnt under another owner is dropped."""
+        if owner != self.owner:
+            self.owner = owner
+            self.entries.clear()
+            self.total = 0
+
+    def get(self, key):
+        hit = self.entries.get(key)
+        if hit is not None:
+            self.hits += 1
+        return hit
+
+    def put(self, key, value, items: int) -> None:
+        if self.total + items > self.max_total:
+            self.entries.clear()
+            self.total = 0
+        self.entries[key] = value
+        self.total += items

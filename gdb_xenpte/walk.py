@@ -26,7 +26,8 @@ from .decode import (KIND_LEAF, KIND_RSVD_STOP, KIND_TABLE, DecodedTable, LevelR
                      decode_table, explain_entry, level_rules, memory_type, np)
 from .errors import OptionError, SourceError, UnreadableMemory, XenpteError
 from .model import Effective, EntryRef, Mapping, Step, Trace, Verdict
-from .replay import A_D, Block, Ctx, Dim, Run, fold, fold_list, merge, new_run, pse36_mask, shift
+from .replay import (A_D, Block, Ctx, Dim, Run, SubtreeMemo, fold, fold_list, merge, new_run,
+                     pse36_mask, rebase, shift)
 
 __all__ = ["DEFAULT_ENTRY_BUDGET", "DEFAULT_TIME_BUDGET", "WalkStats", "Walker", "cr3_root"]
 
@@ -95,13 +96,16 @@ class Walker:
     :param judge: optional :class:`~gdb_xenpte.verdicts.Judge`; mappings then carry verdicts.
     :param entry_budget: stop after this many present entries (hostile/aliased tables).
     :param time_budget: stop after this many seconds.
+    :param memo: a :class:`~gdb_xenpte.replay.SubtreeMemo` shared by the walkers of one source
+        that cannot change (a dump): subtrees below the top table (the kernel half every CR3
+        shares) are walked once across them all.
     :raises OptionError: if the registers select no paging mode.
     """
 
     def __init__(self, source, cpu: CpuState, *, mode: Optional[str] = None,
                  root: Optional[int] = None, domain=None, judge=None,
                  entry_budget: int = DEFAULT_ENTRY_BUDGET,
-                 time_budget: float = DEFAULT_TIME_BUDGET):
+                 time_budget: float = DEFAULT_TIME_BUDGET, memo: Optional[SubtreeMemo] = None):
         self.source = source
         self.cpu = cpu
         choice = paging_mode(cpu)
@@ -140,6 +144,7 @@ class Walker:
         self._expand = False
         self._coalesce = True
         self._phys = False
+        self.memo = memo
         if root is not None:
             self.root = root
         else:
@@ -411,6 +416,11 @@ class Walker:
         self._expand = not repeats or not coalesce
         self._coalesce = coalesce
         self._phys = phys
+        if self.memo is not None:
+            policy = getattr(self.domain, "policy", None)
+            self.memo.bind((self.source, self.rules, self.mode_key, policy,
+                            getattr(self.domain, "root_is_xen_l4", None), self._expand,
+                            coalesce, phys))
         t0 = time.monotonic()
         self._deadline = t0 + self.time_budget
         root_ctx = Ctx(True, True, False)
@@ -529,6 +539,13 @@ class Walker:
                               None, f"next table (frame {rule.frame(raw, False) >> 12:#x}) not "
                                     f"in source")
                 continue
+            if depth == 0 and self.memo is not None and lo <= va and va + span <= hi:
+                # Below the top table: a subtree another walk of this source has seen.
+                child_ctx = self._child_ctx(ctx, rule, index, table_pa, raw, rsvd, va)
+                hit = self._memo_replay(child_pa, va, child_ctx)
+                if hit is not None:
+                    yield from hit
+                    continue
             child = self._table(child_pa, depth + 1)
             if isinstance(child, XenpteError):
                 yield new_run("unreadable", rule, ctx, va, index, table_pa, raw, rsvd, 0, 0,
@@ -556,12 +573,46 @@ class Walker:
                     raws.append(qraw)
                     p += 1
             if len(raws) == 1:
-                yield from self._walk_table(child_pa, depth + 1, va, child_ctx, lo, hi)
+                if depth == 0 and self.memo is not None and lo <= va and va + span <= hi:
+                    yield from self._memo_walk(child_pa, va, child_ctx, lo, hi)
+                else:
+                    yield from self._walk_table(child_pa, depth + 1, va, child_ctx, lo, hi)
             else:
                 dim = Dim(depth, rule.name, table_pa, index, 1, tuple(raws), len(raws))
                 yield from self._repeated(child_pa, depth + 1, va, child_ctx, lo, hi, dim, span)
         if li < n_leaf:
             yield from self._leaf_runs(rule, dt, leaf_pos[li:], table_pa, base, ctx)
+
+    def _memo_replay(self, table_pa: int, va: int, ctx: Ctx) -> Optional[List]:
+        """The items of a subtree below the top table that a walk of this source has seen with
+        the same context, as reached now; None when none has."""
+        hit = self.memo.get((table_pa, ctx.key, ctx.rsvd, ctx.notes, ctx.disallowed))
+        if hit is None:
+            return None
+        base, items, leaves, _entries, unreadable = hit
+        stats = self.stats
+        stats.leaves += leaves
+        stats.entries += len(items)
+        stats.unreadable.extend(unreadable)
+        self._check_budget(va)
+        return rebase(items, va - base, ctx.path)
+
+    def _memo_walk(self, table_pa: int, va: int, ctx: Ctx, lo: int, hi: int):
+        """A subtree below the top table, walked and remembered for other walks of the source."""
+        memo = self.memo
+        key = (table_pa, ctx.key, ctx.rsvd, ctx.notes, ctx.disallowed)
+        stats = self.stats
+        leaves0, entries0, unreadable0 = stats.leaves, stats.entries, len(stats.unreadable)
+        items: Optional[List] = []
+        for item in self._walk_table(table_pa, 1, va, ctx, lo, hi):
+            if items is not None:
+                items.append(item)
+                if len(items) > memo.max_items:
+                    items = None
+            yield item
+        if items is not None:
+            memo.put(key, (va, items, stats.leaves - leaves0, stats.entries - entries0,
+                           stats.unreadable[unreadable0:]), len(items))
 
     def _repeated(self, table_pa: int, depth: int, va: int, ctx: Ctx, lo: int, hi: int,
                   dim: Dim, span: int):
