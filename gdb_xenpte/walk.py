@@ -450,6 +450,19 @@ class Walker:
 
     def _finish(self, run: Run, keep=None, memo=None, repeat: int = 1,
                 stride: int = 0) -> Optional[Mapping]:
+        key = None
+        if keep is not None and run.kind == "page" and self._repeat_ok:
+            # A leaf's attributes follow from its context, its bits but the frame, and whether
+            # its frame is in the source (not from its VA: PV32's VA-labelled area excepted), so
+            # the filter's answer is kept per such key and a refused run is never built.
+            rule = run.rule
+            key = (id(run.ctx), rule.depth, run.raw & ~rule.leaf_frame_mask, run.rsvd,
+                   run.and_ad, run.pa is None)
+            hit = memo.get(key)
+            if hit is not None and hit[0] is run.ctx:
+                if not hit[1]:
+                    return None
+                key = None  # kept: build it, nothing more to ask
         if run.kind != "page":
             m = self._stop_record(run.kind, run.rule, run.ctx, run.va, run.index, run.table_pa,
                                   run.raw, run.rsvd, run.why)
@@ -460,15 +473,12 @@ class Walker:
             m.repeat, m.stride = repeat, stride
         if not run.contig:
             m.pa_contiguous = False
-        if keep is not None:
-            # Keyed by the objects the walker shares between equal records (attribute cache).
-            key = (id(m.effective), id(m.flags), m.pkey, id(m.xen_bits), id(m.verdicts),
-                   m.notes, m.rsvd, m.disallowed, m.kind, m.level, m.memtype, m.xen_owned)
-            ok = memo.get(key)
-            if ok is None:
-                ok = memo[key] = bool(keep(m))
+        if keep is not None and (key is not None or run.kind != "page" or not self._repeat_ok):
+            ok = bool(keep(m))
+            if key is not None:
                 if len(memo) > _CACHE_MAX:
                     memo.clear()
+                memo[key] = (run.ctx, ok)  # holding the context keeps its id unique
             if not ok:
                 return None
         return m
