@@ -183,8 +183,9 @@ def _write_trace(trace, header: dict, as_json: bool) -> None:
 def _write_walk(rows: Iterator[Mapping], walker: Walker, header: dict, as_json: bool,
                 limit) -> None:
     counter = render.RecordCounter()
-    kept: List[Mapping] = []  # text: the table needs every row for its column widths
-    pending: List[str] = [render.dumps(header)] if as_json else []  # JSON: streamed in chunks
+    # Both stream: JSON in chunks, the table once its column widths are known (its first rows).
+    table = None if as_json else render.TableStream(style())
+    pending: List[str] = [render.dumps(header)] if as_json else render.header_lines(header)
     interrupted = limited = False
     try:
         for m in rows:
@@ -192,10 +193,10 @@ def _write_walk(rows: Iterator[Mapping], walker: Walker, header: dict, as_json: 
                 limited = True
                 break
             counter.add(m)
-            if not as_json:
-                kept.append(m)
-                continue
-            pending.append(render.mapping_json(m))
+            if table is not None:
+                pending += table.add(m)
+            else:
+                pending.append(render.mapping_json(m))
             if len(pending) >= 256:
                 write_lines(pending)
                 pending.clear()
@@ -207,7 +208,7 @@ def _write_walk(rows: Iterator[Mapping], walker: Walker, header: dict, as_json: 
             counter, limited or bool(stats.budget_hit), stats.unreadable, interrupted,
             budget=stats.budget_hit, tables_read=stats.tables_read))])
     else:
-        write_lines(render.header_lines(header) + render.mapping_table(kept, style())
+        write_lines(pending + table.finish()
                     + [render.summary_text(counter, stats, limited, interrupted)])
     if interrupted:
         raise KeyboardInterrupt

@@ -15,6 +15,7 @@ from .common import ByIdentity, Style, human_size
 from .verdict_text import verdict_cell
 
 __all__ = [
+    "TableStream",
     "bits_table",
     "header_lines",
     "mapping_table",
@@ -82,6 +83,78 @@ def repeat_text(m: Mapping) -> str:
 
 
 
+class TableStream:
+    """The mapping table, a few rows at a time, for output that starts while the walk goes on.
+
+    Column widths come from the first ``first`` rows (and the headings); a later, wider cell
+    widens its own row only. With no more than ``first`` rows the lines are exactly
+    :func:`mapping_table`'s. Feed mappings to :meth:`add`, which returns the lines ready to print
+    (none until the widths are known), then take the rest from :meth:`finish`.
+    """
+
+    def __init__(self, style: Style = Style(), first: int = 1000):
+        self.style = style
+        self.first = first
+        self.rows: List[List[Any]] = []
+        self.widths: List[int] = []
+        self._cells = _row_maker(style)
+
+    def add(self, m: Mapping) -> List[str]:
+        row = self._cells(m)
+        if not self.widths:
+            self.rows.append(row)
+            return self._start() if len(self.rows) >= self.first else []
+        return _format_rows([row], self.widths)
+
+    def finish(self) -> List[str]:
+        """The lines not yet returned (the whole table when it had fewer than ``first`` rows)."""
+        return self._start() if not self.widths else []
+
+    def _start(self) -> List[str]:
+        lines = _simple_table(self.rows, _HEAD)
+        self.widths = _widths(self.rows, _HEAD) or [len(h) + 2 for h in _HEAD]
+        self.rows = []
+        return lines
+
+
+_HEAD = ["VA range", "PA", "size", "page", "rights", "pkey", "Xen bits", "verdicts"]
+
+
+def _row_maker(style: Style):
+    # Records share their Effective and verdicts objects (the walker's attribute cache): make
+    # each distinct cell once.
+    rights = ByIdentity(lambda effective: _rights(effective, style))
+    verdict_cells = ByIdentity(lambda verdicts: verdict_cell(verdicts, style))
+
+    def cells(m: Mapping) -> List[Any]:
+        xen = " ".join(m.xen_bits) or _xen_owner(m)
+        return [
+            va_range(m), _pa_range(m),
+            human_size(m.size) + (" " + repeat_text(m) if getattr(m, "repeat", 1) > 1 else ""),
+            human_size(m.page_size) if getattr(m, "kind", "page") == "page" else "-",
+            rights(m.effective), "-" if m.pkey is None else m.pkey,
+            style("warn", xen) if m.xen_bits else xen, verdict_cells(m.verdicts),
+        ]
+    return cells
+
+
+def _widths(rows: List[List[Any]], head: List[str]) -> List[int]:
+    """Column widths :func:`_simple_table` gives these rows (visible characters)."""
+    if not rows:
+        return []
+    cols = [[_SGR.sub("", str(c).strip()) for c in col] for col in zip(*rows)]
+    return [max(len(h) + 2, max(map(len, col), default=0)) for h, col in zip(head, cols)]
+
+
+def _format_rows(rows: List[List[Any]], widths: List[int]) -> List[str]:
+    out = []
+    for row in rows:
+        cells = [str(c).strip() for c in row]
+        out.append("  ".join([c + " " * max(0, w - len(_SGR.sub("", c)))
+                              for c, w in zip(cells, widths)]).rstrip())
+    return out
+
+
 def mapping_table(mappings: Iterable[Mapping], style: Style = Style()) -> List[str]:
     """Return the lines of a table of mappings (header first), one row per (coalesced) mapping.
 
@@ -89,22 +162,8 @@ def mapping_table(mappings: Iterable[Mapping], style: Style = Style()) -> List[s
     area that owns the mapping), verdicts. A repeat record is one row: its first copy, and in the
     size column how many copies and how far apart (:func:`repeat_text`).
     """
-    rows = []
-    # Records share their Effective and verdicts objects (the walker's attribute cache): make
-    # each distinct cell once.
-    rights = ByIdentity(lambda effective: _rights(effective, style))
-    verdict_cells = ByIdentity(lambda verdicts: verdict_cell(verdicts, style))
-    for m in mappings:
-        xen = " ".join(m.xen_bits) or _xen_owner(m)
-        rows.append([
-            va_range(m), _pa_range(m),
-            human_size(m.size) + (" " + repeat_text(m) if getattr(m, "repeat", 1) > 1 else ""),
-            human_size(m.page_size) if getattr(m, "kind", "page") == "page" else "-",
-            rights(m.effective), "-" if m.pkey is None else m.pkey,
-            style("warn", xen) if m.xen_bits else xen, verdict_cells(m.verdicts),
-        ])
-    head = ["VA range", "PA", "size", "page", "rights", "pkey", "Xen bits", "verdicts"]
-    return _simple_table(rows, head)
+    cells = _row_maker(style)
+    return _simple_table([cells(m) for m in mappings], _HEAD)
 
 
 

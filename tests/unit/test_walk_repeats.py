@@ -311,3 +311,21 @@ def test_copies_that_continue_their_neighbours_are_peeled_off():
         ((12 << 20) + (510 << 12), 514, 1, 0),      # ends copy 2 + full
     ]
     assert not recs[0].pa_contiguous and recs[1].pa_contiguous
+
+
+def test_table_streams_rows_once_its_widths_are_known():
+    """Issue 15: the first rows reach the pager while the walk goes on."""
+    recs = list(_walker(*random_aliases(1)).iter_mappings(repeats=True))
+    full = render.mapping_table(recs)
+    whole = render.TableStream(first=len(recs) + 1)
+    assert [ln for m in recs for ln in whole.add(m)] == [] and whole.finish() == full
+    stream = render.TableStream(first=10)
+    out = []
+    for i, m in enumerate(recs):
+        got = stream.add(m)
+        assert len(got) == (12 if i == 9 else 0 if i < 9 else 1)  # heading + rule + 10 rows
+        out += got
+    out += stream.finish()
+    assert out[:12] == render.mapping_table(recs[:10])
+    assert out[0].split() == full[0].split()  # the rule under the headings is as wide as chunk 1's
+    assert [ln.split() for ln in out[2:]] == [ln.split() for ln in full[2:]]
