@@ -137,10 +137,11 @@ class Walker:
         self._sign_bit = 1 << (self.mode.va_bits - 1) if self.mode.canonical else 0
         self._sign_ext = ~self._va_mask & 0xFFFFFFFFFFFFFFFF
         self._root_error: Optional[str] = None
-        # A repeated subtree is given once only where its copies would be labelled alike: a PV32
-        # guest's hypervisor area is labelled by VA at every level (xen.pv32_hypervisor_area), so
-        # there only subtrees that are wholly Xen's are taken as repeats.
-        self._repeat_ok = getattr(getattr(domain, "policy", None), "domain", None) != "pv32"
+        # Xen's areas are labelled by top-level slot (XenView.xen_area), except a PV32 guest's
+        # hypervisor area, labelled by VA at every level (xen.pv32_hypervisor_area): only there
+        # can a leaf be labelled, or copies of a subtree be labelled differently (so there only
+        # subtrees that are wholly Xen's are taken as repeats).
+        self._va_labels = getattr(getattr(domain, "policy", None), "domain", None) == "pv32"
         self._expand = False
         self._coalesce = True
         self._phys = False
@@ -270,7 +271,7 @@ class Walker:
                       raw: int, rsvd: int, count: int, and_ad: int, pa: Optional[int],
                       notes: Tuple[str, ...] = ()) -> Mapping:
         owned = ctx.xen_owned
-        if self.domain is not None and not owned:
+        if self._va_labels and not owned:
             # A leaf can be Xen's too (the compat M2P superpages in a PV32 guest's top L2).
             label = self.domain.xen_area(rule.name, index, va_lin, rule.page_size)
             if label:
@@ -451,7 +452,7 @@ class Walker:
     def _finish(self, run: Run, keep=None, memo=None, repeat: int = 1,
                 stride: int = 0) -> Optional[Mapping]:
         key = None
-        if keep is not None and run.kind == "page" and self._repeat_ok:
+        if keep is not None and run.kind == "page" and not self._va_labels:
             # A leaf's attributes follow from its context, its bits but the frame, and whether
             # its frame is in the source (not from its VA: PV32's VA-labelled area excepted), so
             # the filter's answer is kept per such key and a refused run is never built.
@@ -473,7 +474,7 @@ class Walker:
             m.repeat, m.stride = repeat, stride
         if not run.contig:
             m.pa_contiguous = False
-        if keep is not None and (key is not None or run.kind != "page" or not self._repeat_ok):
+        if keep is not None and (key is not None or run.kind != "page" or self._va_labels):
             ok = bool(keep(m))
             if key is not None:
                 if len(memo) > _CACHE_MAX:
@@ -566,7 +567,7 @@ class Walker:
             # repeated subtree (aliases of one table: Linux's espfix area, hostile storms).
             raws = [raw]
             if (not rsvd and p < n_other and lo <= va and va + span <= hi
-                    and (self._repeat_ok or child_ctx.xen_owned)):
+                    and (not self._va_labels or child_ctx.xen_owned)):
                 nomask = raw & ~_A
                 while p < n_other:
                     q = other_pos[p]
