@@ -748,13 +748,19 @@ class Walker:
             rsv_l = [dt.rsvd[p] for p in pos]
             starts_l, ad, contig_l = [], [], []
             prev = None
+            fm = rule.leaf_frame_mask
+            pse36 = rule.pse36_bits
             for i in range(n):
                 r = raw_l[i]
                 k = (r & keymask, rsv_l[i])
-                cont = (coalesce and prev is not None and k == prev[0]
+                cont = (coalesce and prev is not None and k == prev
                         and idx_l[i] == idx_l[i - 1] + 1)
                 if cont and not translate:
-                    adjacent = rule.frame(r, True) == rule.frame(raw_l[i - 1], True) + page
+                    q = raw_l[i - 1]
+                    if pse36:
+                        adjacent = rule.frame(r, True) == rule.frame(q, True) + page
+                    else:
+                        adjacent = r & fm == (q & fm) + page
                     if phys:
                         cont = adjacent
                     elif not adjacent:
@@ -765,7 +771,7 @@ class Walker:
                     starts_l.append(i)
                     ad.append(r & A_D)
                     contig_l.append(True)
-                prev = (k,)
+                prev = k
             if not all(contig_l):
                 contig = contig_l
             heads = ((idx_l[s], raw_l[s], rsv_l[s]) for s in starts_l)
