@@ -278,6 +278,14 @@ def fold(items: Iterable[Item], coalesce: bool, phys: bool) -> Iterator[Item]:
     pending: Optional[Item] = None
     queue: deque = deque()
     for it in items:
+        if type(it) is not Block and pending is not None and type(pending) is not Block:
+            m = merge(pending, it, phys)  # the common case: two runs
+            if m is None:
+                yield pending
+                pending = it
+            else:
+                pending = m
+            continue
         queue.append(it)
         while queue:
             x = queue.popleft()

@@ -727,11 +727,11 @@ class Walker:
                     if rule.pse36_bits:
                         frames |= ((raws >> np.uint64(13))
                                    & np.uint64((1 << rule.pse36_bits) - 1)) << np.uint64(32)
-                    gap = np.empty(n, dtype=bool)
-                    gap[0] = False
-                    np.not_equal(frames[1:], frames[:-1] + np.uint64(page), out=gap[1:])
-                    gap &= ~brk
+                    # gap[i]: leaf i continues a run but its frame does not follow leaf i-1's.
+                    gap = (frames[1:] - frames[:-1]) != np.uint64(page)
+                    gap &= ~brk[1:]
                     if gap.any():
+                        gap = np.concatenate(([False], gap))
                         contig = (~np.logical_or.reduceat(gap, starts)).tolist()
             else:
                 starts_l = list(range(n))
