@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Dict, FrozenSet, Optional, Tuple
 
-__all__ = ["ACCESS_KEYS", "Effective", "EntryRef", "Mapping", "Step", "Trace", "Verdict"]
+__all__ = ["ACCESS_KEYS", "Effective", "EntryRef", "Mapping", "PageBatch", "Step", "Trace",
+           "Verdict"]
 
 # Verdict keys, in output order: who (guest kernel / guest user) x access kind.
 ACCESS_KEYS = ("kernel_read", "kernel_write", "kernel_exec", "user_read", "user_write", "user_exec")
@@ -154,6 +155,37 @@ class Mapping:
             return
         for k in range(self.repeat):
             yield replace(self, va=self.va + k * self.stride, repeat=1, stride=0)
+
+
+@dataclass(eq=False)
+class PageBatch:
+    """``n`` one-page mappings of one table that differ only in VA, frame, leaf index and raw
+    entry (and A/D flags): what a per-page walk (``coalesce=False``) gives in bulk, for encoders
+    that write them without a :class:`Mapping` each (``render.batch_lines``).
+
+    :param protos: A/D bits (``raw & 0x60``) -> the mapping of the first page with those bits
+        (its attributes are every page's with the same bits; its VA, PA and entries are its own).
+    :param vas: canonical VA per page; ``pas`` frame per page; ``indices``/``raws`` the leaf
+        entries.
+    """
+
+    protos: Dict[int, Mapping]
+    vas: list
+    pas: list
+    indices: list
+    raws: list
+
+    @property
+    def n(self) -> int:
+        return len(self.vas)
+
+    def mappings(self):
+        """One :class:`Mapping` per page."""
+        for va, pa, index, raw in zip(self.vas, self.pas, self.indices, self.raws):
+            proto = self.protos[raw & 0x60]
+            leaf = proto.entries[-1]
+            yield replace(proto, va=va, pa=pa, entries=proto.entries[:-1] + (
+                EntryRef(leaf.level, index, leaf.table_pa, raw),))
 
 
 @dataclass(frozen=True)

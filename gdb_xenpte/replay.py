@@ -69,6 +69,8 @@ class Run(NamedTuple):
     :param why: for a non-page run, why the walk stopped there.
     :param contig: the run's frames are contiguous (coalescing without ``phys`` also merges
         pages whose frames are scattered).
+    :param leaves: kind ``"pages"`` (a run of leaves to be given one record each, encoded in
+        bulk): ``(indices, raws)`` of its leaves.
     """
 
     kind: str
@@ -84,16 +86,17 @@ class Run(NamedTuple):
     pa: Optional[int]
     why: str = ""
     contig: bool = True
+    leaves: Optional[tuple] = None
 
 
 _tuple_new = tuple.__new__
 
 
 def new_run(kind, rule, ctx, va, index, table_pa, raw, rsvd, count, and_ad, pa, why="",
-            contig=True):
+            contig=True, leaves=None):
     """``Run(...)`` without NamedTuple's Python-level ``__new__`` (made once per run)."""
     return _tuple_new(Run, (kind, rule, ctx, va, index, table_pa, raw, rsvd, count, and_ad, pa,
-                            why, contig))
+                            why, contig, leaves))
 
 
 class Dim(NamedTuple):
@@ -157,7 +160,7 @@ class Block:
 
     def pages(self) -> int:
         """4 KiB-or-larger pages in one copy."""
-        return sum(r.count for r in self.runs if r.kind == "page")
+        return sum(r.count for r in self.runs if r.kind in ("page", "pages"))
 
 
 Item = Union[Run, Block]
@@ -197,7 +200,7 @@ def shift(runs: Sequence[Run], k: int, dims: Tuple[Dim, ...], stride: int) -> Li
             ctx = new
         out.append(_tuple_new(Run, (r.kind, r.rule, ctx, r.va + delta, r.index + index_delta,
                                     r.table_pa, r.raw, r.rsvd, r.count, r.and_ad, r.pa, r.why,
-                                    r.contig)))
+                                    r.contig, r.leaves)))
     return out
 
 
@@ -235,7 +238,7 @@ def merge(a: Run, b: Run, phys: bool) -> Optional[Run]:
     if phys and not contig:
         return None
     return _tuple_new(Run, (a.kind, rule, ca, a.va, a.index, a.table_pa, a.raw, a.rsvd,
-                            count + b.count, a.and_ad & b.and_ad, pa, a.why, contig))
+                            count + b.count, a.and_ad & b.and_ad, pa, a.why, contig, None))
 
 
 def fold_list(runs: Iterable[Run], phys: bool) -> List[Run]:

@@ -25,7 +25,7 @@ from .cpu import CpuState, paging_mode
 from .decode import (KIND_LEAF, KIND_RSVD_STOP, KIND_TABLE, DecodedTable, LevelRule, bits_text,
                      decode_table, explain_entry, level_rules, memory_type, np)
 from .errors import OptionError, SourceError, UnreadableMemory, XenpteError
-from .model import Effective, EntryRef, Mapping, Step, Trace, Verdict
+from .model import Effective, EntryRef, Mapping, PageBatch, Step, Trace
 from .replay import (A_D, Block, Ctx, Dim, Run, SubtreeMemo, fold, fold_list, merge, new_run,
                      pse36_mask, rebase, shift)
 
@@ -389,7 +389,8 @@ class Walker:
 
     def iter_mappings(self, start: int = 0, end: Optional[int] = None, *, coalesce: bool = True,
                       phys: bool = False, repeats: bool = False,
-                      keep: Optional[Callable[[Mapping], bool]] = None) -> Iterator[Mapping]:
+                      keep: Optional[Callable[[Mapping], bool]] = None,
+                      batches: bool = False) -> Iterator[Mapping]:
         """Yield mappings in VA order over ``[start, end)`` (canonical VAs; end exclusive).
 
         :param coalesce: merge VA-contiguous leaves of one level with equal attributes (rights,
@@ -401,6 +402,9 @@ class Walker:
             bytes apart (records are then in VA order of their first copy; ``Mapping.copies()``
             expands one). Without it, one record per copy: every consumer that sums ``count``
             stays right.
+        :param batches: with ``coalesce=False``, leaves of one table that differ only in frame
+            and A/D come as one :class:`~gdb_xenpte.model.PageBatch` (``n`` records) for bulk
+            encoders; only for consumers that handle them.
         :param keep: a predicate over a mapping's attributes (rights, key, Xen bits, verdicts,
             flags, notes; not its addresses or counts): records it refuses are not built, and it
             is asked once per distinct set of attributes.
@@ -417,6 +421,8 @@ class Walker:
         self._expand = not repeats or not coalesce
         self._coalesce = coalesce
         self._phys = phys
+        self._batches = (batches and not coalesce and self._translate is None
+                         and not self._va_labels)
         if self.memo is not None:
             policy = getattr(self.domain, "policy", None)
             self.memo.bind((self.source, self.rules, self.mode_key, policy,
@@ -442,6 +448,8 @@ class Walker:
                         m = self._finish(run, keep, keep_memo, item.n, item.stride)
                         if m is not None:
                             yield m
+                elif item.kind == "pages":
+                    yield from self._batch(item, keep)
                 else:
                     m = self._finish(item, keep, keep_memo)
                     if m is not None:
@@ -483,6 +491,50 @@ class Walker:
             if not ok:
                 return None
         return m
+
+    def _batch(self, run: Run, keep) -> Iterator:
+        """A run of leaves given one record each: a PageBatch, or (where a record's text names
+        its own leaf: reserved or disallowed bits) one Mapping per page."""
+        rule, ctx = run.rule, run.ctx
+        indices, raws = run.leaves
+        page = rule.page_size
+        protos: Dict[int, Mapping] = {}
+        first = {}
+        for k, raw in enumerate(raws):
+            ad = raw & A_D
+            if ad not in first:
+                first[ad] = k
+                if len(first) == 4:
+                    break
+        simple = not run.rsvd
+        for ad, k in first.items():
+            index = indices[k]
+            m = self._make_mapping(rule, ctx, run.va + (index - run.index) * page, index,
+                                   run.table_pa, raws[k], run.rsvd, 1, ad,
+                                   self._frame_to_pa(rule.frame(raws[k], True)))
+            simple = simple and m.disallowed is ctx.disallowed
+            protos[ad] = m
+        if simple and keep is not None:
+            answers = {ad: bool(keep(m)) for ad, m in protos.items()}
+            if not any(answers.values()):
+                return
+            simple = all(answers.values())
+        if not simple:
+            for index, raw in zip(indices, raws):
+                m = self._make_mapping(rule, ctx, run.va + (index - run.index) * page, index,
+                                       run.table_pa, raw, run.rsvd, 1, raw & A_D,
+                                       self._frame_to_pa(rule.frame(raw, True)))
+                if keep is None or keep(m):
+                    yield m
+            return
+        va0 = self.canonical(run.va) - run.index * page  # one table: one sign extension
+        if rule.pse36_bits:
+            pas = [rule.frame(r, True) for r in raws]
+        else:
+            fm = rule.leaf_frame_mask
+            pas = [r & fm for r in raws]
+        yield PageBatch(protos, [va0 + i * page for i in indices], pas, list(indices),
+                        list(raws))
 
     def _check_budget(self, va_lin: int) -> None:
         if self.stats.entries > self.entry_budget:
@@ -681,8 +733,8 @@ class Walker:
             items = fold_list(items, self._phys)
         # Replay: copy k is copy 0 shifted (what a walk of it would give, without walking it).
         yield from items
-        cost = sum(r.count if r.kind == "page" else 1 for r in items) if not self._coalesce \
-            else len(items)
+        cost = sum(r.count if r.kind in ("page", "pages") else 1 for r in items) \
+            if not self._coalesce else len(items)
         for k in range(1, n):
             stats.entries += cost
             stats.leaves += sub_leaves
@@ -733,6 +785,30 @@ class Walker:
                     if gap.any():
                         gap = np.concatenate(([False], gap))
                         contig = (~np.logical_or.reduceat(gap, starts)).tolist()
+            elif self._batches and n > 1:
+                # Per-page records, made in bulk: leaves that differ only in frame and A/D.
+                brk = np.empty(n, dtype=bool)
+                brk[0] = True
+                keys = raws & np.uint64(keymask)
+                np.not_equal(keys[1:], keys[:-1], out=brk[1:])
+                brk[1:] |= rsv[1:] != rsv[:-1]
+                brk[1:] |= idx[1:] != idx[:-1] + 1
+                starts_l = np.flatnonzero(brk).tolist()
+                idx_l, raw_l = idx.tolist(), raws.tolist()
+                shift_ = rule.shift
+                rsv_l = rsv.tolist()
+                for b, e in zip(starts_l, starts_l[1:] + [n]):
+                    if e - b < _BATCH_MIN:  # too few to pay for a template: one run a page
+                        for k in range(b, e):
+                            i, r = idx_l[k], raw_l[k]
+                            yield new_run("page", rule, ctx, base + (i << shift_), i, table_pa,
+                                          r, rsv_l[k], 1, r & A_D, self._frame_to_pa(
+                                              rule.frame(r, True)))
+                        continue
+                    i, r = idx_l[b], raw_l[b]
+                    yield new_run("pages", rule, ctx, base + (i << shift_), i, table_pa, r,
+                                  rsv_l[b], e - b, 0, None, "", True, (idx_l[b:e], raw_l[b:e]))
+                return
             else:
                 starts_l = list(range(n))
                 ad = (raws & np.uint64(A_D)).tolist()
@@ -801,6 +877,8 @@ class Walker:
 
 
 _A = 0x20  # the accessed bit: entries that differ only in it still reach one subtree alike
+# Fewest leaves given as one PageBatch (below, a template costs more than it saves).
+_BATCH_MIN = 8
 # Items of a repeated subtree held to replay it; a bigger subtree is walked again per copy.
 _REPLAY_MAX = 4096
 

@@ -15,7 +15,7 @@ from .. import render, whatif, xen
 from ..arch import MODES
 from ..decode import explain_entry, level_rules
 from ..errors import OptionError
-from ..model import Mapping
+from ..model import Mapping, PageBatch
 from ..walk import Walker
 from ..xenview import XenView
 from . import anomalies, params
@@ -97,7 +97,7 @@ class XenPteWalkCommand(XenPteCommand):
         return p
 
     def run(self, args: argparse.Namespace) -> None:
-        with _walk(args, repeats=not args.expand) as (walker, header, rows):
+        with _walk(args, repeats=not args.expand, batches=args.json) as (walker, header, rows):
             if rows is None:
                 return _write_trace(walker.trace(args.addr[0]), header, args.json)
             _write_walk(rows, walker, header, args.json, _first(args.limit,
@@ -105,11 +105,12 @@ class XenPteWalkCommand(XenPteCommand):
 
 
 @contextlib.contextmanager
-def _walk(args: argparse.Namespace, repeats: bool = False):
+def _walk(args: argparse.Namespace, repeats: bool = False, batches: bool = False):
     """Open the source and yield ``(walker, header, rows)``; rows is None for a single ADDR.
 
     :param repeats: a subtree reached again at VAs in arithmetic progression is one record with
         ``repeat`` copies (see :meth:`~gdb_xenpte.walk.Walker.iter_mappings`).
+    :param batches: per-page rows may come as :class:`~gdb_xenpte.model.PageBatch` (JSON output).
 
     The source stays open (and a live QEMU in PhyMemMode) exactly as long as the block runs.
     """
@@ -133,7 +134,7 @@ def _walk(args: argparse.Namespace, repeats: bool = False):
         coalesce = params.value("coalesce") if args.coalesce is None else args.coalesce
         # The filter is asked once per distinct set of attributes, not once per record.
         rows = walker.iter_mappings(start, end, coalesce=coalesce, phys=args.phys,
-                                    repeats=repeats, keep=keep)
+                                    repeats=repeats, keep=keep, batches=batches)
         yield walker, _header(s, walker), rows
 
 
@@ -192,6 +193,14 @@ def _write_walk(rows: Iterator[Mapping], walker: Walker, header: dict, as_json: 
             if limit is not None and counter.mappings >= limit:
                 limited = True
                 break
+            if isinstance(m, PageBatch):  # --json --no-coalesce: n records encoded in bulk
+                take = m.n if limit is None else limit - counter.mappings
+                counter.add_batch(m, take)
+                pending += render.batch_lines(m, take)
+                if len(pending) >= 256:
+                    write_lines(pending)
+                    pending.clear()
+                continue
             counter.add(m)
             if table is not None:
                 pending += table.add(m)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import operator
-from typing import Any, Dict, List, Mapping as TMapping, Sequence, Tuple
+from dataclasses import replace
+from typing import Any, Dict, List, Mapping as TMapping, Optional, Sequence, Tuple
 
-from ..model import ACCESS_KEYS, EntryRef, Mapping, Trace, Verdict
+from ..model import ACCESS_KEYS, EntryRef, Mapping, PageBatch, Trace, Verdict
 from .common import FLAG_ORDER, ByIdentity, hexa
 from .verdict_text import extra_fault
 
@@ -19,6 +20,7 @@ __all__ = [
     "RecordCounter",
     "SCHEMA_VERSION",
     "anomaly_record",
+    "batch_lines",
     "check_summary_record",
     "dumps",
     "mapping_json",
@@ -104,6 +106,37 @@ def mapping_json(m: Mapping) -> str:
                 m.count, extra, entries, _tail_json(m)))
 
 
+# Values no real record has, replaced by %-conversions to make a batch's line template.
+_S_VA, _S_PA, _S_INDEX, _S_RAW = 0x5EED0A110CA7ED01, 0x5EED0A110CA7ED02, 918273645, \
+    0x5EED0A110CA7ED03
+
+
+def batch_lines(batch: PageBatch, limit: Optional[int] = None) -> List[str]:
+    """The ``mapping_json`` lines of a :class:`~gdb_xenpte.model.PageBatch`'s records (the first
+    ``limit``), made from one template per A/D state: the same bytes, without a Mapping each."""
+    n = batch.n if limit is None else min(limit, batch.n)
+    if n < 8:  # a template costs a few records' worth
+        return [mapping_json(m) for m, _ in zip(batch.mappings(), range(n))]
+    templates = {}
+    for ad, proto in batch.protos.items():
+        leaf = proto.entries[-1]
+        line = mapping_json(replace(proto, va=_S_VA, pa=_S_PA, entries=proto.entries[:-1] + (
+            EntryRef(leaf.level, _S_INDEX, leaf.table_pa, _S_RAW),)))
+        parts = line.replace("%", "%%")
+        for value, conv in ((f'"{_S_VA:#x}"', '"0x%x"'), (f'"{_S_PA:#x}"', '"0x%x"'),
+                            (f'"index":{_S_INDEX},', '"index":%d,'),
+                            (f'"{_S_RAW:#x}"', '"0x%x"')):
+            assert parts.count(value) == 1, value
+            parts = parts.replace(value, conv)
+        templates[ad] = parts
+    vas, pas, indices, raws = batch.vas, batch.pas, batch.indices, batch.raws
+    if len(templates) == 1:
+        t = next(iter(templates.values()))
+        return [t % x for x in zip(vas[:n], pas[:n], indices[:n], raws[:n])]
+    return [templates[r & 0x60] % (va, pa, i, r)
+            for va, pa, i, r in zip(vas[:n], pas[:n], indices[:n], raws[:n])]
+
+
 # Path entries are shared objects (the walker's context path, its leaf-ref cache).
 _entry_json = ByIdentity(lambda e: _ENCODER.encode(_entry_record(e)))
 
@@ -155,6 +188,15 @@ class RecordCounter:
             self.pages += m.count * repeat
             self.bytes += m.size * repeat
         self.faulting += self._extra(m.verdicts)
+
+    def add_batch(self, batch: PageBatch, n: Optional[int] = None) -> None:
+        """Count the first ``n`` (all) records of a PageBatch as ``add`` would, one by one."""
+        n = batch.n if n is None else min(n, batch.n)
+        proto = next(iter(batch.protos.values()))  # every page's rights and verdicts
+        self.mappings += n
+        self.pages += n
+        self.bytes += n * proto.page_size
+        self.faulting += n * self._extra(proto.verdicts)
 
 
 

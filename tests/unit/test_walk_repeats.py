@@ -329,3 +329,30 @@ def test_table_streams_rows_once_its_widths_are_known():
     assert out[:12] == render.mapping_table(recs[:10])
     assert out[0].split() == full[0].split()  # the rule under the headings is as wide as chunk 1's
     assert [ln.split() for ln in out[2:]] == [ln.split() for ln in full[2:]]
+
+
+def _batched(it, limit=None):
+    from gdb_xenpte.model import PageBatch
+    out, c = [], render.RecordCounter()
+    for m in it:
+        left = None if limit is None else limit - c.mappings
+        if left == 0:
+            break
+        if isinstance(m, PageBatch):
+            out += render.batch_lines(m, left)
+            c.add_batch(m, left)
+        else:
+            out.append(render.mapping_json(m))
+            c.add(m)
+    return out, (c.mappings, c.pages, c.bytes, c.faulting)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_page_batches_encode_the_per_page_records_byte_for_byte(seed):
+    """Issue 15: per-page JSON made in bulk (one template per run of leaves) is the same bytes
+    and the same counts as one record at a time, also cut by a limit."""
+    pages, cr3 = random_aliases(seed)
+    one_by_one = _batched(_walker(pages, cr3).iter_mappings(coalesce=False))
+    assert _batched(_walker(pages, cr3).iter_mappings(coalesce=False, batches=True)) == one_by_one
+    cut = _batched(_walker(pages, cr3).iter_mappings(coalesce=False, batches=True), limit=777)
+    assert cut[0] == one_by_one[0][:777] and cut[1][0] == min(777, one_by_one[1][0])
