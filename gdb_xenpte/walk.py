@@ -5,8 +5,12 @@ and the per-level entry rules (:mod:`gdb_xenpte.decode`). Each table page is rea
 decoded once (a last-level table evicted from the bounded cache of decoded PTs is decoded again
 from its bytes); a table reached again (the kernel half shared by processes, Xen's linear slot, a
 self-map) reuses that decoding — its mappings are still produced for every VA that reaches them,
-never dropped. A caller-set budget of entries and seconds bounds hostile tables; a walk that hits it
-says so in :attr:`Walker.stats`.
+never dropped. A subtree reached from consecutive entries with the same context is walked once and
+its runs replayed shifted, or (``repeats=True``) given once with ``repeat`` copies; a
+:class:`~gdb_xenpte.replay.SubtreeMemo` shares subtrees across the walks of one dump. The runs, blocks
+of copies and the merge that coalesces them live in :mod:`gdb_xenpte.replay`. A caller-set budget of
+entries (examined or replayed) and seconds bounds every walk, whatever its options; a walk that hits
+it says so in :attr:`Walker.stats`.
 
 Failure modes: a table that cannot be read (outside RAM, not in the dump) becomes a record of kind
 ``"unreadable"``/``"not-in-dump"`` for the entry that referenced it, and the walk goes on. Only a
