@@ -110,7 +110,7 @@ def _child_engine(spec: dict) -> dict:
     os.close(fd)
     out["raw pread"] = statistics.median(times)
     # The engine's own floor: read and decode each table once (Walker._table), emit nothing.
-    keys = list(w._tables)
+    keys = list(w._tables) + list(w._pt_lru)  # upper levels + the PTs the LRU still holds
     times = []
     for _ in range(max(3, spec["repeat"])):
         floor = Walker(src, cpus[0])
