@@ -95,6 +95,9 @@ class XenPteWalkCommand(XenPteCommand):
                        help="one row per page")
         o.add_argument("--phys", action="store_true",
                        help="merge only where physical addresses are contiguous too")
+        o.add_argument("--expand", action="store_true",
+                       help="one row per copy of a repeated subtree (default: one row with "
+                            "'xN every STRIDE', e.g. Linux's espfix area)")
         o.add_argument("--json", action="store_true",
                        help="JSON Lines: header, mapping records, summary "
                             "(schema: gdb_xenpte/data/xen-pte-walk.schema.json)")
