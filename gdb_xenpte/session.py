@@ -23,6 +23,7 @@ from .errors import OptionError
 from .sources.base import PhysSource, VcpuRegs
 from .sources.open import pick_vcpu
 from .verdicts import Judge
+from .render.jsonl import SCHEMA_VERSION
 from .walk import Walker
 from .xenview import XenView
 
@@ -81,7 +82,7 @@ class Session:
 
     def walker(self, **kw) -> Walker:
         """A :class:`~gdb_xenpte.walk.Walker` for this session (``kw``: budgets, root)."""
-        return Walker(self.source, self.cpu, mode=self.mode, domain=self.xen_view,
+        return Walker(self.source, self.cpu, mode=self.mode, xen_view=self.xen_view,
                       judge=self.judge, **kw)
 
     def header(self) -> Dict[str, object]:
@@ -91,7 +92,7 @@ class Session:
         mode = MODES[st.mode].name if st.mode else choice.mode.name  # "4-level", as the SDM
         hx = lambda v: None if v is None else f"{v:#x}"
         return {
-            "type": "header", "tool": f"gdb_xenpte {__version__}",
+            "type": "header", "tool": f"gdb_xenpte {__version__}", "schema": SCHEMA_VERSION,
             "source": self.source.describe(),
             "vcpu": self.regs.index if self.regs.index >= 0 else None,
             "cr0": hx(st.cpu.cr0), "cr3": hx(st.cpu.cr3),

@@ -94,7 +94,7 @@ class Walker:
     :param mode: a key of :data:`~gdb_xenpte.arch.MODES` to override the mode the registers select
         (e.g. ``"pv32"`` to walk a 32-bit PV guest's own tables from its L3).
     :param root: override the top table's physical/machine address (default: from CR3).
-    :param domain: optional Xen view of the domain with ``xen_bits(raw, level, leaf)`` and
+    :param xen_view: optional Xen view of the domain with ``xen_bits(raw, level, leaf)`` and
         ``xen_area(level, index, va, span)`` and ``disallowed(raw, level)`` (see
         :class:`gdb_xenpte.xenview.XenView`), for Xen annotations.
     :param judge: optional :class:`~gdb_xenpte.verdicts.Judge`; mappings then carry verdicts.
@@ -107,7 +107,7 @@ class Walker:
     """
 
     def __init__(self, source, cpu: CpuState, *, mode: Optional[str] = None,
-                 root: Optional[int] = None, domain=None, judge=None,
+                 root: Optional[int] = None, xen_view=None, judge=None,
                  entry_budget: int = DEFAULT_ENTRY_BUDGET,
                  time_budget: float = DEFAULT_TIME_BUDGET, memo: Optional[SubtreeMemo] = None):
         self.source = source
@@ -124,7 +124,7 @@ class Walker:
         self.nxe = choice.nxe if self.mode.entry_size == 8 else False
         self.rules: Tuple[LevelRule, ...] = level_rules(
             self.mode, self.nxe, cpu.maxphyaddr, pse=bool(cpu.cr4 & CR4.PSE), vendor=cpu.vendor)
-        self.domain = domain
+        self.xen_view = xen_view
         self.judge = judge
         self.entry_budget = entry_budget
         self.time_budget = time_budget
@@ -145,7 +145,7 @@ class Walker:
         # hypervisor area, labelled by VA at every level (xen.pv32_hypervisor_area): only there
         # can a leaf be labelled, or copies of a subtree be labelled differently (so there only
         # subtrees that are wholly Xen's are taken as repeats).
-        self._va_labels = getattr(getattr(domain, "policy", None), "domain", None) == "pv32"
+        self._va_labels = getattr(getattr(xen_view, "policy", None), "domain", None) == "pv32"
         self._expand = False
         self._coalesce = True
         self._phys = False
@@ -222,13 +222,13 @@ class Walker:
         notes = ctx.notes
         dis = ctx.disallowed
         owned = ctx.xen_owned
-        if self.domain is not None and not owned:
-            label = self.domain.xen_area(rule.name, index, va, rule.page_size)
+        if self.xen_view is not None and not owned:
+            label = self.xen_view.xen_area(rule.name, index, va, rule.page_size)
             if label:
                 notes = notes + (label,)
                 owned = True
             else:
-                dis = dis + _disallowed_texts(self.domain, rule, index, raw)
+                dis = dis + _disallowed_texts(self.xen_view, rule, index, raw)
         return Ctx(user, write, nx, rs, ctx.path + (EntryRef(rule.name, index, table_pa, raw),),
                    notes, dis, owned)
 
@@ -254,9 +254,9 @@ class Walker:
         pkey = (raw >> 59) & 0xF if rule.has_pkey else None
         xen_bits: Tuple[str, ...] = ()
         dis: Tuple[str, ...] = ()
-        if self.domain is not None and not xen_owned:
-            xen_bits = tuple(self.domain.xen_bits(raw, rule.name, True))
-            dis = tuple((bit, name) for bit, name in self.domain.disallowed(raw, rule.name))
+        if self.xen_view is not None and not xen_owned:
+            xen_bits = tuple(self.xen_view.xen_bits(raw, rule.name, True))
+            dis = tuple((bit, name) for bit, name in self.xen_view.disallowed(raw, rule.name))
         mt = memory_type(raw, rule, self.cpu.pat)
         verdicts = {}
         if self.judge is not None:
@@ -277,7 +277,7 @@ class Walker:
         owned = ctx.xen_owned
         if self._va_labels and not owned:
             # A leaf can be Xen's too (the compat M2P superpages in a PV32 guest's top L2).
-            label = self.domain.xen_area(rule.name, index, va_lin, rule.page_size)
+            label = self.xen_view.xen_area(rule.name, index, va_lin, rule.page_size)
             if label:
                 owned, notes = True, (label,) + notes
         ctx_key = ctx.key if owned == ctx.xen_owned else (ctx.user, ctx.write, ctx.nx,
@@ -351,10 +351,10 @@ class Walker:
                 return Trace(va, tuple(steps), None, f"unreadable: {dt}")
             raw = int(dt.all_raw[index])
             bits = explain_entry(raw, rule)
-            if self.domain is not None and raw & 1 and not ctx.xen_owned:
+            if self.xen_view is not None and raw & 1 and not ctx.xen_owned:
                 leaf_now = rule.is_leaf(raw)
                 bits = bits + tuple((name, 1, meaning) for name, meaning in
-                                    self.domain.explain_bits(raw, rule.name, leaf_now))
+                                    self.xen_view.explain_bits(raw, rule.name, leaf_now))
             if not raw & 1:
                 eff = Effective(ctx.user, ctx.write, not ctx.nx)
                 steps.append(Step(rule.name, index, table_pa, entry_pa, raw, bits, eff,
@@ -428,9 +428,9 @@ class Walker:
         self._batches = (batches and not coalesce and self._translate is None
                          and not self._va_labels)
         if self.memo is not None:
-            policy = getattr(self.domain, "policy", None)
+            policy = getattr(self.xen_view, "policy", None)
             self.memo.bind((self.source, self.rules, self.mode_key, policy,
-                            getattr(self.domain, "root_is_xen_l4", None), self._expand,
+                            getattr(self.xen_view, "root_is_xen_l4", None), self._expand,
                             coalesce, phys))
         t0 = time.monotonic()
         self._deadline = t0 + self.time_budget
