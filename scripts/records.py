@@ -7,7 +7,8 @@ for targets it could not read. Nothing here keeps more than one record: files ar
 line (:func:`parse_line`) and counted into a :class:`Tally`, whose size depends on the number of
 distinct verdicts, keys and bits, not on the number of mappings.
 
-Failure modes: :class:`RecordError` for a line that is not a JSON object (naming file and line).
+Failure modes: :class:`RecordError` for a line that is not a JSON object, or nested too deeply
+for the json module (naming file and line).
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from __future__ import annotations
 import json
 from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["ACCESS_KEYS", "CSV_COLUMNS", "RecordError", "Tally", "csv_row", "dumps",
-           "error_record", "parse_line", "tag_line"]
+from gdb_xenpte.model import ACCESS_KEYS
 
-ACCESS_KEYS = ("kernel_read", "kernel_write", "kernel_exec", "user_read", "user_write",
-               "user_exec")
+__all__ = ["ACCESS_KEYS", "CSV_COLUMNS", "FAULTING_CLASSES", "RecordError", "Tally", "csv_row",
+           "dumps", "error_record", "is_faulting", "parse_line", "tag_line"]
+
+# A mapping record's ``fault_class`` (the one vocabulary of gdb_xenpte): the classes that count
+# as "faulting" by default — a fault beyond the guest's own choices.
+FAULTING_CLASSES = frozenset(("invalid", "imposed"))
 CSV_COLUMNS = ("type", "target", "vcpu", "va", "size", "pa", "page_size", "level", "kind",
-               "rights", "pkey", "xen_bits", "flags") + ACCESS_KEYS + ("category", "detail")
+               "rights", "pkey", "xen_bits", "flags") + ACCESS_KEYS + ("fault_class", "category", "detail")
 
 
 class RecordError(ValueError):
@@ -37,6 +41,8 @@ def parse_line(line: str, path: str, number: int) -> dict:
         rec = json.loads(line)
     except ValueError as err:
         raise RecordError(f"{path}:{number}: not JSON ({err})") from None
+    except RecursionError:  # e.g. 200,000 nested '[': json recurses once per level
+        raise RecordError(f"{path}:{number}: not a record (JSON nested too deeply)") from None
     if not isinstance(rec, dict):
         raise RecordError(f"{path}:{number}: not a JSON object")
     return rec
@@ -91,6 +97,7 @@ def csv_row(rec: dict) -> Optional[dict]:
                    xen_bits=" ".join(rec.get("xen_bits", ())),
                    flags=" ".join(rec.get("flags", ())))
         row.update({k: rec.get("verdicts", {}).get(k) for k in ACCESS_KEYS})
+        row["fault_class"] = rec.get("fault_class")
     elif kind == "anomaly":
         row.update(rights=rec.get("rights"), category=rec.get("category"),
                    detail=rec.get("detail"))
@@ -141,12 +148,21 @@ class _Disallow:
         return False
 
 
+def is_faulting(rec: dict) -> bool:
+    """Whether a mapping record counts as faulting: its ``fault_class`` is invalid or imposed
+    (the extension's own rule, carried in the record); a record from before ``fault_class``
+    existed faults when any access's verdict is not ``ok``."""
+    if "fault_class" in rec:
+        return rec["fault_class"] in FAULTING_CLASSES
+    return any(v != "ok" for v in rec.get("verdicts", {}).values())
+
+
 class Tally:
     """Counts over one stream of records: ``counts[(what, name)] = [records, pages]``.
 
     ``what`` is one of ``verdict`` (``kernel_read=fault:SMAP``), ``Xen bit``, ``pkey``, ``W+X``,
     ``disallowed``, ``kernel SMEP/SMAP`` (a guest-kernel access faults under SMEP or SMAP: the
-    #PF-loop pattern), ``faulting`` (some access faults), ``anomaly`` (xen-pte-check categories),
+    #PF-loop pattern), ``faulting`` (:func:`is_faulting`), ``fault class`` (the record's ``fault_class``), ``anomaly`` (xen-pte-check categories),
     ``what-if`` (``SCENARIO: changes|breaks|fixes``, from ``--what-if`` change records),
     ``mappings``, or ``record`` (record types other than the above).
     """
@@ -193,8 +209,10 @@ class Tally:
         for key in ACCESS_KEYS:
             if key in verdicts:
                 self._add("verdict", f"{key}={verdicts[key]}", pages)
-        if any(v != "ok" for v in verdicts.values()):
+        if is_faulting(rec):
             self._add("faulting", "any access", pages)
+        if rec.get("fault_class") is not None:
+            self._add("fault class", str(rec["fault_class"]), pages)
         if any(("SMEP" in verdicts.get(k, "") or "SMAP" in verdicts.get(k, ""))
                for k in ACCESS_KEYS[:3]):
             self._add("kernel SMEP/SMAP", "kernel access faults", pages)
