@@ -52,8 +52,12 @@ def deps_dir() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(tabulate.__file__)))
 
 
+_MI_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def _mi_quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """An MI c-string: a newline (a file name may hold one) must not end the MI command."""
+    return '"' + "".join(_MI_ESCAPES.get(c, c) for c in text) + '"'
 
 
 class GdbSession:
