@@ -17,13 +17,15 @@ where each stream's lines are), so only the current range of each side is held.
 A stream that xen-pte-dump could not read (an ``error`` record) is reported as ``not-compared``
 rather than as everything added or removed.
 
+The output (``-o``) is written through a temporary file and renamed at the end; it may not be
+one of the inputs.
+
 Exit status: 0 no differences, 1 differences, 2 bad usage, unreadable input (one line naming
 the file and line) or a stream not compared.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple, Union
@@ -31,6 +33,7 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 from tabulate import tabulate
 
 from .cli import EXIT_USAGE as EXIT_TROUBLE, ArgumentParser, UsageError, run_main
+from .output import AtomicFile, refuse_inputs
 from .records import ACCESS_KEYS, RecordError, dumps, parse_line
 
 __all__ = ["Range", "diff_streams", "main", "stream_index"]
@@ -81,8 +84,8 @@ def stream_index(path: str) -> Dict[StreamKey, Union[List[Tuple[int, int]], str]
     """
     spans: Dict[StreamKey, Union[List[Tuple[int, int]], str]] = {}
     try:
-        with open(path, encoding="utf-8") as fh:
-            for number, line in enumerate(fh, 1):
+        with open(path, "rb") as fh:
+            for number, line in _text_lines(fh, path):
                 if not line.strip():
                     continue
                 rec = parse_line(line, path, number)
@@ -100,8 +103,34 @@ def stream_index(path: str) -> Dict[StreamKey, Union[List[Tuple[int, int]], str]
                 else:
                     runs.append((number, number))
     except OSError as err:
-        raise UsageError(f"{path}: {err.strerror}") from None
+        raise UsageError(f"{path}: {err.strerror or err}") from None
     return spans
+
+
+# No record of a walk comes near this; a binary file without newlines is refused past it.
+MAX_LINE = 64 << 20
+
+
+def _text_lines(fh, path: str) -> Iterator[Tuple[int, str]]:
+    """``(number, text)`` per line of a file opened in binary mode.
+
+    :raises RecordError: for a line that is not UTF-8 (a binary file: naming file and line), or
+        longer than :data:`MAX_LINE` (memory stays bounded whatever the file holds).
+    """
+    number = 0
+    while True:
+        raw = fh.readline(MAX_LINE + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) > MAX_LINE:
+            raise RecordError(f"{path}:{number}: a line longer than {MAX_LINE >> 20} MiB: "
+                              "not a JSON Lines walk")
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise RecordError(f"{path}:{number}: not UTF-8 text (byte {err.start} of the line "
+                              "is 0x%02x): not a JSON Lines walk" % raw[err.start]) from None
 
 
 def _ranges(path: str, key: StreamKey, span: Tuple[int, int], with_pa: bool) -> Iterator[Range]:
@@ -111,13 +140,13 @@ def _ranges(path: str, key: StreamKey, span: Tuple[int, int], with_pa: bool) -> 
     """
     last_end, last_line = -1, 0
     first, last = span
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for number, line in _text_lines(fh, path):
             if number < first:
                 continue
             if number > last:
                 break
-            rec = json.loads(line)
+            rec = parse_line(line, path, number)
             if rec.get("type") != "mapping" or (rec.get("target"), rec.get("vcpu")) != key:
                 continue
             try:
@@ -250,14 +279,16 @@ def _run(argv: List[str]) -> int:
     sizes = dict(counts)
     table_rows: List[dict] = []  # --table only: a table is read by people, so it is short
     not_compared = 0
+    if args.output:  # before anything is read: the output must not be an input
+        refuse_inputs(args.output, (args.a, args.b))
     try:
         pairs = _pairs(args.a, args.b)  # the first pass validates both files
     except RecordError as err:
         raise UsageError(str(err)) from None
     try:
-        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+        out = AtomicFile(args.output) if args.output else sys.stdout
     except OSError as err:
-        raise UsageError(f"{args.output}: {err.strerror}") from None
+        raise UsageError(f"{args.output}: {err.strerror or err}") from None
     try:
         for label, ka, kb in pairs:
             failed = [(name, msg) for name, msg in (("A", ka), ("B", kb)) if isinstance(msg, str)]
@@ -292,11 +323,18 @@ def _run(argv: List[str]) -> int:
             out.write("\n".join(lines) + "\n")
         else:
             out.write(dumps(summary) + "\n")
+        if out is not sys.stdout:
+            out.commit()  # a full disk says so here (ENOSPC at close)
     except RecordError as err:
         raise UsageError(str(err)) from None
+    except BrokenPipeError:
+        raise
+    except OSError as err:
+        raise UsageError(f"{err.filename or args.output or 'output'}: "
+                         f"{err.strerror or err}") from None
     finally:
         if out is not sys.stdout:
-            out.close()
+            out.discard()
     if not_compared:
         return EXIT_TROUBLE
     return 1 if any(counts.values()) else 0

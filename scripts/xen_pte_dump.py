@@ -68,7 +68,8 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(PROG, description=__doc__.split("\n\n")[0], epilog=(
         "Options not listed here go to xen-pte-walk / xen-pte-check unchanged; a VA range\n"
         "(START END) goes before the targets or after --.\n"
-        "--summary without -o prints only the tables; with -o the records go to the file.\n"
+        "--summary (or --summary-json) without -o: only the summary; with -o the records go\n"
+        "to the file (or DIR/, one file per target).\n"
         "Exit status: 0 all targets read, 1 some target failed, 2 bad usage."))
     t = p.add_argument_group("targets (any mix, at least one)")
     t.add_argument("--core", metavar="FILE", nargs="+", action="extend", default=[],
