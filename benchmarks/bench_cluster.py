@@ -67,7 +67,7 @@ def run_tool(*args: str) -> tuple:
 def cluster(workers: int):
     from distributed import LocalCluster
     return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                        dashboard_address=None, silence_logs=logging.ERROR)
+                        dashboard_address=":0", silence_logs=logging.ERROR)
 
 
 def dumps(tmp: str, n: int, pages: int, tag: str) -> list:

@@ -24,7 +24,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from gdb_xenpte.errors import XenpteError
 
@@ -292,8 +292,11 @@ def init_worker() -> None:
     util.Finalize(None, release_session, exitpriority=10)  # atexit does not run in workers
 
 
-def run_target(job: Job) -> TargetResult:
-    """Read one target; every failure is recorded in the runs, nothing raises."""
+def run_target(job: Job, cancelled: Optional[Callable[[], bool]] = None) -> TargetResult:
+    """Read one target; every failure is recorded in the runs, nothing raises.
+
+    :param cancelled: asked while gdb works; True stops the target (a live guest is detached).
+    """
     start = time.monotonic()
     deadline = start + job.deadline_s if job.deadline_s else None
     runs: List[Run] = []
@@ -306,6 +309,7 @@ def run_target(job: Job) -> TargetResult:
         if job.target.kind != "remote":
             plan, skipped = _dump_plan(job.target, job.vcpu)
         gdb = _session(job, deadline)
+        gdb.cancelled = cancelled
         if job.target.kind == "remote":
             _connect(gdb, job.target.spec)
             plan, skipped = _remote_plan(gdb, job.vcpu)

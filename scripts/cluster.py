@@ -43,7 +43,7 @@ def run_task(job: Job) -> TargetResult:
     """The task: read one target on a worker; its records come back inside the result."""
     workdir = tempfile.mkdtemp(prefix="xen-pte-dump-task-")
     try:
-        res = run_target(dataclasses.replace(job, workdir=workdir, tag=True))
+        res = run_target(dataclasses.replace(job, workdir=workdir, tag=True), _cancel_check())
         for run in res.runs:
             if run.path is not None:
                 with open(run.path, "rb") as fh:
@@ -52,6 +52,22 @@ def run_task(job: Job) -> TargetResult:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return res
+
+
+def _cancel_check():
+    """A callable telling whether this task was cancelled on the cluster (Ctrl-C on the client):
+    the worker thread cannot be killed, so the walk asks and stops (detaching a live guest)."""
+    try:
+        from distributed import get_worker
+        worker = get_worker()
+        key = worker.get_current_task()
+    except (ImportError, ValueError):  # not on a Dask worker
+        return None
+
+    def cancelled() -> bool:
+        ts = worker.state.tasks.get(key)
+        return ts is None or ts.state in ("cancelled", "released", "forgotten")
+    return cancelled
 
 
 def preflight_task(gdb: str, command: str, options: List[str]) -> Optional[str]:
@@ -102,7 +118,7 @@ def cluster_results(client, jobs: List[Job], window: Optional[int] = None,
     from distributed import as_completed
     if window is None:
         threads = sum(client.nthreads().values()) or 1
-        window = max(4, 2 * threads)
+        window = max(8, 4 * threads)
     pending = iter(jobs)
     futures = {}
     done_index = set()

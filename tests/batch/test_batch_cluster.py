@@ -5,7 +5,8 @@ processes) as on the local process pool.
   byte once sorted, on both; ``-o DIR/`` gives one file per target holding exactly its records.
 * A worker killed (SIGKILL) while it reads a target: the scheduler runs the task again on another
   worker and the output has every record once — nothing lost, nothing twice.
-* Ctrl-C: the tool exits at once and the cluster holds none of its tasks afterwards.
+* Ctrl-C: the tool exits at once, the cluster holds none of its tasks afterwards, and the walks
+  that were under way on the workers stop.
 """
 
 import collections
@@ -29,7 +30,7 @@ if str(ROOT) not in sys.path:  # the workers import scripts.batch by this name
 def _cluster():
     from distributed import LocalCluster
     return LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                        dashboard_address=None, silence_logs=logging.ERROR)
+                        dashboard_address=":0", silence_logs=logging.ERROR)
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +189,16 @@ def test_ctrl_c_cancels_the_clusters_tasks(big_dumps, tmp_path):
         deadline = time.monotonic() + 20
         while client.run_on_scheduler(ours):
             assert time.monotonic() < deadline, client.run_on_scheduler(ours)
+            time.sleep(0.2)
+
+        # The walks under way stop too (a worker's thread cannot be killed: the task asks):
+        # their gdbs are gone, where a finished task would have kept its gdb for the next.
+        def gdbs():
+            import psutil
+            return [p.pid for p in psutil.Process().children() if p.name() == "gdb"]
+        deadline = time.monotonic() + 10
+        while any(client.run(gdbs).values()):
+            assert time.monotonic() < deadline, client.run(gdbs)
             time.sleep(0.2)
     assert not (tmp_path / "out.jsonl").exists()  # nothing half-written left behind
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".part")]
