@@ -97,6 +97,15 @@ def connect(address: str):
     except ImportError:
         raise UsageError(f"--scheduler {address}: dask.distributed is not installed "
                          "(pip install 'gdb_xenpte[cluster]')") from None
+    from distributed.comm.addressing import parse_address
+    from distributed.comm.registry import get_backend
+    try:  # before any Client exists: a half-made one times out again when collected
+        scheme, location = parse_address(address)
+        get_backend(scheme)
+    except ValueError as err:
+        raise UsageError(f"--scheduler {address}: {_one_line(err)}") from None
+    if not location:
+        raise UsageError(f"--scheduler {address}: expected tcp://HOST:PORT")
     try:
         return Client(address, timeout="10s", set_as_default=False)
     except (OSError, TimeoutError) as err:

@@ -202,3 +202,16 @@ def test_ctrl_c_cancels_the_clusters_tasks(big_dumps, tmp_path):
             time.sleep(0.2)
     assert not (tmp_path / "out.jsonl").exists()  # nothing half-written left behind
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".part")]
+
+
+def test_bad_or_unreachable_scheduler_is_one_line(fleet):
+    from tests.targets.qemu import free_tcp_port
+    for address, text in ((f"tcp://127.0.0.1:{free_tcp_port()}", "cannot reach the Dask scheduler"),
+                          ("bogus://x", "unknown address scheme"),
+                          ("tcp://", "expected tcp://HOST:PORT")):
+        start = time.monotonic()
+        res = run_tool("xen_pte_dump", "--core", fleet["hvm-b.kdump"], "--scheduler", address)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        (line,) = res.stderr.splitlines()
+        assert line.startswith(f"xen-pte-dump: --scheduler {address}: ") and text in line
+        assert time.monotonic() - start < 30

@@ -296,3 +296,16 @@ def test_triage_groups_targets_by_what_they_show(fleet_run, fleet, tmp_path):
     assert groups["W+X"] == wx and groups["FAILED"] == ["corrupt.elf"]
     assert doc["targets"] == 4 and doc["failed"] == 1
     assert res.stdout == ""  # --summary-json alone prints no tables
+
+
+def test_progress_bar_only_when_asked_or_on_a_terminal(fleet, tmp_path):
+    """stderr here is a pipe: no bar unless --progress; the records are the same either way."""
+    args = ["--core", fleet["hvm-b.kdump"], fleet["pv64.xc"], "-j", "1"]
+    plain = run_tool("xen_pte_dump", *args, "-o", tmp_path / "a.jsonl")
+    bar = run_tool("xen_pte_dump", *args, "-o", tmp_path / "b.jsonl", "--progress")
+    assert plain.returncode == bar.returncode == 0
+    assert plain.stderr == ""
+    assert re.search(r"0/2 \[", bar.stderr) and "target/s" in bar.stderr, bar.stderr
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+    quiet = run_tool("xen_pte_dump", *args, "-o", tmp_path / "c.jsonl", "--progress", "--quiet")
+    assert quiet.stderr == ""
