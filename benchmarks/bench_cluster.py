@@ -8,7 +8,8 @@ scripts.xen_pte_dump`` each time):
 
 1. ``--targets`` QEMU ELF dumps of ``--pages`` user pages each, walked with ``--no-coalesce``:
    local pool ``-j 2`` vs ``--scheduler`` on a ``LocalCluster`` of 2 worker processes × 1 thread
-   (the same parallelism); wall time and per target.
+   (the same parallelism), and that cluster with Dask's worker profiler off; wall time and per
+   target.
 2. Scaling on the cluster: 1 and 2 workers × N/4, N/2 and N targets; a least-squares fit
    ``wall = a + b·N/W`` (a: fixed cost — tool start, connect, first gdb per worker; b: the cost of
    one target on one worker).
@@ -64,10 +65,14 @@ def run_tool(*args: str) -> tuple:
     return wall, peak / (1 << 20)
 
 
-def cluster(workers: int):
+def cluster(workers: int, profile: bool = True):
+    """A LocalCluster of ``workers`` processes × 1 thread (``profile``: Dask's default statistical
+    profiler in each worker, sampling every thread's stack every 10 ms)."""
+    import dask
     from distributed import LocalCluster
-    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                        dashboard_address=":0", silence_logs=logging.ERROR)
+    with dask.config.set({"distributed.worker.profile.enabled": profile}):
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                            dashboard_address=":0", silence_logs=logging.ERROR)
 
 
 def dumps(tmp: str, n: int, pages: int, tag: str) -> list:
@@ -87,6 +92,10 @@ def bench_pool_vs_cluster(tmp: str, fleet: list) -> list:
     with cluster(2) as c:
         wall, _rss = run_tool(*args, "--scheduler", c.scheduler_address)
     rows.append(["LocalCluster 2 workers x 1 thread", f"{wall:.2f}",
+                 f"{wall / len(fleet) * 1000:.0f}"])
+    with cluster(2, profile=False) as c:
+        wall, _rss = run_tool(*args, "--scheduler", c.scheduler_address)
+    rows.append(["LocalCluster 2 x 1, worker profiler off", f"{wall:.2f}",
                  f"{wall / len(fleet) * 1000:.0f}"])
     return rows
 

@@ -267,6 +267,7 @@ def _session(job: Job, deadline: Optional[float]) -> GdbSession:
         session = _LOCAL.session = GdbSession(job.gdb, deadline)
         _ALL.add(session)
     session.deadline = deadline
+    session.cancelled = None  # the last task's question is not this one's
     return session
 
 

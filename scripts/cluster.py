@@ -31,7 +31,7 @@ import tempfile
 import zlib
 from typing import Iterator, List, Optional
 
-from .batch import Job, Run, TargetResult, run_target
+from .batch import Job, Run, TargetResult, release_session, run_target
 from .cli import UsageError
 
 __all__ = ["ENV", "cluster_results", "connect", "run_task", "task_key"]
@@ -71,14 +71,20 @@ def _cancel_check():
 
 
 def preflight_task(gdb: str, command: str, options: List[str]) -> Optional[str]:
-    """On a worker: can it run gdb with the extension, and are the options good? (the error)"""
-    from .mi import GdbFailure, GdbSession
+    """On a worker: can it run gdb with the extension, and are the options good? (the error)
+
+    The gdb started here stays as the worker thread's kept session: the first target there
+    does not start another.
+    """
+    from .batch import Job, Target, _session
+    from .mi import GdbFailure
     try:
-        with GdbSession(gdb) as session:
-            if any("$" in o for o in options):
-                return None
-            return session.check_options(command, ["--json", *options])
+        session = _session(Job(Target("core", ""), command, (), None, "", -1, gdb=gdb), None)
+        if any("$" in o for o in options):
+            return None
+        return session.check_options(command, ["--json", *options])
     except GdbFailure as failure:
+        release_session()
         return f"on the cluster's worker: {failure}"
 
 
