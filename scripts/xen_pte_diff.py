@@ -2,10 +2,10 @@
 
 Reads two JSON Lines files written by ``xen-pte-dump`` or ``xen-pte-walk --json`` and compares
 their mappings VA by VA: ranges only in B were **added**, only in A **removed**, and ranges in
-both whose effective rights, verdicts, protection key or Xen bits differ **changed** (physical
-addresses are expected to differ between dumps and are not compared unless ``--pa``). Coalesced
-ranges need not line up: the comparison splits them where either side changes, and merges
-neighbouring differences that are alike again.
+both whose effective rights, verdicts, fault class, protection key or Xen bits differ **changed**
+(physical addresses are expected to differ between dumps and are not compared unless ``--pa``).
+Coalesced ranges need not line up: the comparison splits them where either side changes, and
+merges neighbouring differences that are alike again.
 
 Streams are paired by (target, vCPU); when each file holds exactly one stream, those two are
 compared whatever their names. Output: JSON Lines ``{"type": "added"|"removed"|"changed", "va",
@@ -59,7 +59,7 @@ def _state(rec: dict, with_pa: bool) -> tuple:
     verdicts = rec.get("verdicts", {})
     state = (rights, rec.get("pkey"), tuple(rec.get("xen_bits", ())),
              tuple(verdicts.get(k) for k in ACCESS_KEYS), rec.get("kind", "page"),
-             rec.get("page_size"))
+             rec.get("page_size"), rec.get("fault_class"))
     return state + ((rec.get("pa"),) if with_pa else ())
 
 
@@ -69,8 +69,10 @@ def _as_dict(state: Optional[tuple]) -> Optional[dict]:
     out = {"rights": state[0], "pkey": state[1], "xen_bits": list(state[2]),
            "verdicts": {k: v for k, v in zip(ACCESS_KEYS, state[3]) if v is not None},
            "kind": state[4], "page_size": state[5]}
-    if len(state) > 6:
-        out["pa"] = state[6]
+    if state[6] is not None:  # records from before fault_class have none
+        out["fault_class"] = state[6]
+    if len(state) > 7:
+        out["pa"] = state[7]
     return out
 
 
@@ -185,7 +187,7 @@ def _what(before: Optional[tuple], after: Optional[tuple]) -> List[str]:
     if after is None:
         return ["removed"]
     out = []
-    names = ("rights", "pkey", "Xen bits", None, "kind", "page size", "PA")
+    names = ("rights", "pkey", "Xen bits", None, "kind", "page size", "fault class", "PA")
     for i, name in enumerate(names[:len(before)]):
         if name and before[i] != after[i]:
             out.append(f"{name} {before[i]} -> {after[i]}")

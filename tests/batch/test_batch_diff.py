@@ -125,3 +125,27 @@ def test_failed_walk_is_not_compared(walks, tmp_path):
     assert recs[-1]["not_compared"] == 1 and recs[-1]["counts"]["removed"] == 0
     res = run_tool("xen_pte_diff", a, failed, "--table")
     assert "B: x.elf: truncated" in res.stdout and "1 not compared" in res.stdout
+
+
+def test_fault_class_change_is_a_change(walks, tmp_path):
+    """Records carrying fault_class (issue 14): the same verdicts, but a fault the guest chose in
+    A and one imposed on it in B, is a change; records without the field compare as before."""
+    a, _b = walks
+    lines = a.read_text().splitlines()
+    def with_class(cls):
+        out = []
+        for ln in lines:
+            rec = json.loads(ln)
+            if rec["type"] == "mapping":
+                rec["fault_class"] = cls if rec["va"] == "0x400000" else "none"
+            out.append(json.dumps(rec))
+        return "\n".join(out) + "\n"
+    before, after = tmp_path / "guest.jsonl", tmp_path / "imposed.jsonl"
+    before.write_text(with_class("guest"))
+    after.write_text(with_class("imposed"))
+    res = run_tool("xen_pte_diff", before, after)
+    assert res.returncode == 1, res.stderr
+    (change,) = [json.loads(ln) for ln in res.stdout.splitlines()][:-1]
+    assert change["type"] == "changed" and change["va"] == "0x400000"
+    assert change["what"] == ["fault class guest -> imposed"]
+    assert change["after"]["fault_class"] == "imposed"
