@@ -11,8 +11,8 @@ scripts.xen_pte_dump`` each time):
    (the same parallelism), and that cluster with Dask's worker profiler off; wall time and per
    target.
 2. Scaling on the cluster: 1 and 2 workers × N/4, N/2 and N targets; a least-squares fit
-   ``wall = a + b·N/W`` (a: fixed cost — tool start, connect, first gdb per worker; b: the cost of
-   one target on one worker).
+   ``wall = a + b·N/W`` (a: fixed cost — tool start, connect, first gdb per worker; b: the cost
+   of one target on one worker).
 3. Per-target overhead: a no-op Dask task's round trip (submit -> result) on the running cluster,
    the task's own walk time on a worker (its gdb kept), and the whole tool divided by N.
 4. ``--fleet`` one-page dumps with ``--summary --progress`` on the cluster and on the pool:
@@ -181,8 +181,9 @@ def main() -> int:
         load = os.getloadavg()[0]
     except OSError:
         load = float("nan")
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, load {load:.2f}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+          f"{os.cpu_count()} CPUs, load {load:.2f}, {when}")
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         fleet = dumps(tmp, args.targets, args.pages, "d")
         print(f"\n1. {args.targets} dumps x {args.pages} pages (--no-coalesce)")

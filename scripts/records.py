@@ -25,7 +25,8 @@ __all__ = ["ACCESS_KEYS", "CSV_COLUMNS", "FAULTING_CLASSES", "RecordError", "Tal
 # as "faulting" by default — a fault beyond the guest's own choices.
 FAULTING_CLASSES = frozenset(("invalid", "imposed"))
 CSV_COLUMNS = ("type", "target", "vcpu", "va", "size", "pa", "page_size", "level", "kind",
-               "rights", "pkey", "xen_bits", "flags") + ACCESS_KEYS + ("fault_class", "category", "detail")
+               "rights", "pkey", "xen_bits", "flags") + ACCESS_KEYS + ("fault_class", "category",
+                                                                       "detail")
 
 
 class RecordError(ValueError):
@@ -162,7 +163,8 @@ class Tally:
 
     ``what`` is one of ``verdict`` (``kernel_read=fault:SMAP``), ``Xen bit``, ``pkey``, ``W+X``,
     ``disallowed``, ``kernel SMEP/SMAP`` (a guest-kernel access faults under SMEP or SMAP: the
-    #PF-loop pattern), ``faulting`` (:func:`is_faulting`), ``fault class`` (the record's ``fault_class``), ``anomaly`` (xen-pte-check categories),
+    #PF-loop pattern), ``faulting`` (:func:`is_faulting`), ``fault class`` (the record's
+    ``fault_class``), ``anomaly`` (xen-pte-check categories),
     ``what-if`` (``SCENARIO: changes|breaks|fixes``, from ``--what-if`` change records),
     ``mappings``, or ``record`` (record types other than the above).
     """

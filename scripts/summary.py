@@ -24,8 +24,8 @@ __all__ = ["OVERVIEW", "detail_table", "render_summary", "summary_json", "triage
            "triage_table"]
 
 # Row order of the detail tables; within a group, names sort.
-WHAT_ORDER = ("mappings", "faulting", "fault class", "kernel SMEP/SMAP", "verdict", "W+X", "Xen bit", "pkey",
-              "disallowed", "anomaly", "what-if", "record")
+WHAT_ORDER = ("mappings", "faulting", "fault class", "kernel SMEP/SMAP", "verdict", "W+X",
+              "Xen bit", "pkey", "disallowed", "anomaly", "what-if", "record")
 # Overview columns: (heading, what, names left out, name suffix) — records counted under
 # ``what``; a mapping with several Xen bits counts once per bit. Key 0 is every page's default,
 # so "pkeys" counts the others; "what-if breaks" adds up the change ranges every scenario breaks.

@@ -1,8 +1,8 @@
 """xen-pte-dump --scheduler: the same fleet on a real dask.distributed.LocalCluster (2 worker
 processes) as on the local process pool.
 
-* A mixed fleet — good dumps, a corrupt one, a live QEMU guest — gives the same records, byte for
-  byte once sorted, on both; ``-o DIR/`` gives one file per target holding exactly its records.
+* A mixed fleet — good dumps, a corrupt one, a live QEMU guest — gives the same records, byte
+  for byte once sorted, on both; ``-o DIR/`` gives one file per target holding exactly its records.
 * A worker killed (SIGKILL) while it reads a target: the scheduler runs the task again on another
   worker and the output has every record once — nothing lost, nothing twice.
 * Ctrl-C: the tool exits at once, the cluster holds none of its tasks afterwards, and the walks
