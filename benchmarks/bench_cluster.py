@@ -9,7 +9,8 @@ scripts.xen_pte_dump`` each time):
 1. ``--targets`` QEMU ELF dumps of ``--pages`` user pages each, walked with ``--no-coalesce``:
    local pool ``-j 2`` vs ``--scheduler`` on a ``LocalCluster`` of 2 worker processes × 1 thread
    (the same parallelism), and that cluster with Dask's worker profiler off; wall time and per
-   target.
+   target, and on the cluster the CPU the client (xen-pte-dump) and the scheduler spend per
+   target: the serial part that no number of workers divides.
 2. Scaling on the cluster: 1 and 2 workers × N/4, N/2 and N targets; a least-squares fit
    ``wall = a + b·N/W`` (a: fixed cost — tool start, connect, first gdb per worker; b: the cost
    of one target on one worker).
@@ -45,24 +46,29 @@ from bench_batch import make_dump  # noqa: E402
 
 
 def run_tool(*args: str) -> tuple:
-    """Run xen-pte-dump to completion; return (wall s, peak RSS MiB of the tool process)."""
+    """Run xen-pte-dump to completion; return (wall s, peak RSS MiB of the tool process,
+    CPU s of the tool process alone, CPU s of this process meanwhile — a LocalCluster's
+    scheduler runs here)."""
     import psutil
+    me = psutil.Process()
+    mine = sum(me.cpu_times()[:2])
     t = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "scripts.xen_pte_dump", *args], cwd=ROOT,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    peak = 0
+    peak, cpu = 0, 0.0
     ps = psutil.Process(proc.pid)
     while proc.poll() is None:
         try:
             peak = max(peak, ps.memory_info().rss)
+            cpu = sum(ps.cpu_times()[:2])
         except psutil.Error:
             pass
         time.sleep(0.05)
     wall = time.monotonic() - t
     if proc.returncode != 0:
         raise SystemExit(f"xen-pte-dump {' '.join(args[:6])} ... exited {proc.returncode}")
-    return wall, peak / (1 << 20)
+    return wall, peak / (1 << 20), cpu, sum(me.cpu_times()[:2]) - mine
 
 
 def cluster(workers: int, profile: bool = True):
@@ -86,17 +92,15 @@ def dumps(tmp: str, n: int, pages: int, tag: str) -> list:
 def bench_pool_vs_cluster(tmp: str, fleet: list) -> list:
     out = os.path.join(tmp, "out.jsonl")
     args = ["--core", *fleet, "--no-coalesce", "-o", out, "--quiet"]
-    rows = []
-    wall, _rss = run_tool(*args, "-j", "2")
-    rows.append(["local pool -j 2", f"{wall:.2f}", f"{wall / len(fleet) * 1000:.0f}"])
-    with cluster(2) as c:
-        wall, _rss = run_tool(*args, "--scheduler", c.scheduler_address)
-    rows.append(["LocalCluster 2 workers x 1 thread", f"{wall:.2f}",
-                 f"{wall / len(fleet) * 1000:.0f}"])
-    with cluster(2, profile=False) as c:
-        wall, _rss = run_tool(*args, "--scheduler", c.scheduler_address)
-    rows.append(["LocalCluster 2 x 1, worker profiler off", f"{wall:.2f}",
-                 f"{wall / len(fleet) * 1000:.0f}"])
+    n = len(fleet)
+    wall, _rss, _cpu, _sched = run_tool(*args, "-j", "2")
+    rows = [["local pool -j 2", f"{wall:.2f}", f"{wall / n * 1000:.0f}", "-", "-"]]
+    for name, profile in (("LocalCluster 2 workers x 1 thread", True),
+                          ("LocalCluster 2 x 1, worker profiler off", False)):
+        with cluster(2, profile) as c:
+            wall, _rss, cpu, sched = run_tool(*args, "--scheduler", c.scheduler_address)
+        rows.append([name, f"{wall:.2f}", f"{wall / n * 1000:.0f}", f"{cpu / n * 1000:.1f}",
+                     f"{sched / n * 1000:.1f}"])
     return rows
 
 
@@ -108,8 +112,8 @@ def bench_scaling(tmp: str, fleet: list) -> tuple:
     for workers in (1, 2):
         with cluster(workers) as c:
             for n in sizes:
-                wall, _rss = run_tool("--core", *fleet[:n], "--no-coalesce", "-o", out,
-                                      "--quiet", "--scheduler", c.scheduler_address)
+                wall, *_rest = run_tool("--core", *fleet[:n], "--no-coalesce", "-o", out,
+                                        "--quiet", "--scheduler", c.scheduler_address)
                 rows.append([workers, n, f"{wall:.2f}", f"{wall / n * 1000:.0f}"])
                 points.append((n / workers, wall))
     x = np.array([p[0] for p in points])
@@ -157,13 +161,13 @@ def bench_fleet(tmp: str, n: int) -> list:
     rows = []
     args = ["--core", *ones, "--summary", "--progress", "-o", out + "/"]
     with cluster(2) as c:
-        wall, rss = run_tool(*args, "--scheduler", c.scheduler_address)
+        wall, rss, *_rest = run_tool(*args, "--scheduler", c.scheduler_address)
     rows.append([f"{n} one-page dumps, LocalCluster 2x1, -o DIR/ --summary", f"{wall:.1f}",
                  f"{wall / n * 1000:.0f}", f"{rss:.0f}"])
-    wall, rss = run_tool(*args, "-j", "2")
+    wall, rss, *_rest = run_tool(*args, "-j", "2")
     rows.append([f"{n} one-page dumps, local pool -j 2, -o DIR/ --summary", f"{wall:.1f}",
                  f"{wall / n * 1000:.0f}", f"{rss:.0f}"])
-    wall, rss = run_tool("--core", *ones[:n // 10], "--summary", "-o", out + "/",
+    wall, rss, *_rest = run_tool("--core", *ones[:n // 10], "--summary", "-o", out + "/",
                          "-j", "2")
     rows.append([f"{n // 10} one-page dumps, local pool -j 2 (memory baseline)", f"{wall:.1f}",
                  f"{wall / (n // 10) * 1000:.0f}", f"{rss:.0f}"])
@@ -188,7 +192,8 @@ def main() -> int:
         fleet = dumps(tmp, args.targets, args.pages, "d")
         print(f"\n1. {args.targets} dumps x {args.pages} pages (--no-coalesce)")
         print(tabulate(bench_pool_vs_cluster(tmp, fleet),
-                       headers=["where", "wall s", "ms/target"], tablefmt="github"))
+                       headers=["where", "wall s", "ms/target", "client CPU ms/target",
+                                "scheduler CPU ms/target"], tablefmt="github"))
         rows, a, b = bench_scaling(tmp, fleet)
         print(f"\n2. Scaling on the cluster (wall = {a:.2f} s + {b * 1000:.0f} ms x N/W)")
         print(tabulate(rows, headers=["workers", "targets", "wall s", "ms/target"],

@@ -60,8 +60,11 @@ class AtomicFile:
             self.fh = open(path, "w", encoding="utf-8", newline=newline)
             return
         directory = os.path.dirname(os.path.abspath(path))
-        fd, self.tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                                        suffix=".part")
+        try:
+            fd, self.tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
+                                            suffix=".part")
+        except OSError as err:  # name the file asked for, not the temporary one
+            raise OSError(err.errno, err.strerror, path) from None
         try:
             os.fchmod(fd, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask())
             self.fh = os.fdopen(fd, "w", encoding="utf-8", newline=newline)
