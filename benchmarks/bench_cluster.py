@@ -162,8 +162,12 @@ def bench_fleet(tmp: str, n: int) -> list:
     args = ["--core", *ones, "--summary", "--progress", "-o", out + "/"]
     with cluster(2) as c:
         wall, rss, *_rest = run_tool(*args, "--scheduler", c.scheduler_address)
-    rows.append([f"{n} one-page dumps, LocalCluster 2x1, -o DIR/ --summary", f"{wall:.1f}",
-                 f"{wall / n * 1000:.0f}", f"{rss:.0f}"])
+        rows.append([f"{n} one-page dumps, LocalCluster 2x1, -o DIR/ --summary", f"{wall:.1f}",
+                     f"{wall / n * 1000:.0f}", f"{rss:.0f}"])
+        wall, rss, *_rest = run_tool("--core", *ones[:n // 10], "--summary", "-o", out + "/",
+                                     "--scheduler", c.scheduler_address)
+        rows.append([f"{n // 10} one-page dumps, LocalCluster 2x1 (memory baseline)",
+                     f"{wall:.1f}", f"{wall / (n // 10) * 1000:.0f}", f"{rss:.0f}"])
     wall, rss, *_rest = run_tool(*args, "-j", "2")
     rows.append([f"{n} one-page dumps, local pool -j 2, -o DIR/ --summary", f"{wall:.1f}",
                  f"{wall / n * 1000:.0f}", f"{rss:.0f}"])

@@ -9,8 +9,9 @@ shared with the client. A result is one value: the client writes a target's reco
 has all of them, so a task that is run again (its worker died: the scheduler reschedules it, up to
 ``distributed.scheduler.allowed-failures`` times) can never leave records twice or half-written.
 
-Memory stays bounded: at most ``window`` targets are in flight or waiting for an earlier target
-(records go out in target order), whatever the number of targets.
+Memory stays bounded whatever the number of targets: at most ``window`` targets are in flight or
+waiting for an earlier one (records go out in target order), and xen-pte-dump keeps a result that
+must wait in a file, not in memory.
 
 Workers need gdb and this package (``pip install .[cluster]``); start them with::
 

@@ -233,6 +233,16 @@ def _results(jobs: List[Job], workers: int) -> Iterable[TargetResult]:
                 fut.cancel()
 
 
+def _spill(res: TargetResult, workdir: str) -> None:
+    """Move records that came back over the network (a cluster's result) into files."""
+    for n, run in enumerate(res.runs):
+        if run.data is not None:
+            run.path = os.path.join(workdir, f"spill-{id(res)}-{n}.jsonl")
+            with open(run.path, "wb") as fh:
+                fh.write(zlib.decompress(run.data))
+            run.data = None
+
+
 def _per_target_paths(directory: str, targets: List[Target], fmt: str) -> Dict[Target, str]:
     """``-o DIR/``: one file per target, named after it (``NAME.jsonl``; ``NAME-2.jsonl`` ...
     when two targets share a base name)."""
@@ -338,6 +348,8 @@ def _run_targets(args, targets, command, options, per_target, client) -> int:
                     bar.write(line, file=sys.stderr)
             if per_target is not None:  # a file each: written as each target completes
                 writer.write(res)
+            if index[res.target] != len(ordered):
+                _spill(res, workdir)  # waits for an earlier target: on disk, not in memory
             done[index[res.target]] = res
             # Emit in target order as soon as every earlier target is out (files stay small).
             while len(ordered) in done:
