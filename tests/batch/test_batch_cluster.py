@@ -113,40 +113,47 @@ def _processing(client, prefix):
             for w, keys in client.processing().items()}
 
 
+def _run_killing(client, cluster, targets, out, key_prefix):
+    """Run xen-pte-dump on the cluster; SIGKILL the worker running ``key_prefix`` half a second
+    into it. Return (the tool's CompletedProcess-like (returncode, stderr), the task key)."""
+    tool = subprocess.Popen(
+        [sys.executable, "-m", "scripts.xen_pte_dump", *map(str, targets), "--scheduler",
+         cluster.scheduler_address, "-o", str(out), "--quiet"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        killed = None
+        deadline = time.monotonic() + 120
+        while killed is None and time.monotonic() < deadline and tool.poll() is None:
+            for worker, keys in _processing(client, key_prefix).items():
+                if keys:
+                    time.sleep(0.5)  # well inside the walk (about 3 s)
+                    pid = client.run(os.getpid, workers=[worker])[worker]
+                    os.kill(pid, signal.SIGKILL)
+                    killed = keys[0]
+                    break
+            time.sleep(0.05)
+        assert killed is not None, f"never saw {key_prefix} running on a worker"
+        _stdout, stderr = tool.communicate(timeout=300)
+    finally:
+        if tool.poll() is None:
+            tool.kill()
+    return tool.returncode, stderr, killed
+
+
 def test_worker_killed_during_a_target_loses_and_repeats_nothing(big_dumps, fleet, tmp_path):
     from distributed import Client
     targets = ["--core", fleet["hvm-b.kdump"], *big_dumps, "--no-coalesce"]
     local = tmp_path / "local.jsonl"
     assert run_tool("xen_pte_dump", *targets, "-j", "2", "-o", local,
                     "--quiet").returncode == 0
+    out = tmp_path / "dask.jsonl"
     with _cluster() as cluster, Client(cluster.scheduler_address) as client:
-        out = tmp_path / "dask.jsonl"
-        tool = subprocess.Popen(
-            [sys.executable, "-m", "scripts.xen_pte_dump", *map(str, targets), "--scheduler",
-             cluster.scheduler_address, "-o", str(out), "--quiet"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            killed = None
-            deadline = time.monotonic() + 120
-            while killed is None and time.monotonic() < deadline and tool.poll() is None:
-                for worker, keys in _processing(client, "xen-pte-dump-1-big0").items():
-                    if keys:
-                        time.sleep(0.5)  # well inside the walk (about 3 s)
-                        pid = client.run(os.getpid, workers=[worker])[worker]
-                        os.kill(pid, signal.SIGKILL)
-                        killed = (worker, keys[0])
-                        break
-                time.sleep(0.05)
-            assert killed is not None, "never saw big0 running on a worker"
-            stdout, stderr = tool.communicate(timeout=300)
-        finally:
-            if tool.poll() is None:
-                tool.kill()
-        assert tool.returncode == 0, stderr
+        code, stderr, key = _run_killing(client, cluster, targets, out, "xen-pte-dump-1-big0")
+        assert code == 0, stderr
         # The scheduler saw the worker die while it ran our task, and ran the task again.
         story = client.run_on_scheduler(
-            lambda dask_scheduler, key=killed[1]: [(t.start, t.finish, t.stimulus_id)
-                                                   for t in dask_scheduler.story(key)])
+            lambda dask_scheduler, key=key: [(t.start, t.finish, t.stimulus_id)
+                                             for t in dask_scheduler.story(key)])
         lost = [i for i, (a, b, why) in enumerate(story)
                 if (a, b) == ("processing", "released") and "worker" in why]
         assert lost, story
@@ -157,6 +164,36 @@ def test_worker_killed_during_a_target_loses_and_repeats_nothing(big_dumps, flee
     heads = collections.Counter(json.loads(ln)["target"] for ln in got
                                 if '"type":"header"' in ln)
     assert set(heads.values()) == {1} and len(heads) == 4
+
+
+def test_worker_deaths_past_the_retries_are_an_error_record(big_dumps, fleet, tmp_path):
+    """allowed-failures 0: the first worker death fails the task (KilledWorker): that target gets
+    one error record, the others all their records (or one error each), exit status 1."""
+    import dask
+    from distributed import Client
+    targets = ["--core", fleet["hvm-b.kdump"], *big_dumps[:2], "--no-coalesce"]
+    out = tmp_path / "dask.jsonl"
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = _cluster()
+    with cluster, Client(cluster.scheduler_address) as client:
+        code, stderr, _key = _run_killing(client, cluster, targets, out, "xen-pte-dump-1-big0")
+    assert code == 1 and "Traceback" not in stderr, stderr
+    recs = read_jsonl(out)
+    by_target = collections.defaultdict(list)
+    for r in recs:
+        by_target[os.path.basename(r["target"])].append(r["type"])
+    assert set(by_target) == {"hvm-b.kdump", "big0.elf", "big1.elf"}
+    assert by_target["big0.elf"] == ["error"]
+    big0 = next(r for r in recs if r["type"] == "error" and r["target"].endswith("big0.elf"))
+    assert "workers died while reading this target" in big0["message"]
+    # A task that was merely queued on that worker counts as one it killed, too (Dask's rule):
+    # every target is whole — all its records, or exactly one error record.
+    complete = 0
+    for name, types in by_target.items():
+        if types != ["error"]:
+            assert types[0] == "header" and types[-1] == "summary" and "error" not in types
+            complete += 1
+    assert complete >= 1
 
 
 def test_ctrl_c_cancels_the_clusters_tasks(big_dumps, tmp_path):
