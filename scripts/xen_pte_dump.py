@@ -293,6 +293,10 @@ def _run(argv: List[str]) -> int:
         refuse_inputs(args.output, inputs)
     if args.summary_json:
         refuse_inputs(args.summary_json, inputs, "--summary-json")
+        outputs = list(per_target.values()) if per_target else [args.output or ""]
+        if any(os.path.abspath(args.summary_json) == os.path.abspath(o) for o in outputs if o):
+            raise UsageError(f"--summary-json {args.summary_json}: the records go there too "
+                             "(-o); give another file")
     client = None
     if args.scheduler:
         from .cluster import connect

@@ -61,6 +61,12 @@ def test_output_that_is_an_input_is_refused_before_anything_is_read(fleet, walk,
     res = run_tool("xen_pte_dump", "--raw", f"{fleet['pv64.xc']}@0", "--cr3", "0x1000",
                    "--summary-json", fleet["pv64.xc"])
     assert "--summary-json" in _one_line_error(res, "xen-pte-dump")
+    # Two outputs on one file: refused too (the second rename would silently win).
+    same = tmp_path / "both.json"
+    res = run_tool("xen_pte_dump", "--core", fleet["pv64.xc"], "-o", same, "--summary-json",
+                   same)
+    assert "the records go there too" in _one_line_error(res, "xen-pte-dump")
+    assert not same.exists()
     assert {p: _digest(p) for p in directory.iterdir()} == before
     _no_temporaries(directory)
     # xen-pte-diff A A -o A, and B as the output.
