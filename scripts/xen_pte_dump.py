@@ -17,9 +17,16 @@ Examples::
     xen-pte-dump --core 'dumps/*.elf' --vcpu all -o fleet.jsonl --summary
     xen-pte-dump --core dom1.xc --check --what-if pke --what-if xen=4.6
     xen-pte-dump --remote localhost:1234 --faults --format csv -o live.csv
+    xen-pte-dump --scheduler tcp://sched:8786 --core '/shared/*.elf' -o out/ --summary
 
 Memory stays flat however large a walk is: gdb writes each run's JSON Lines to a temporary file
 (through gdb's ``pipe`` command, not MI console records), which is counted and copied line by line.
+
+``--scheduler ADDRESS`` (or ``$DASK_SCHEDULER_ADDRESS``) runs each target as a task on a Dask
+cluster instead of the local pool (:mod:`scripts.cluster`); ``-o DIR/`` writes one file per
+target. Every output is written to a temporary file renamed at the end, and an output that is
+one of the inputs is refused (:mod:`scripts.output`). ``--summary`` / ``--summary-json`` add a
+triage: targets grouped by what they show (:mod:`scripts.summary`).
 """
 
 from __future__ import annotations
