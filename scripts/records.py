@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from gdb_xenpte.model import ACCESS_KEYS
 
 __all__ = ["ACCESS_KEYS", "CSV_COLUMNS", "FAULTING_CLASSES", "RecordError", "Tally", "csv_row",
-           "dumps", "error_record", "is_faulting", "parse_line", "tag_line"]
+           "dumps", "error_record", "is_faulting", "is_pf_loop", "parse_line", "tag_line"]
 
 # A mapping record's ``fault_class`` (the one vocabulary of gdb_xenpte): the classes that count
 # as "faulting" by default — a fault beyond the guest's own choices.
@@ -158,12 +158,22 @@ def is_faulting(rec: dict) -> bool:
     return any(v != "ok" for v in rec.get("verdicts", {}).values())
 
 
+def is_pf_loop(rec: dict) -> bool:
+    """The #PF-loop pattern: a guest-kernel access faults under SMEP or SMAP — and, when the
+    record says whose choice its faults enforce (``fault_class``), one imposed on the guest
+    (a guest's own SMEP/SMAP on its user pages is the protection working, not a loop)."""
+    if "fault_class" in rec and rec["fault_class"] != "imposed":
+        return False
+    verdicts = rec.get("verdicts", {})
+    return any("SMEP" in verdicts.get(k, "") or "SMAP" in verdicts.get(k, "")
+               for k in ACCESS_KEYS if k.startswith("kernel_"))
+
+
 class Tally:
     """Counts over one stream of records: ``counts[(what, name)] = [records, pages]``.
 
     ``what`` is one of ``verdict`` (``kernel_read=fault:SMAP``), ``Xen bit``, ``pkey``, ``W+X``,
-    ``disallowed``, ``kernel SMEP/SMAP`` (a guest-kernel access faults under SMEP or SMAP: the
-    #PF-loop pattern), ``faulting`` (:func:`is_faulting`), ``fault class`` (the record's
+    ``disallowed``, ``kernel SMEP/SMAP`` (:func:`is_pf_loop`), ``faulting`` (:func:`is_faulting`), ``fault class`` (the record's
     ``fault_class``), ``anomaly`` (xen-pte-check categories),
     ``what-if`` (``SCENARIO: changes|breaks|fixes``, from ``--what-if`` change records),
     ``mappings``, or ``record`` (record types other than the above).
@@ -215,8 +225,7 @@ class Tally:
             self._add("faulting", "any access", pages)
         if rec.get("fault_class") is not None:
             self._add("fault class", str(rec["fault_class"]), pages)
-        if any(("SMEP" in verdicts.get(k, "") or "SMAP" in verdicts.get(k, ""))
-               for k in ACCESS_KEYS[:3]):
+        if is_pf_loop(rec):
             self._add("kernel SMEP/SMAP", "kernel access faults", pages)
         for bit in rec.get("xen_bits", ()):
             self._add("Xen bit", bit, pages)

@@ -85,8 +85,9 @@ def _faulting(r) -> bool:
 def _expected(recs):
     """Counts computed straight from one stream's JSONL (independently of scripts.records)."""
     maps = [r for r in recs if r["type"] == "mapping"]
-    smx = lambda r: any("SMEP" in r["verdicts"].get(k, "") or "SMAP" in r["verdicts"].get(k, "")
-                        for k in ACCESS[:3])  # noqa: E731
+    smx = lambda r: r.get("fault_class", "imposed") == "imposed" and any(  # noqa: E731
+        "SMEP" in r["verdicts"].get(k, "") or "SMAP" in r["verdicts"].get(k, "")
+        for k in ACCESS[:3])
     return {
         "mappings": len(maps),
         "faulting": sum(_faulting(r) for r in maps),

@@ -25,6 +25,19 @@ def test_faulting_counts_fault_class_invalid_or_imposed_only():
         "none": [1, 16]}
 
 
+def test_pf_loop_counts_imposed_kernel_smep_smap_only():
+    """A guest's own SMAP on its user pages is the protection working; the #PF-loop pattern is
+    a kernel access faulting under SMEP/SMAP that was imposed (or, for records from before
+    fault_class, any kernel SMEP/SMAP fault)."""
+    smap = {"kernel_read": "fault:SMAP[AC=0]", "kernel_exec": "fault:SMEP", "user_read": "ok"}
+    nx = {"kernel_read": "ok", "kernel_exec": "fault:NX", "user_exec": "fault:SMEP?"}
+    t = _tally({"type": "mapping", "count": 1, "verdicts": smap, "fault_class": "guest"},
+               {"type": "mapping", "count": 2, "verdicts": smap, "fault_class": "imposed"},
+               {"type": "mapping", "count": 4, "verdicts": smap},
+               {"type": "mapping", "count": 8, "verdicts": nx, "fault_class": "imposed"})
+    assert t.counts[("kernel SMEP/SMAP", "kernel access faults")] == [2, 6]
+
+
 def test_faulting_without_fault_class_is_any_verdict_not_ok():
     t = _tally({"type": "mapping", "verdicts": {"kernel_read": "fault:SMAP"}},
                {"type": "mapping", "verdicts": {"kernel_read": "ok", "user_exec": "ok"}})
