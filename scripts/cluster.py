@@ -29,6 +29,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+import uuid
 import zlib
 from typing import Iterator, List, Optional
 
@@ -89,9 +90,11 @@ def preflight_task(gdb: str, command: str, options: List[str]) -> Optional[str]:
         return f"on the cluster's worker: {failure}"
 
 
-def task_key(job: Job) -> str:
-    """The task's name on the dashboard (and in tests): the target's index and label."""
-    return f"xen-pte-dump-{job.index}-{os.path.basename(job.target.label)[:60]}"
+def task_key(job: Job, run: str) -> str:
+    """The task's name on the dashboard (and in tests): the target's index and label, and the
+    run's own token — Dask takes one key for one result, so two runs (other options, other
+    users of the cluster) must never share a key."""
+    return f"xen-pte-dump-{job.index}-{os.path.basename(job.target.label)[:60]}-{run}"
 
 
 def connect(address: str):
@@ -140,6 +143,7 @@ def cluster_results(client, jobs: List[Job], window: Optional[int] = None,
     done_index = set()
     next_out = 0
     stream = as_completed(loop=client.loop)
+    run = uuid.uuid4().hex[:12]
 
     def top_up():
         nonlocal next_out
@@ -150,7 +154,7 @@ def cluster_results(client, jobs: List[Job], window: Optional[int] = None,
             job = next(pending, None)
             if job is None:
                 return
-            fut = client.submit(run_task, job, key=task_key(job), pure=False)
+            fut = client.submit(run_task, job, key=task_key(job, run), pure=False)
             futures[fut.key] = (fut, job)
             stream.add(fut)
 

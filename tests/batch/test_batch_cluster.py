@@ -252,3 +252,20 @@ def test_bad_or_unreachable_scheduler_is_one_line(fleet):
         (line,) = res.stderr.splitlines()
         assert line.startswith(f"xen-pte-dump: --scheduler {address}: ") and text in line
         assert time.monotonic() - start < 30
+
+
+def test_two_runs_at_once_on_one_cluster_keep_their_own_results(cluster, big_dumps, tmp_path):
+    """Dask keeps one result per task key: two runs of the same target with other options
+    (another user of the cluster, say) must not be handed each other's records."""
+    def start(out, *extra):
+        return subprocess.Popen(
+            [sys.executable, "-m", "scripts.xen_pte_dump", "--core", str(big_dumps[0]), *extra,
+             "--scheduler", cluster.scheduler_address, "-o", str(out), "--quiet"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    every, coalesced = tmp_path / "every.jsonl", tmp_path / "coalesced.jsonl"
+    tools = [start(every, "--no-coalesce"), start(coalesced)]
+    for tool in tools:
+        _out, err = tool.communicate(timeout=300)
+        assert tool.returncode == 0, err
+    count = lambda path: sum(r["type"] == "mapping" for r in read_jsonl(path))  # noqa: E731
+    assert count(every) == 40_000 and count(coalesced) == 1
