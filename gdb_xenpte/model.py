@@ -10,10 +10,28 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Optional, Tuple
 
-__all__ = ["ACCESS_KEYS", "Effective", "EntryRef", "Mapping", "Step", "Trace", "Verdict"]
+__all__ = ["ACCESS_KEYS", "ACCESS_SHORT", "Effective", "EntryRef", "Mapping", "Step", "Trace",
+           "Verdict", "access_key"]
 
-# Verdict keys, in output order: who (guest kernel / guest user) x access kind.
+# Verdict keys, in output order: who (guest kernel / guest user) x access kind. One vocabulary:
+# JSON says kernel_read, the table kr, options accept all three spellings (access_key).
 ACCESS_KEYS = ("kernel_read", "kernel_write", "kernel_exec", "user_read", "user_write", "user_exec")
+ACCESS_SHORT = dict(zip(ACCESS_KEYS, ("kr", "kw", "kx", "ur", "uw", "ux")))
+_ACCESS_NAMES = {**{k: k for k in ACCESS_KEYS}, **{k.replace("_", "-"): k for k in ACCESS_KEYS},
+                 **{short: k for k, short in ACCESS_SHORT.items()}}
+
+
+def access_key(text: str) -> str:
+    """The JSON key of an access named ``kr``, ``kernel-read`` or ``kernel_read`` (any case).
+
+    :raises ValueError: naming the accepted spellings, for anything else.
+    """
+    key = _ACCESS_NAMES.get(text.strip().lower())
+    if key is None:
+        raise ValueError(f"'{text}' is not an access: one of "
+                         + ", ".join(f"{ACCESS_SHORT[k]}/{k.replace('_', '-')}"
+                                     for k in ACCESS_KEYS))
+    return key
 
 
 @dataclass(frozen=True)
@@ -59,10 +77,13 @@ class Verdict:
         PKRS) are; None: it faults only for some values of an unknown.
     :param reasons: fault reasons, e.g. ``("SMAP",)``; a reason that holds only for some value of
         an unknown carries it in brackets, e.g. ``"SMAP[AC=0]"``.
+    :param imposed: the reasons that enforce a protection imposed on the guest (by Xen or a
+        what-if) rather than one it chose; a subset of ``reasons``.
     """
 
     ok: Optional[bool]
     reasons: Tuple[str, ...] = ()
+    imposed: Tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return "fault:" + ",".join(self.reasons) if self.reasons else "ok"

@@ -21,14 +21,13 @@ The walk is done once; the "after" view is computed per coalesced range from the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Dict, List, Optional, Tuple
 
 from .arch import CR4
 from .errors import OptionError
 from .model import ACCESS_KEYS, Mapping, Verdict
 from .session import Options, Session, prepare
-from .verdicts import Judge
 from .xenview import XenView
 
 __all__ = [
@@ -75,7 +74,8 @@ class WhatIf:
     description: str
     notes: List[str]
     changes: List[Change] = field(default_factory=list)
-    mappings_seen: int = 0
+    mappings_seen: int = 0  # mapping records compared
+    pages_seen: int = 0  # the pages they cover
 
     @property
     def broken(self) -> List[Change]:
@@ -86,15 +86,15 @@ class WhatIf:
         return [c for c in self.changes if c.fixes]
 
     def headline(self) -> str:
-        """One line first: how many mappings this change breaks / fixes, and the first one."""
+        """One line first: how many pages this change breaks / fixes, and the first one."""
         if not self.changes:
-            return f"{self.scenario}: nothing changes for this guest ({self.mappings_seen} " \
-                   f"mappings checked)"
+            return (f"{self.scenario}: nothing changes for this guest ({self.pages_seen} pages "
+                    f"in {self.mappings_seen} mappings checked)")
         parts = []
         for label, group in (("breaks", self.broken), ("fixes", self.fixed)):
             if group:
                 n = sum(c.count for c in group)
-                parts.append(f"{label} {n} mapping{'s' * (n != 1)} in {len(group)} "
+                parts.append(f"{label} {n} page{'s' * (n != 1)} in {len(group)} "
                              f"range{'s' * (len(group) != 1)}")
         other = [c for c in self.changes if not c.breaks and not c.fixes]
         if other:
@@ -126,37 +126,40 @@ class _NoGuestKernelBit(XenView):
 
 def _after_session(session: Session, scenario: str, base: Options) -> Tuple[Session, str,
                                                                             List[str]]:
-    """The session as it would be under ``scenario``, a description, and notes."""
+    """A new session for the same source under ``scenario``, a description, and notes.
+
+    Every scenario is an :class:`Options` change (``what_if`` names it, so the derivation applies
+    Xen's policy even over the CPU's CR4 and marks what it switches on as imposed); none patches
+    a prepared session.
+    """
     notes: List[str] = []
-    # Another version or build: derive its CR4 even where the CPU showed the current one.
-    derived = base.with_(derive_cr4=True)
+    what = base.with_(what_if=scenario)
     if scenario.startswith("xen="):
         version = scenario[4:]
-        after = prepare(session.source, derived.with_(xen=version))
-        return after, f"the same guest under Xen {version}'s policy", notes
+        return (prepare(session.source, what.with_(xen=version)),
+                f"the same guest under Xen {version}'s policy", notes)
     if scenario in ("release", "debug"):
-        after = prepare(session.source, derived.with_(xen_debug=scenario == "debug"))
-        return after, f"the same guest on a {scenario} build of Xen", notes
-    after = prepare(session.source, base)
+        return (prepare(session.source, what.with_(xen_debug=scenario == "debug")),
+                f"the same guest on a {scenario} build of Xen", notes)
     if scenario == "no-guest-kernel-bit":
+        after = prepare(session.source, what)
         if after.policy is None or after.domain != "pv64":
             notes.append("bit 52 is Xen's only on 64-bit PV L1 entries: nothing to change here")
         else:
-            after.xen_view = _NoGuestKernelBit(after.policy, after.xen_view.root_is_xen_l4)
+            after = replace(after, xen_view=_NoGuestKernelBit(after.policy,
+                                                              after.xen_view.root_is_xen_l4))
             notes.append("Xen sets bit 52 only where the guest wrote U=0; a guest that set bit 52 "
                          "itself looks the same today, so each such entry would keep bit 52 as "
                          "the guest's own")
         return after, "Xen stops setting bit 52 (_PAGE_GUEST_KERNEL) on PV64 L1 entries", notes
     bit = {"pke": CR4.PKE, "pks": CR4.PKS, "smap": CR4.SMAP, "smep": CR4.SMEP}[scenario]
-    cpu = after.cpu.with_(cr4=after.cpu.cr4 | bit)
-    if scenario == "pke" and cpu.pkru is None:
-        cpu = cpu.with_(pkru=0)
+    if scenario == "pke" and base.pkru is None and session.cpu.pkru is None:
+        what = what.with_(pkru=0)
         notes.append("PKRU unknown: all keys allowed assumed (give --pkru to judge accesses)")
-    if scenario == "pks" and cpu.pkrs is None:
-        cpu = cpu.with_(pkrs=0)
+    if scenario == "pks" and base.pkrs is None and session.cpu.pkrs is None:
+        what = what.with_(pkrs=0)
         notes.append("PKRS unknown: all keys allowed assumed (give --pkrs to judge accesses)")
-    after.cpu = cpu
-    after.judge = Judge(cpu.cr0, cpu.cr4, after.judge.kernel_cpl, cpu.ac, cpu.pkru, cpu.pkrs)
+    after = prepare(session.source, what.with_(force_cr4=bit))
     desc = {"pke": "the domain's effective CR4 gains PKE (protection keys for user pages)",
             "pks": "the domain's effective CR4 gains PKS (protection keys for supervisor pages)",
             "smap": "SMAP stays on while the guest kernel runs (as for a ring-1 kernel before "
@@ -208,7 +211,8 @@ def what_if(session: Session, scenario: str, base: Options = Options(), *,
     for m in walker.iter_mappings():
         if m.kind != "page":
             continue
-        result.mappings_seen += m.count
+        result.mappings_seen += 1
+        result.pages_seen += m.count
         leaf = m.entries[-1].raw
         key = (m.level, leaf & ~0x000FFFFFFFFFF060, m.effective, bool(m.rsvd), m.disallowed,
                m.xen_bits, m.xen_owned, tuple(str(m.verdicts[k]) for k in ACCESS_KEYS))

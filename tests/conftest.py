@@ -3,6 +3,8 @@
 import pathlib
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 for path in (ROOT, ROOT / "tests"):
     if str(path) not in sys.path:
@@ -21,3 +23,16 @@ try:
     settings.load_profile("xenpte")
 except ImportError:  # hypothesis is a test extra; tests that need it import it themselves
     pass
+
+
+@pytest.fixture(scope="session")
+def xen_crash():
+    """A genuine Xen 4.17 kexec crash dump and what Xen's tools said before it, as a dict.
+
+    The manifest of tests/targets/xen_crash.py (paths of vmcore.elf, vmcore.kdump, xen-syms; the
+    domains with their xenctx CR3s and marker pages; the crashed pCPU ...). Made once per set of
+    inputs (~100 s here, plus the shared Xen build) and cached; later sessions only read it.
+    """
+    from targets import xen_crash as target
+
+    return target.load(target.artefacts())

@@ -1,7 +1,9 @@
 """Generators of hostile page tables (issue 7): what a misbehaving guest can put in its tables.
 
 Each returns ``(pages, cr3)`` for a 4-level space (PAE where named), built from raw entries so that
-no engine code is involved in making them.
+no engine code is involved in making them. Hostile *files* (issue 19: files that shrink, lying size
+fields, record storms, process cores) are written with the dump corpus in tests/sources/corpus.py
+and writers.py, the one place the fuzzers and tests/sources/test_hostile_files.py draw from.
 """
 
 import random

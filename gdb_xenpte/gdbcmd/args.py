@@ -13,7 +13,14 @@ from typing import List, Optional, Sequence, Tuple
 
 import gdb
 
-__all__ = ["GdbArgumentParser", "address", "choice_of", "int_in", "verdict_spec"]
+__all__ = [
+    "GdbArgumentParser",
+    "address",
+    "choice_of",
+    "int_in",
+    "limit_count",
+    "verdict_spec",
+]
 
 
 class GdbArgumentParser(argparse.ArgumentParser):
@@ -22,6 +29,12 @@ class GdbArgumentParser(argparse.ArgumentParser):
     def __init__(self, prog: str, description: str, epilog: Optional[str] = None):
         super().__init__(prog=prog, description=description, epilog=epilog, add_help=False,
                          allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+        self._bare = {}  # option -> its value when given bare (see value_only_with_equals)
+
+    def value_only_with_equals(self, option: str, bare: str) -> None:
+        """``option`` takes a value only as ``option=VALUE``; bare, it means ``bare``. So
+        ``--faults 0x1000 0x2000`` keeps both addresses (argparse's ``nargs="?"`` would eat one)."""
+        self._bare[option] = bare
 
     def error(self, message: str):
         raise gdb.GdbError(f"{self.prog}: {message}")
@@ -31,7 +44,9 @@ class GdbArgumentParser(argparse.ArgumentParser):
 
     def parse(self, argument: str) -> argparse.Namespace:
         """Parse a command's argument string as gdb lexes it."""
-        return self.parse_args(gdb.string_to_argv(argument))
+        argv = [f"{a}={self._bare[a]}" if a in self._bare else a
+                for a in gdb.string_to_argv(argument)]
+        return self.parse_args(argv)
 
     def option_strings(self) -> List[str]:
         """Every option string, for completion."""
@@ -74,6 +89,20 @@ def int_in(lo: int, hi: int):
     return parse
 
 
+def limit_count(text: str) -> int:
+    """A mapping count: N >= 0, or ``unlimited``; 0 means unlimited, as ``set xen-pte limit 0``."""
+    if text.strip().lower() == "unlimited":
+        return 0
+    try:
+        value = int(text, 0)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a count (N >= 0, or unlimited; 0 "
+                                         f"means unlimited)")
+    return value
+
+
 def choice_of(*names: str):
     """A case-insensitive choice (kept as an argparse type so the error names the choices)."""
     def parse(text: str) -> str:
@@ -86,14 +115,16 @@ def choice_of(*names: str):
 
 # --verdict KEY=WANT: KEY as the user writes it (kernel-read), WANT ok / fault / fault:REASON.
 def verdict_spec(text: str) -> Tuple[str, str]:
-    """``kernel-read=fault`` style filter: ``(verdict key, wanted outcome)``."""
-    key, eq, want = text.partition("=")
-    key = key.replace("-", "_")
-    from ..model import ACCESS_KEYS
-    if not eq or key not in ACCESS_KEYS:
-        names = ", ".join(k.replace("_", "-") for k in ACCESS_KEYS)
-        raise argparse.ArgumentTypeError(f"'{text}' is not KIND=ok|fault[:REASON] "
-                                         f"with KIND one of {names}")
+    """``kr=fault`` / ``kernel-read=fault:SMAP`` style filter: ``(verdict key, wanted outcome)``;
+    the access in any spelling :func:`gdb_xenpte.model.access_key` accepts."""
+    from ..model import access_key
+    name, eq, want = text.partition("=")
+    try:
+        key = access_key(name)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"'{text}' is not KIND=ok|fault[:REASON]: {err}") from None
+    if not eq:
+        raise argparse.ArgumentTypeError(f"'{text}' is not KIND=ok|fault[:REASON] (no '=')")
     if not (want == "ok" or want == "fault" or want.startswith("fault:")):
         raise argparse.ArgumentTypeError(f"'{want}' is not ok, fault or fault:REASON")
     return key, want

@@ -9,36 +9,70 @@ anything can fail, and turns engine errors into one-line ``gdb.GdbError``s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import os
-from typing import Iterable, List, Union
+from typing import IO, Iterable, List, Optional, Union
 
 import gdb
 
 from ..errors import XenpteError
+from ..outfile import replacing
 from ..render import Style
 from .args import GdbArgumentParser
 
 __all__ = [
     "XenPteCommand",
+    "output_to",
     "style",
     "write_lines",
 ]
 
 
+# The -o FILE of the running command, if any: output goes there instead of gdb's pager.
+_sink: List[IO[str]] = []
+
+
 def write_lines(lines: Iterable[str], chunk: int = 256) -> None:
-    """Write lines through gdb's pager (a 'q' at its prompt raises KeyboardInterrupt here).
+    """Write lines through gdb's pager (a 'q' at its prompt raises KeyboardInterrupt here), or
+    to the command's ``-o FILE``.
 
     Lines go out in chunks: one ``gdb.write`` per line costs more than the JSON encoding.
     """
+    out = _sink[-1].write if _sink else gdb.write
     buf: List[str] = []
     for line in lines:
         buf.append(line)
         if len(buf) >= chunk:
-            gdb.write("\n".join(buf) + "\n")
+            out("\n".join(buf) + "\n")
             buf.clear()
     if buf:
-        gdb.write("\n".join(buf) + "\n")
+        out("\n".join(buf) + "\n")
+
+
+def _inputs(args: argparse.Namespace) -> List[str]:
+    """The files a command reads (so ``-o`` never overwrites one)."""
+    raw = getattr(args, "raw", None)
+    return [f for f in (getattr(args, "core", None), raw.rpartition("@")[0] or raw if raw else None,
+                        getattr(args, "xen_syms", None)) if f]
+
+
+@contextlib.contextmanager
+def output_to(path: Optional[str], inputs: Iterable[str] = ()):
+    """Send :func:`write_lines` to ``path`` while the block runs (nothing when None); see
+    :func:`gdb_xenpte.outfile.replacing`.
+
+    :raises OptionError: for an output that is an input, or that cannot be written.
+    """
+    if path is None:
+        yield
+        return
+    with replacing(path, inputs) as f:
+        _sink.append(f)
+        try:
+            yield
+        finally:
+            _sink.pop()
 
 
 def _complete_path(prefix: str) -> List[str]:
@@ -61,8 +95,11 @@ def style() -> Style:
     """Colours when gdb would style its own output.
 
     ``style enabled`` is off in batch mode and after ``set style enabled off``; like gdb, also
-    emit no escapes when stdout is no terminal (MI front ends, pipes) or TERM is dumb.
+    emit no escapes when stdout is no terminal (MI front ends, pipes) or TERM is dumb, nor into
+    a ``-o`` file.
     """
+    if _sink:
+        return Style(False)
     try:
         enabled = bool(gdb.parameter("style enabled"))
     except gdb.error:
@@ -78,6 +115,9 @@ class XenPteCommand(gdb.Command):
 
     def __init__(self):
         self.parser = self.build_parser()
+        self.parser.add_argument("-o", "--output", metavar="FILE",
+                                 help="write the output to FILE instead of the screen (no "
+                                      "colour; FILE is replaced only when the command succeeds)")
         doc = type(self).__dict__.get("_summary") or inspect.cleandoc(type(self).__doc__)
         type(self)._summary = doc
         summary, _, rest = doc.partition("\n")
@@ -96,7 +136,9 @@ class XenPteCommand(gdb.Command):
         self.dont_repeat()
         try:
             # Parsing evaluates gdb expressions ($cr3, symbols): Ctrl-C can land there too.
-            self.run(self.parser.parse(argument))
+            args = self.parser.parse(argument)
+            with output_to(args.output, _inputs(args)):
+                self.run(args)
         except XenpteError as err:
             raise gdb.GdbError(f"{self.command}: {err}") from None
         except KeyboardInterrupt:

@@ -6,31 +6,32 @@ Bit meanings, walks and verdicts all come from the engine; this module only wire
 from __future__ import annotations
 
 import argparse
-import contextlib
-from typing import Iterator, List
+import textwrap
+from typing import List
 
 import gdb
 
 from .. import render, whatif, xen
 from ..arch import MODES
 from ..decode import explain_entry, level_rules
-from ..errors import OptionError
-from ..model import Mapping
-from ..walk import Walker
+from ..domain_cpu import derive, first_given
+from ..errors import OptionError, XenpteError
+from ..findings import group as find_anomalies
+from ..sources.base import NoMemory, VcpuRegs
+from ..sources.open import pick_vcpu
 from ..xenview import XenView
-from . import anomalies, params
-from .args import GdbArgumentParser, address, choice_of, int_in, verdict_spec
+from . import params
+from .args import GdbArgumentParser, address, choice_of, int_in, limit_count, verdict_spec
+from . import walkout
 from .base import XenPteCommand, style, write_lines
-from .context import (add_cpu_options, add_source_options, add_xen_options, domain_and_xen,
-                      guest_cr4_of, make_policy, open_source, options, setup)
-from .filters import build_filter
+from .context import (add_cpu_options, add_source_options, add_xen_options, open_source, options,
+                      setup)
 
 __all__ = [
     "XenCr4Command",
     "XenPteCheckCommand",
     "XenPteDecodeCommand",
     "XenPteWalkCommand",
-    "collect_records",
     "register",
     "scenario",
 ]
@@ -45,7 +46,11 @@ class XenPteWalkCommand(XenPteCommand):
     every bit named, the rights so far and the rule that ends the walk. With START END, list the
     mappings in [START, END) (END 0: to the top); with no address, the whole address space.
     Addresses are gdb expressions ($rsp, symbols, 0x...). Tables are read from the live target
-    (QEMU gdbstub) or from --core/--raw."""
+    (QEMU gdbstub) or from --core/--raw.
+
+    Observed over assumed: registers read from the CPU or the dump are used as they are, and a
+    Xen version, domain type or `set xen-pte` value never rewrites them; where the two disagree,
+    the header says so. Ask for the hypothetical with --cr4 or xen-pte-check --what-if."""
 
     command = "xen-pte-walk"
     takes_address = True
@@ -53,7 +58,8 @@ class XenPteWalkCommand(XenPteCommand):
     def build_parser(self) -> GdbArgumentParser:
         p = GdbArgumentParser(self.command, "", epilog=(
             "examples:\n  xen-pte-walk $rip\n  xen-pte-walk --faults --user\n"
-            "  xen-pte-walk --core guest.elf --json 0xffff800000000000 0xffff810000000000"))
+            "  xen-pte-walk --core guest.elf --json 0xffff800000000000 0xffff810000000000\n\n"
+            + textwrap.fill(render.LEGEND, 99)))
         p.add_argument("addr", metavar="ADDR | START END", nargs="*", type=address,
                        help="one VA to trace, or a VA range to list (end exclusive; END 0: to "
                             "the top of the address space)")
@@ -69,14 +75,16 @@ class XenPteWalkCommand(XenPteCommand):
         f.add_argument("--pkey", metavar="N", type=int_in(0, 15),
                        help="only mappings with protection key N")
         f.add_argument("--xen-bits", action="store_true", help="only leaves with Xen bits set")
-        f.add_argument("--faults", action="store_true",
-                       help="only mappings where some guest access faults for a reason beyond "
-                            "the page's own R/W, U/S and NX bits (SMEP, SMAP, protection keys, "
-                            "reserved bits)")
+        p.value_only_with_equals("--faults", "beyond")
+        f.add_argument("--faults", metavar="all", nargs="?", type=choice_of("beyond", "all"),
+                       help="only mappings where some access faults beyond the guest's own "
+                            "choices: a protection imposed on it (Xen's SMEP/SMAP on a ring-1 "
+                            "kernel, a what-if) or a reserved bit; --faults=all: also faults the "
+                            "guest chose (its SMEP/SMAP/keys) and conditional ones")
         f.add_argument("--verdict", metavar="KIND=ok|fault[:REASON]", type=verdict_spec,
                        action="append", default=[],
-                       help="only mappings with this verdict, e.g. kernel-read=fault:SMAP "
-                            "(repeatable)")
+                       help="only mappings with this verdict, e.g. kr=fault:SMAP (KIND: kr kw "
+                            "kx ur uw ux, or kernel-read ...; repeatable)")
         o = p.add_argument_group("output")
         c = o.add_mutually_exclusive_group()
         c.add_argument("--coalesce", dest="coalesce", action="store_true", default=None,
@@ -89,118 +97,13 @@ class XenPteWalkCommand(XenPteCommand):
         o.add_argument("--json", action="store_true",
                        help="JSON Lines: header, mapping records, summary "
                             "(schema: gdb_xenpte/data/xen-pte-walk.schema.json)")
-        o.add_argument("--limit", metavar="N", type=int_in(1, 1 << 62),
-                       help="stop after N mappings (default: set xen-pte limit)")
+        o.add_argument("--limit", metavar="N", type=limit_count,
+                       help="stop after N mappings; 0 or unlimited: no limit (default: set "
+                            "xen-pte limit)")
         return p
 
     def run(self, args: argparse.Namespace) -> None:
-        with _walk(args) as (walker, header, rows):
-            if rows is None:
-                return _write_trace(walker.trace(args.addr[0]), header, args.json)
-            _write_walk(rows, walker, header, args.json, _first(args.limit,
-                                                                params.value("limit")))
-
-
-@contextlib.contextmanager
-def _walk(args: argparse.Namespace):
-    """Open the source and yield ``(walker, header, rows)``; rows is None for a single ADDR.
-
-    The source stays open (and a live QEMU in PhyMemMode) exactly as long as the block runs.
-    """
-    if len(args.addr) > 2:
-        raise OptionError("give one ADDR or START END, not more")
-    if len(args.addr) == 2:
-        start, end = args.addr
-        if end != 0 and end <= start:
-            # An empty table would look like "nothing mapped here": say the range is the problem.
-            raise OptionError(f"empty range: END {end:#x} is not above START {start:#x} (the "
-                              f"range is [START, END); END 0 means the top)")
-    with open_source(args) as src:
-        s = setup(args, src)
-        walker = s.walker()
-        if len(args.addr) == 1:
-            yield walker, _header(s, walker), None
-            return
-        start, end = (args.addr + [None])[:2] if args.addr else (0, None)
-        keep = build_filter(args.user, args.kernel, args.writable, args.exec, args.wx,
-                            args.pkey, args.xen_bits, args.faults, args.verdict)
-        coalesce = params.value("coalesce") if args.coalesce is None else args.coalesce
-        rows = (m for m in walker.iter_mappings(start, end, coalesce=coalesce, phys=args.phys)
-                if keep(m))
-        yield walker, _header(s, walker), rows
-
-
-def collect_records(args: argparse.Namespace) -> List[dict]:
-    """The JSON records ``xen-pte-walk --json`` prints, as a list (for the MI command)."""
-    with _walk(args) as (walker, header, rows):
-        if rows is None:
-            trace = walker.trace(args.addr[0])
-            return [header, render.trace_record(trace)] + (
-                [render.mapping_record(trace.mapping)] if trace.mapping else [])
-        limit = _first(args.limit, params.value("limit"))
-        counter, records = render.RecordCounter(), [header]
-        for m in rows:
-            if limit is not None and counter.mappings >= limit:
-                break
-            counter.add(m)
-            records.append(render.mapping_record(m))
-        stats = walker.stats
-        hit = (limit is not None and counter.mappings >= limit) or bool(stats.budget_hit)
-        return records + [render.summary_record(counter, hit, stats.unreadable,
-                                                budget=stats.budget_hit,
-                                                tables_read=stats.tables_read)]
-
-
-def _first(*values):
-    return next((v for v in values if v is not None), None)
-
-
-def _header(s, walker: Walker) -> dict:
-    """The header record of a walk (:meth:`~gdb_xenpte.session.Session.header`)."""
-    del walker
-    return s.header()
-
-
-def _write_trace(trace, header: dict, as_json: bool) -> None:
-    if as_json:
-        recs = [header, render.trace_record(trace)]
-        if trace.mapping is not None:
-            recs.append(render.mapping_record(trace.mapping))
-        return write_lines(render.dumps(r) for r in recs)
-    write_lines(render.header_lines(header) + render.trace_text(trace, style()))
-
-
-def _write_walk(rows: Iterator[Mapping], walker: Walker, header: dict, as_json: bool,
-                limit) -> None:
-    counter = render.RecordCounter()
-    kept: List[Mapping] = []  # text: the table needs every row for its column widths
-    pending: List[str] = [render.dumps(header)] if as_json else []  # JSON: streamed in chunks
-    interrupted = limited = False
-    try:
-        for m in rows:
-            if limit is not None and counter.mappings >= limit:
-                limited = True
-                break
-            counter.add(m)
-            if not as_json:
-                kept.append(m)
-                continue
-            pending.append(render.mapping_json(m))
-            if len(pending) >= 256:
-                write_lines(pending)
-                pending.clear()
-    except KeyboardInterrupt:
-        interrupted = True  # Ctrl-C: stop walking, still report what was found
-    stats = walker.stats
-    if as_json:
-        write_lines(pending + [render.dumps(render.summary_record(
-            counter, limited or bool(stats.budget_hit), stats.unreadable, interrupted,
-            budget=stats.budget_hit, tables_read=stats.tables_read))])
-    else:
-        write_lines(render.header_lines(header) + render.mapping_table(kept, style())
-                    + [render.summary_text(counter, stats, limited, interrupted)])
-    if interrupted:
-        raise KeyboardInterrupt
+        walkout.write(args)
 
 
 class XenPteDecodeCommand(XenPteCommand):
@@ -238,25 +141,27 @@ class XenPteDecodeCommand(XenPteCommand):
 
     def run(self, args: argparse.Namespace) -> None:
         level = LEVEL_NAMES[int(args.level) - 1] if args.level.isdigit() else args.level
-        domain, version, debug = domain_and_xen(args)
+        # The domain and Xen build as every command derives them (no registers: options only).
+        state = derive(NoMemory(), VcpuRegs(-1), options(args))
+        domain, policy = state.domain, state.policy
         mode_key = args.mode or ("pv32" if domain == "pv32" else
                                  "5level" if level == "pml5" else "4level")
         names = [lv.name for lv in MODES[mode_key].levels]
         if level not in names:
             raise OptionError(f"{MODES[mode_key].name} paging has no {level} level "
                               f"(it has {', '.join(names)})")
-        maxphyaddr = _first(args.maxphyaddr, params.value("maxphyaddr"), 52)
+        maxphyaddr = first_given(args.maxphyaddr, params.value("maxphyaddr"), 52)
         rule = level_rules(MODES[mode_key], args.nxe == "1", maxphyaddr,
                            vendor=args.vendor)[names.index(level)]
         bits = list(explain_entry(args.value, rule))
-        if domain != "hvm" or version is not None:
-            view = XenView(make_policy(args, domain, version, debug), mode_key != "pv32")
+        if policy is not None:
+            view = XenView(policy, mode_key != "pv32")
             bits += [(name, 1, meaning) for name, meaning in
                      view.explain_bits(args.value, level, rule.is_leaf(args.value))]
         head = (f"{level} entry {args.value:#018x} ({MODES[mode_key].name} paging, "
                 f"NXE={args.nxe}, MAXPHYADDR {maxphyaddr}, domain {domain}"
-                + (f", Xen {version or 'newest'}{' debug' if debug else ''}"
-                   if domain != "hvm" or version else "") + ")")
+                + (f", Xen {xen.version_text(policy.version)}{' debug' if policy.debug else ''}"
+                   f" ({state.origins['xen']})" if policy is not None else "") + ")")
         write_lines([head] + render.bits_table(bits, style()))
 
 
@@ -264,9 +169,14 @@ class XenCr4Command(XenPteCommand):
     """Show the CR4 the hardware runs the domain with, bit by bit, and what it means.
 
     VALUE is the guest's CR4 (HVM: its own; Xen PV: the value the guest sees); without it, the
-    current target's (or --core/--raw vCPU's) CR4 is used. Each bit says where it came from: Xen's
-    policy, the guest's CR4, the domain type. Then which ring the guest kernel runs in and whether
-    SMEP, SMAP, PKE and PKS apply to it."""
+    current target's (or --core vCPU's) CR4 is used. Each bit is explained as it is in the value
+    shown, with where it came from: the CPU, the dump, an option, or Xen's policy. Then which ring
+    the guest kernel runs in, whether SMEP, SMAP, PKE and PKS bind it, and whose choice each is.
+    With nothing naming Xen (a Xen selector, a Xen dump, --domain, --xen, set xen-pte), no Xen
+    policy applies and the CPU's CR4 is shown as it is.
+
+    Observed over assumed: a CR4 read from the CPU or the dump is never rewritten by a Xen
+    version or domain type; where they disagree, a note says so."""
 
     command = "xen-cr4"
     takes_address = True
@@ -291,37 +201,24 @@ class XenCr4Command(XenPteCommand):
         return p
 
     def run(self, args: argparse.Namespace) -> None:
-        source, sess = None, None
-        args.raw = args.direct_map = None
-        if args.value is None and args.core:
+        args.raw = args.direct_map = None  # xen-cr4 reads registers only
+        opts = options(args)
+        if args.value is not None:
+            opts = opts.with_(cr4=args.value, origins=opts.origins + (("cr4", "VALUE"),))
+        # VALUE alone needs no target; otherwise the dump's or the live vCPU's registers.
+        if args.value is not None and not args.core:
+            source = NoMemory()
+        elif args.core:
             source = open_source(args)
-        try:
-            cr4, guest_view = ((args.value, True) if args.value is not None
-                               else guest_cr4_of(source, args.vcpu))
-            domain, version, debug = domain_and_xen(args, source)
-            if not guest_view and args.xen_cr4 is None and args.context == "kernel":
-                # A CPU's CR4: read it as the walk does (session.prepare), one rule for both.
-                if source is None:
-                    source = open_source(args)
-                sess = setup(args, source)
-                domain = sess.domain
-        finally:
-            if source is not None:
-                source.close()
-        policy = (sess.policy if sess is not None and sess.policy is not None
-                  else make_policy(args, domain, version, debug))
-        # A CPU's CR4 under a PV guest is Xen's own or the PV context's, never the guest's view.
-        guest, xen_cr4 = ((None, _first(args.xen_cr4, cr4)) if policy.is_pv and not guest_view
-                          else (cr4, args.xen_cr4))
-        if sess is not None and policy.is_pv:
-            eff = xen.Cr4(sess.effective_cr4, sess.cr4_explanation)
-            xen_cr4 = sess.effective_cr4
         else:
-            eff = xen.effective_cr4(policy, guest, xen_cr4, args.context)
-        seen = xen.guest_visible_cr4(policy, guest or 0, xen_cr4) if policy.is_pv else None
-        prot = xen.kernel_protections(policy, guest, xen_cr4)
-        write_lines(render.cr4_text(policy, cr4, guest_view, eff, seen, prot, args.context,
-                                    style()))
+            try:
+                source = open_source(args)
+            except XenpteError:
+                raise OptionError("no CR4 to explain: give VALUE, --core FILE, or connect to a "
+                                  "target") from None
+        with source:
+            state = derive(source, pick_vcpu(source, opts.vcpu), opts)
+        write_lines(render.cr4_text(state, style()))
 
 
 class XenPteCheckCommand(XenPteCommand):
@@ -347,8 +244,8 @@ class XenPteCheckCommand(XenPteCommand):
                                         + ", ".join(whatif.SCENARIOS))
         o = p.add_argument_group("output")
         o.add_argument("--examples", metavar="N", type=int_in(0, 1 << 30), default=10,
-                       help="mappings listed per category or scenario (default 10; all are "
-                            "counted)")
+                       help="mappings listed per category or scenario, in text and JSON "
+                            "(default 10; all are counted)")
         o.add_argument("--json", action="store_true",
                        help="JSON Lines: header, anomaly records, what-if and change records, "
                             "summary (schema: gdb_xenpte/data/xen-pte-check.schema.json)")
@@ -358,13 +255,13 @@ class XenPteCheckCommand(XenPteCommand):
         with open_source(args) as src:
             s = setup(args, src)
             walker = s.walker()
-            header = _header(s, walker)
-            groups = anomalies.group(walker.iter_mappings(), s.domain, s.xen_view)
+            header = s.header()
+            groups = find_anomalies(walker.iter_mappings(), s.domain, s.xen_view, args.examples)
             stats = walker.stats
             results = [whatif.what_if(s, name, options(args)) for name in args.what_if]
         if args.json:
-            recs = [header] + [render.anomaly_record(key, f) for key, _t, fs in groups
-                               for f in fs]
+            recs = [header] + [render.anomaly_record(g.key, f) for g in groups
+                               for f in g.examples]
             for r in results:
                 recs += render.what_if_records(r)
             recs.append(render.check_summary_record(groups, stats, results))

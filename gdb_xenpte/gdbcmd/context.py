@@ -10,13 +10,11 @@ option, then parameter, then what the source says, then the engine's default.
 from __future__ import annotations
 
 import argparse
-from typing import Optional, Tuple
-
 import gdb
 
-from .. import xen
+from ..domain_cpu import DOMAINS, Options, first_given
 from ..errors import OptionError
-from ..session import NEWEST_XEN, Options, Session, pick_regs, prepare
+from ..session import Session, prepare
 from ..sources.base import PhysSource
 from . import params
 from .args import GdbArgumentParser, address, choice_of, int_in
@@ -26,15 +24,10 @@ __all__ = [
     "add_cpu_options",
     "add_source_options",
     "add_xen_options",
-    "domain_and_xen",
-    "guest_cr4_of",
-    "make_policy",
     "open_source",
     "options",
     "setup",
 ]
-
-DOMAINS = xen.DOMAIN_TYPES
 
 
 def add_source_options(p: GdbArgumentParser) -> None:
@@ -73,9 +66,10 @@ def add_cpu_options(p: GdbArgumentParser) -> None:
 def add_xen_options(p: GdbArgumentParser) -> None:
     """Add the options describing the Xen build, its boot options and the domain."""
     g = p.add_argument_group("Xen")
-    g.add_argument("--domain", metavar="hvm|pv64|pv32", type=choice_of(*DOMAINS),
-                   help="kind of domain (default: from the source, else set xen-pte domain, "
-                        "else hvm)")
+    g.add_argument("--domain", metavar="native|hvm|pv64|pv32", type=choice_of(*DOMAINS),
+                   help="kind of domain: native (no Xen: bare metal, KVM ...), a Xen hvm, pv64 "
+                        "or pv32 domain (default: what the source shows, else set xen-pte "
+                        "domain, else native unless something names Xen)")
     g.add_argument("--xen", metavar="VERSION",
                    help="Xen version MAJOR.MINOR whose PTE ABI and CR4 policy apply")
     g.add_argument("--xen-debug", action="store_true", default=None,
@@ -105,36 +99,42 @@ def open_source(args: argparse.Namespace) -> PhysSource:
     if args.raw:
         from ..sources.raw import RawSource, parse_raw_spec
         return RawSource(*parse_raw_spec(args.raw))
-    src = open_live_source(direct_map=args.direct_map, domain=_first(args.domain,
-                           params.value("domain")), fast=bool(params.value("fast-path")),
-                           pkru=None)
+    src = open_live_source(direct_map=args.direct_map, domain=first_given(
+        args.domain, params.value("domain")), fast=bool(params.value("fast-path")), pkru=None)
     thread = gdb.selected_thread()
     src.current_vcpu = thread.num - 1 if thread is not None else 0
     return src
 
 
-def _first(*values):
-    return next((v for v in values if v is not None), None)
+# Options that a `set xen-pte` parameter backs: (option attribute, parameter name).
+_PARAMS = (("pkru", "pkru"), ("pkrs", "pkrs"), ("ac", "ac"), ("maxphyaddr", "maxphyaddr"),
+           ("domain", "domain"), ("xen", "xen-version"), ("xen_debug", "xen-debug"),
+           ("smep", "smep"), ("smap", "smap"))
 
 
 def options(args: argparse.Namespace) -> Options:
-    """The engine's :class:`~gdb_xenpte.session.Options`: command options, else parameters."""
+    """The engine's :class:`~gdb_xenpte.domain_cpu.Options`: command options, else parameters.
+
+    Values taken from a ``set xen-pte`` parameter carry that origin, so headers can name them.
+    """
     opt = lambda name: getattr(args, name, None)
-    ac = _first(opt("ac"), params.value("ac"))
+    values, origins = {}, []
+    for name, param in _PARAMS:
+        value = opt(name)
+        if value is None:
+            value = params.value(param)
+            if name == "xen_debug" and not value:
+                value = None  # the parameter's default (off) says nothing
+            if value is not None:
+                origins.append((name, f"set xen-pte {param}"))
+        values[name] = value
+    ac = values.pop("ac")
     return Options(
         vcpu=opt("vcpu"), cr0=opt("cr0"), cr3=opt("cr3"), cr4=opt("cr4"), efer=opt("efer"),
-        pkru=_first(opt("pkru"), params.value("pkru")),
-        pkrs=_first(opt("pkrs"), params.value("pkrs")),
         ac=None if ac is None else int(ac),
-        maxphyaddr=_first(opt("maxphyaddr"), params.value("maxphyaddr")),
-        domain=_first(opt("domain"), params.value("domain")),
-        xen=_first(opt("xen"), params.value("xen-version")),
-        xen_debug=_first(opt("xen_debug"), params.value("xen-debug") or None),
-        smep=_first(opt("smep"), params.value("smep")),
-        smap=_first(opt("smap"), params.value("smap")),
         global_pages=None if opt("global_pages") is None else opt("global_pages") == "on",
-        io_capable=opt("io_capable"),
-        vendor=opt("vendor"))
+        io_capable=opt("io_capable"), vendor=opt("vendor"), xen_cr4=opt("xen_cr4"),
+        context=opt("context") or "kernel", origins=tuple(origins), **values)
 
 
 def setup(args: argparse.Namespace, source: PhysSource) -> Session:
@@ -143,50 +143,3 @@ def setup(args: argparse.Namespace, source: PhysSource) -> Session:
     :raises OptionError: if no CR3 is known, or a value is inconsistent.
     """
     return prepare(source, options(args))
-
-
-def make_policy(args: argparse.Namespace, domain: str, version: Optional[str], debug: bool):
-    """The Xen policy the options and parameters describe (newest Xen when no version is known).
-
-    :raises OptionError: for an unknown version or an option the version lacks.
-    """
-    o = options(args)
-    return xen.XenPolicy(version or NEWEST_XEN, domain, debug,
-                         smep=True if o.smep is None else o.smep,
-                         smap=True if o.smap is None else o.smap,
-                         global_pages=True if o.global_pages is None else o.global_pages,
-                         io_capable=bool(o.io_capable))
-
-
-def domain_and_xen(args: argparse.Namespace, source: Optional[PhysSource] = None):
-    """``(domain, version, debug)`` from options, parameters and the source, in that order."""
-    o = options(args)
-    sv = source.xen_version if source is not None else None
-    return (_first(o.domain, source and source.domain, "hvm"),
-            _first(o.xen, ".".join(map(str, sv)) if sv else None), bool(o.xen_debug))
-
-
-def guest_cr4_of(source: Optional[PhysSource], vcpu: Optional[int]) -> Tuple[int, bool]:
-    """The CR4 of a dump's vCPU, or of the live target's selected (or given) vCPU, and whether
-    it is the guest's own view (``ctrlreg[4]`` of a PV dump) rather than a CPU's CR4.
-
-    :raises OptionError: when there is no target, or the vCPU's CR4 is unknown.
-    """
-    if source is None:
-        if gdb.selected_inferior().pid == 0:
-            raise OptionError("no CR4 to explain: give VALUE, --core FILE, or connect to a target")
-        from .live import GdbStub
-        vcpus = GdbStub().vcpus()
-        thread = gdb.selected_thread()
-        index = vcpu if vcpu is not None else (thread.num - 1 if thread else 0)
-        regs = next((v for v in vcpus if v.index == index), None)
-        if regs is None:
-            raise OptionError(f"vCPU {index} does not exist (vCPUs: "
-                              f"{', '.join(str(v.index) for v in vcpus) or 'none'})")
-        where = f"vCPU {index} of the target"
-    else:
-        regs = pick_regs(source, vcpu)
-        where = f"vCPU {regs.index} of {source.name}" if regs.index >= 0 else source.name
-    if regs.cr4 is None:
-        raise OptionError(f"{where} has no CR4: give VALUE")
-    return regs.cr4, regs.cr4_is_guest_view

@@ -1,8 +1,9 @@
 """The gdb half of the live sources: a :class:`~gdb_xenpte.sources.qemu_live.Stub` over gdb.
 
 Everything here only relays: monitor commands, maintenance packets, memory reads and registers.
-The logic (RAM layout, fast path, PhyMemMode save/restore, M2P) is in
-:mod:`gdb_xenpte.sources.qemu_live`, which imports no gdb.
+The logic (RAM layout, fast path, PhyMemMode save/restore, a vanished target) is in
+:mod:`gdb_xenpte.sources.qemu_live`, the direct map and M2P in :mod:`gdb_xenpte.sources.directmap`
+(neither imports gdb).
 
 Failure modes: :class:`~gdb_xenpte.errors.OptionError` when there is no live target or it offers no
 physical access and no ``--direct-map``; gdb's own errors become
@@ -18,7 +19,9 @@ import gdb
 
 from ..errors import OptionError, SourceError, UnreadableMemory
 from ..sources.base import PhysSource, VcpuRegs
-from ..sources.qemu_live import M2P_PV32, M2P_PV64, DirectMapSource, QemuLiveSource, Stub
+from ..sources.directmap import DirectMapSource
+from ..xen import M2P_PV32, M2P_PV64
+from ..sources.qemu_live import QemuLiveSource, Stub
 
 __all__ = ["GdbStub", "open_live_source"]
 
@@ -57,6 +60,14 @@ class GdbStub(Stub):
             return bytes(self.inferior.read_memory(addr, size))
         except gdb.MemoryError:
             raise UnreadableMemory(self.description, addr, "target refused the read") from None
+        except gdb.error as err:  # e.g. "Remote connection closed": the source asks alive()
+            raise SourceError(self.description, f"read at {addr:#x}: {err}") from None
+
+    def alive(self) -> bool:
+        inf = self.inferior
+        conn = getattr(inf, "connection", None)
+        return (inf.is_valid() and inf.pid != 0
+                and (conn is None or not hasattr(conn, "is_valid") or conn.is_valid()))
 
     def tcp_peer(self) -> Optional[Tuple[str, int]]:
         # "host:port", ":port", "tcp:host:port"; pipes ("| cmd") and unix sockets are not TCP.

@@ -13,7 +13,7 @@ from typing import Any, Dict, List
 import gdb
 
 from ..errors import XenpteError
-from .commands import XenPteWalkCommand, collect_records
+from .walkout import collect_records
 
 __all__ = ["XenPteWalkMICommand", "register", "to_mi"]
 
@@ -33,7 +33,7 @@ if hasattr(gdb, "MICommand"):
     class XenPteWalkMICommand(gdb.MICommand):
         """Walk the guest page tables and return header, mapping/trace and summary records."""
 
-        def __init__(self, cli: XenPteWalkCommand):
+        def __init__(self, cli: gdb.Command):
             self.cli = cli
             super().__init__("-xen-pte-walk")
 
@@ -47,6 +47,6 @@ else:  # pragma: no cover - gdb < 13
     XenPteWalkMICommand = None
 
 
-def register(cli: XenPteWalkCommand) -> list:
+def register(cli: gdb.Command) -> list:
     """Create the MI command when this gdb supports MI commands in Python."""
     return [XenPteWalkMICommand(cli)] if XenPteWalkMICommand is not None else []

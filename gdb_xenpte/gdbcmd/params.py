@@ -7,10 +7,13 @@ back when it raises, restores the previous value itself before raising ``gdb.Gdb
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import gdb
+
+from ..domain_cpu import DOMAINS
+from ..errors import OptionError
+from ..xen import parse_version
 
 __all__ = [
     "PARAMETERS",
@@ -36,8 +39,14 @@ class Spec(NamedTuple):
 
 
 def _version(v: str) -> Optional[str]:
-    return None if v in ("", "auto") or re.fullmatch(r"\d+\.\d+", v) else \
-        f"'{v}' is not a Xen version like 4.17 (or auto)"
+    """One grammar with ``--xen``: :func:`gdb_xenpte.xen.parse_version` decides."""
+    if v in ("", "auto"):
+        return None
+    try:
+        parse_version(v)
+    except OptionError as err:
+        return f"{err} (or auto)"
+    return None
 
 
 def _register_value(v: str) -> Optional[str]:
@@ -63,8 +72,9 @@ PARAMETERS: Sequence[Spec] = (
          "Say whether Xen is a debug build.\n"
          "A debug build changes the meaning of some software PTE bits."),
     Spec("domain", gdb.PARAM_ENUM, "auto", "the kind of domain whose tables are walked",
-         "Choose the kind of domain: hvm, pv64 or pv32.\nauto takes it from the source, else hvm.",
-         choices=("auto", "hvm", "pv64", "pv32")),
+         "Choose the kind of domain: native (no Xen), hvm, pv64 or pv32.\nauto takes it from "
+         "the source, else native unless something names Xen.",
+         choices=("auto",) + DOMAINS),
     Spec("smep", gdb.PARAM_ENUM, "auto", "Xen's smep= boot option",
          "Give Xen's smep= boot option: on, off or hvm.\nauto assumes Xen's default.",
          choices=("auto", "on", "off", "hvm")),

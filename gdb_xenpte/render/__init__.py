@@ -16,11 +16,11 @@ from .jsonl import (RecordCounter, anomaly_record, check_summary_record, dumps, 
                     mapping_record, summary_record, trace_record, what_if_records)
 from .reports import check_text, cr4_text, what_if_text
 from .table import bits_table, header_lines, mapping_table, summary_text, trace_text
-from .verdict_text import OWN_RIGHTS_REASONS, has_extra_fault, verdict_summary
+from .verdict_text import LEGEND, verdict_summary
 
 __all__ = [
     "FLAG_ORDER",
-    "OWN_RIGHTS_REASONS",
+    "LEGEND",
     "RecordCounter",
     "Style",
     "anomaly_record",
@@ -29,7 +29,6 @@ __all__ = [
     "check_text",
     "cr4_text",
     "dumps",
-    "has_extra_fault",
     "header_lines",
     "hexa",
     "human_size",

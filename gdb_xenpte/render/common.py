@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Dict, Optional, Tuple
 
+from ..arch import PTE_BIT_NAMES
+
 __all__ = [
     "ByIdentity",
     "FLAG_ORDER",
@@ -15,7 +17,7 @@ __all__ = [
 
 
 # The leaf's architectural flag names, in bit order, as the JSON schema spells them.
-FLAG_ORDER = ("P", "RW", "US", "PWT", "PCD", "A", "D", "PS", "G", "PAT", "NX")
+FLAG_ORDER = tuple(name for name, _bit in PTE_BIT_NAMES)  # arch's names, in its order
 
 
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping as TMapping, Sequence, Tuple
 
 from ..model import ACCESS_KEYS, EntryRef, Mapping, Trace, Verdict
 from .common import FLAG_ORDER, ByIdentity, hexa
-from .verdict_text import extra_fault
+from ..verdicts import FAULT_CLASSES, FAULTING_CLASSES, fault_class
 
 __all__ = [
     "RecordCounter",
@@ -32,6 +32,9 @@ __all__ = [
 _VERDICT_TEXTS = ByIdentity(lambda verdicts: _verdict_texts(verdicts))
 
 
+# A mapping's fault class (verdicts.fault_class), once per shared verdicts dict.
+_FAULT_CLASS = ByIdentity(fault_class)
+
 # A mapping's flag names in FLAG_ORDER; records share the walker's flag sets.
 _FLAG_NAMES = ByIdentity(lambda flags: tuple(f for f in FLAG_ORDER if f in flags))
 
@@ -39,6 +42,12 @@ _FLAG_NAMES = ByIdentity(lambda flags: tuple(f for f in FLAG_ORDER if f in flags
 
 def _verdict_texts(verdicts: TMapping[str, Verdict]) -> Dict[str, str]:
     return {k: str(verdicts[k]) for k in ACCESS_KEYS if k in verdicts}
+
+
+def _imposed(verdicts: TMapping[str, Verdict]) -> List[str]:
+    """``["kernel_read:SMAP", ...]``: the reasons that enforce a protection the guest did not
+    choose (by Xen or a what-if)."""
+    return [f"{k}:{r}" for k in ACCESS_KEYS if k in verdicts for r in verdicts[k].imposed]
 
 
 
@@ -61,6 +70,8 @@ def mapping_record(m: Mapping) -> Dict[str, Any]:
         "disallowed": list(getattr(m, "disallowed", ())),
         "memtype": m.memtype,
         "verdicts": _VERDICT_TEXTS(m.verdicts),
+        "fault_class": _FAULT_CLASS(m.verdicts) if m.verdicts else None,
+        "imposed": _imposed(m.verdicts),
         "notes": list(m.notes),
     }
 
@@ -87,7 +98,7 @@ _entry_json = ByIdentity(lambda e: _ENCODER.encode(_entry_record(e)))
 
 
 _TAIL_FIELDS = ("flags", "effective", "pkey", "xen_bits", "rsvd", "disallowed", "memtype",
-                "verdicts", "notes")
+                "verdicts", "fault_class", "imposed", "notes")
 
 
 _tail_memo: Dict[Tuple[int, ...], Tuple[Tuple[Any, ...], str]] = {}
@@ -119,14 +130,18 @@ class RecordCounter:
         self.pages = 0
         self.bytes = 0
         self.faulting = 0
-        self._extra = ByIdentity(extra_fault)
+        self.classes = dict.fromkeys(FAULT_CLASSES, 0)
 
     def add(self, m: Mapping) -> None:
+        """Count one record (``faulting``: beyond the guest's own choices, is_faulting)."""
         self.mappings += 1
         if getattr(m, "kind", "page") == "page":  # RSVD/unreadable records map nothing
             self.pages += m.count
             self.bytes += m.size
-        self.faulting += self._extra(m.verdicts)
+        if m.verdicts:
+            kind = _FAULT_CLASS(m.verdicts)
+            self.classes[kind] += 1
+            self.faulting += kind in FAULTING_CLASSES
 
 
 
@@ -141,7 +156,8 @@ def summary_record(counter: RecordCounter, budget_hit: bool,
     rec = {
         "type": "summary",
         "counts": {"mappings": counter.mappings, "pages": counter.pages,
-                   "bytes": counter.bytes, "faulting": counter.faulting},
+                   "bytes": counter.bytes, "faulting": counter.faulting,
+                   "fault_classes": dict(counter.classes)},
         "budget_hit": bool(budget_hit), "interrupted": bool(interrupted),
         "unreadable": [{"pa": hexa(pa), "reason": why} for pa, why in unreadable],
     }
@@ -160,10 +176,12 @@ def anomaly_record(key: str, finding: Any) -> Dict[str, Any]:
 
 
 
-def check_summary_record(groups: Sequence[Tuple[str, str, Sequence[Any]]], stats: Any,
+def check_summary_record(groups: Sequence[Any], stats: Any,
                          what_ifs: Sequence[Any] = ()) -> Dict[str, Any]:
-    """The closing record of ``xen-pte-check --json``: findings per category, what-if totals."""
-    return {"type": "summary", "counts": {key: len(found) for key, _t, found in groups},
+    """The closing record of ``xen-pte-check --json``: findings (ranges, and pages) per
+    category (:class:`gdb_xenpte.findings.Group`), what-if totals."""
+    return {"type": "summary", "counts": {g.key: g.ranges for g in groups},
+            "pages": {g.key: g.pages for g in groups},
             "budget_hit": bool(getattr(stats, "budget_hit", None)),
             "unreadable": [{"pa": hexa(pa), "reason": why}
                            for pa, why in getattr(stats, "unreadable", ())],
@@ -174,7 +192,7 @@ def check_summary_record(groups: Sequence[Tuple[str, str, Sequence[Any]]], stats
 def _what_if_counts(r: Any) -> Dict[str, int]:
     return {"breaks": sum(c.count for c in r.broken), "fixes": sum(c.count for c in r.fixed),
             "changed": sum(c.count for c in r.changes), "ranges": len(r.changes),
-            "mappings_seen": r.mappings_seen}
+            "mappings_seen": r.mappings_seen, "pages_seen": r.pages_seen}
 
 
 

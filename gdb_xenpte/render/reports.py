@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Sequence
 
 from tabulate import tabulate
 
@@ -17,33 +17,45 @@ __all__ = [
 
 
 
-def cr4_text(policy: Any, cr4: int, guest_view: bool, effective: Any, visible: Any, prot: Any,
-             context: str, style: Style = Style()) -> List[str]:
-    """Lines explaining a domain's effective CR4 (``xen.Cr4``), its guest view and the kernel's
-    protections (``xen.KernelProtections``).
-
-    :param cr4: the CR4 given or read; ``guest_view``: it is the guest's own CR4 (else a CPU's,
-        from which a PV context's CR4 is derived).
-    """
-    v = policy.version
+def cr4_text(state: Any, style: Style = Style()) -> List[str]:
+    """Lines explaining the CPU state a domain runs with (a ``DomainCpu``): the effective CR4 bit
+    by bit as it is in the value printed, the guest's view (PV), which protections bind the
+    kernel and whose choice each is, and where every value came from."""
+    o = state.origins
+    policy = state.policy
     sm = lambda x: "hvm" if x == "hvm" else ("on" if x else "off")
-    lines = [style("head", f"Xen {v[0]}.{v[1]}{'.' + str(v[2]) if v[2] else ''} "
-                           f"({'debug' if policy.debug else 'release'} build), {policy.domain} "
-                           f"domain, smep={sm(policy.smep)} smap={sm(policy.smap)}"),
-             f"guest CR4 {cr4:#x}" if guest_view or not policy.is_pv else
-             f"CPU CR4 {cr4:#x} (Xen's own or the PV context's: the guest's is derived from it)",
-             f"effective CR4 {effective.value:#x} (what the hardware runs while the guest "
-             f"{context if context != 'xen' else 'is served by Xen'} runs):"]
-    lines += ["  " + ln for ln in effective.explanation]
-    if visible is not None:
-        lines.append(f"guest-visible CR4 {visible.value:#x} (what the guest reads back):")
-        lines += ["  " + ln for ln in visible.explanation]
-    yes = lambda b: style("warn", "applies") if b else "does not apply"
-    lines.append(f"guest kernel: CPL {prot.cpl}; SMEP {yes(prot.smep)}, SMAP {yes(prot.smap)}, "
-                 f"PKE {yes(prot.pke)}, PKS {yes(prot.pks)}")
-    lines += ["  " + n for n in prot.notes]
+    if policy is None:
+        lines = [style("head", f"no Xen policy applies: domain native ({o['domain']}); the "
+                               f"CPU's own CR4 governs")]
+    else:
+        v = policy.version
+        lines = [style("head", f"Xen {v[0]}.{v[1]}{'.' + str(v[2]) if v[2] else ''} "
+                               f"({'debug' if policy.debug else 'release'} build; {o['xen']}), "
+                               f"{policy.domain} domain ({o['domain']}), smep={sm(policy.smep)} "
+                               f"smap={sm(policy.smap)}")]
+    if state.cr4_read is not None:
+        what = ("guest CR4" if "cr4" in o and o["cr4"].kind == "given" or policy is None
+                or not policy.is_pv else "CPU CR4")
+        lines.append(f"{what} {state.cr4_read:#x} ({o['cr4']})")
+    who = {"kernel": "the guest kernel runs", "user": "guest user space runs",
+           "xen": "Xen runs on the guest's behalf"}[state.context]
+    lines.append(f"effective CR4 {state.cr4.value:#x} (what the hardware runs while {who}; "
+                 f"{o['effective_cr4']}):")
+    lines += ["  " + ln for ln in state.cr4.explanation]
+    if state.guest_view is not None:
+        lines.append(f"guest-visible CR4 {state.guest_view.value:#x} (what the guest reads back):")
+        lines += ["  " + ln for ln in state.guest_view.explanation]
+    whose = {"guest": "the guest's own choice", "xen": "imposed by Xen",
+             "what-if": "imposed by the what-if"}
+    binds = lambda p: (style("warn", f"applies ({whose.get(p.chooser, p.chooser)})")
+                       if p.applies else "does not apply")
+    lines.append(f"guest kernel: CPL {state.kernel_cpl}; "
+                 + ", ".join(f"{name.upper()} {binds(p)}"
+                             for name, p in state.protections.items()))
+    lines.append(f"  CPL {state.kernel_cpl}: {o['kernel_cpl']}")
+    lines += [f"  {name.upper()}: {p.why}" for name, p in state.protections.items()]
+    lines += [f"note: {n}" for n in state.notes]
     return lines
-
 
 
 def what_if_text(r: Any, examples: int, style: Style = Style()) -> List[str]:
@@ -64,21 +76,25 @@ def what_if_text(r: Any, examples: int, style: Style = Style()) -> List[str]:
 
 
 
-def check_text(groups: Sequence[Tuple[str, str, Sequence[Any]]], examples: int,
-               style: Style = Style()) -> List[str]:
-    """Lines of the anomaly report: per category a count, then up to ``examples`` mappings."""
+def check_text(groups: Sequence[Any], examples: int, style: Style = Style()) -> List[str]:
+    """Lines of the anomaly report: per category (:class:`gdb_xenpte.findings.Group`) its counts,
+    then up to ``examples`` mappings."""
     if not groups:
         return ["no anomalies found."]
     lines = []
-    for key, title, found in groups:
-        pages = sum(f.mapping.count for f in found)
-        lines.append(style("bad", f"[{key}] {title}: {len(found)} ranges, {pages} pages"))
+    for g in groups:
+        lines.append(style("bad" if g.key in _ALARMS else "head",
+                           f"[{g.key}] {g.title}: {g.ranges} ranges, {g.pages} pages"))
         rows = [[va_range(f.mapping), human_size(f.mapping.size), f.mapping.effective.rwx(),
-                 f.detail] for f in found[:examples]]
+                 f.detail] for f in g.examples[:examples]]
         if rows:
             lines += ["  " + ln for ln in tabulate(
                 rows, headers=["VA range", "size", "rights", "detail"], tablefmt="simple",
                 disable_numparse=True).splitlines()]
-        if len(found) > examples:
-            lines.append(f"  ... and {len(found) - examples} more")
+        if g.ranges > len(rows):
+            lines.append(f"  ... and {g.ranges - len(rows)} more")
     return lines
+
+
+# Categories that break or loop the guest (red); the others are findings to read (not alarms).
+_ALARMS = ("rsvd", "pf-loop", "pv-disallowed", "unreadable")

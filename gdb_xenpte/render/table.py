@@ -182,7 +182,11 @@ def summary_text(counter: Any, stats: Any, limited: bool, interrupted: bool) -> 
     """The closing line of a text walk: counts, and why it stopped early if it did."""
     parts = [f"{counter.mappings} mappings", f"{counter.pages} pages",
              f"{human_size(counter.bytes) if counter.bytes else '0B'} mapped",
-             f"{counter.faulting} with SMEP/SMAP/key/RSVD faults"]
+             f"{counter.faulting} faulting beyond the guest's own choices (imposed or "
+             f"reserved bits)"]
+    chosen = getattr(counter, "classes", {}).get("guest", 0)
+    if chosen:
+        parts.append(f"{chosen} where the guest's own SMEP/SMAP/keys fault an access")
     if getattr(stats, "unreadable", None):
         parts.append(f"{len(stats.unreadable)} tables unreadable")
     if limited:

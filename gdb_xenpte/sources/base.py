@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from .filemap import MappedFile
+from .filemap import DumpFile
 
-__all__ = ["FileSource", "PhysSource", "VcpuRegs"]
+__all__ = ["FileSource", "NoMemory", "PhysSource", "VcpuRegs"]
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ class PhysSource:
 
 
 class FileSource(PhysSource):
-    """A source read from one dump file, mapped read-only; subclasses parse it in ``_open``.
+    """A source read from one dump file, opened read-only; subclasses parse it in ``_open``.
 
     The file is closed again if parsing fails, so a bad dump never leaks its mapping.
 
@@ -109,7 +109,7 @@ class FileSource(PhysSource):
     """
 
     def __init__(self, path: str):
-        self._file = MappedFile(path)
+        self._file = DumpFile(path)
         try:
             self._open()
         except BaseException:
@@ -122,3 +122,17 @@ class FileSource(PhysSource):
     def close(self) -> None:
         self._file.close()
 
+
+
+class NoMemory(PhysSource):
+    """A source with no memory and no registers: for questions that need only options
+    (``xen-cr4 VALUE``, ``xen-pte-decode``), so they go through the same derivation as walks."""
+
+    name = "no target (options only)"
+
+    def read(self, paddr: int, size: int) -> bytes:
+        from ..errors import UnreadableMemory
+        raise UnreadableMemory(self.name, paddr, "no memory (only options were given)")
+
+    def ranges(self) -> Sequence[Tuple[int, int]]:
+        return ()

@@ -1,28 +1,67 @@
-"""Read-only, memory-mapped access to a dump file with bounds-checked slicing.
+"""Read-only access to a dump file with bounds-checked, truncation-safe reads.
 
-Every dump reader goes through :class:`MappedFile` so that a 64 GiB dump costs address space, not
-RAM, and so that every out-of-range offset becomes one clear :class:`DumpFormatError` naming the file
-and the offset instead of a short read or an ``IndexError``.
+Every dump reader goes through :class:`DumpFile` so that every out-of-range offset becomes one clear
+:class:`DumpFormatError` naming the file and the offset instead of a short read or an ``IndexError``.
 
-Failure modes: :class:`~gdb_xenpte.errors.SourceError` when the file cannot be opened or mapped;
-:class:`~gdb_xenpte.errors.DumpFormatError` from :meth:`MappedFile.slice` and
-:meth:`MappedFile.unpack` when a structure runs past the end of the file.
+Reads are ``os.pread`` calls, never loads from an ``mmap``: a file truncated while it is being read
+(by another process, or a dump still being written) would make a mapped load fault with SIGBUS and
+kill the whole gdb session. With ``pread`` a vanished range is a short read, which becomes one
+:class:`SourceError` naming the file, the offset and the new size. A 64 GiB dump still costs no RAM:
+only the bytes asked for are read.
+
+Only regular files are opened (:func:`check_regular_file`): ``open()`` of a FIFO blocks until a
+writer appears (gdb then ignores SIGTERM), and a character device or directory is never a dump. The
+check runs before ``open()``, and the opened descriptor is checked again, so nothing can swap the
+file in between.
+
+Failure modes: :class:`~gdb_xenpte.errors.SourceError` when the file is not a regular file, cannot be
+opened, or shrinks while it is read; :class:`~gdb_xenpte.errors.DumpFormatError` from
+:meth:`DumpFile.slice` and :meth:`DumpFile.unpack` when a structure runs past the end of the file.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
+import stat
 import struct
 from typing import Tuple
 
 from ..errors import DumpFormatError, SourceError
 
-__all__ = ["ByteView", "MappedFile"]
+__all__ = ["ByteView", "DumpFile", "MappedFile", "check_regular_file"]
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def _not_regular(mode: int) -> str:
+    """Name the kind of a non-regular file (empty for a regular one)."""
+    if stat.S_ISREG(mode):
+        return ""
+    return next((text for test, text in _KINDS if test(mode)), f"file type {stat.S_IFMT(mode):#o}")
+
+
+def check_regular_file(path: str) -> os.stat_result:
+    """Refuse anything but a regular file, without opening it (one rule for every command).
+
+    :returns: the file's ``stat`` (symlinks followed).
+    :raises SourceError: naming the path and what it is instead (a FIFO, a device, a directory), or
+        why it cannot be examined.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise SourceError(path, f"cannot open: {err.strerror or err}") from None
+    kind = _not_regular(st.st_mode)
+    if kind:
+        raise SourceError(path, f"not a regular file ({kind}): dumps and raw images are read "
+                                "from regular files; copy it to one first")
+    return st
 
 
 class ByteView:
-    """A byte-addressed view that readers parse from: a mapped file or a reassembled stream.
+    """A byte-addressed view that readers parse from: a dump file or a reassembled stream.
 
     Subclasses provide :attr:`size`, :attr:`name` and :meth:`slice`.
     """
@@ -50,40 +89,67 @@ class ByteView:
                            f"the end of the file (size {self.size:#x}): truncated or corrupt")
 
 
-class MappedFile(ByteView):
-    """A dump file opened read-only and mapped with ``mmap`` (never read whole).
+class DumpFile(ByteView):
+    """A dump file opened read-only (regular files only) and read with ``pread``.
 
     :param path: the file to open.
-    :raises SourceError: if it cannot be opened or mapped.
+    :raises SourceError: if it is not a regular file or cannot be opened.
     """
 
     def __init__(self, path: str):
         self.path = os.fspath(path)
         self.name = os.path.basename(self.path) or self.path
+        before = check_regular_file(self.path)
         try:
-            self.fh = open(self.path, "rb")
+            # O_NONBLOCK: should a FIFO be swapped in after the check, open() still returns.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         except OSError as err:
             raise SourceError(self.path, f"cannot open: {err.strerror or err}") from None
+        st = os.fstat(fd)
+        if _not_regular(st.st_mode) or (st.st_dev, st.st_ino) != (before.st_dev, before.st_ino):
+            os.close(fd)
+            raise SourceError(self.path, "changed while being opened (no longer the regular "
+                                         "file it was a moment before)")
+        os.set_blocking(fd, True)
+        self.fh = os.fdopen(fd, "rb")  # a stream for pyelftools; our own reads use pread
+        self._fd = fd
+        self.size = st.st_size
+
+    def _pread(self, offset: int, length: int, what: str) -> bytes:
         try:
-            self.size = os.fstat(self.fh.fileno()).st_size
-            # mmap refuses empty files; an empty dump is simply "truncated at offset 0".
-            self._map = (mmap.mmap(self.fh.fileno(), 0, access=mmap.ACCESS_READ)
-                         if self.size else b"")
-        except (OSError, ValueError) as err:
-            self.fh.close()
-            raise SourceError(self.path, f"cannot map the file read-only: {err}") from None
+            data = os.pread(self._fd, length, offset)
+        except OSError as err:
+            raise SourceError(self.name, f"cannot read {what} at file offset {offset:#x}: "
+                                         f"{err.strerror or err}") from None
+        if len(data) != length:
+            try:
+                now = os.fstat(self._fd).st_size
+            except OSError:
+                now = offset + len(data)
+            raise SourceError(
+                self.name, f"file shrank while being read: {what} at file offset "
+                           f"{offset + len(data):#x} is gone (size was {self.size:#x} when "
+                           f"opened, is {now:#x} now); was the dump still being written?")
+        return data
 
     def slice(self, offset: int, length: int, what: str) -> bytes:
         self.check_range(offset, length, what)
-        return self._map[offset:offset + length]
+        if length == 0:
+            return b""
+        # Buffers larger than this are pread in pieces (pread returns at most ~2 GiB at once).
+        if length <= 1 << 30:
+            return self._pread(offset, length, what)
+        return b"".join(self._pread(at, min(1 << 30, offset + length - at), what)
+                        for at in range(offset, offset + length, 1 << 30))
 
     def head(self, length: int) -> bytes:
         """Return up to ``length`` bytes from the start of the file (for format probing)."""
-        return self._map[:length]
+        length = min(length, self.size)
+        return self._pread(0, length, "file header") if length else b""
 
     def close(self) -> None:
-        """Unmap and close; safe to call twice."""
-        if isinstance(self._map, mmap.mmap):
-            self._map.close()
-        self._map = b""
+        """Close; safe to call twice."""
         self.fh.close()
+
+
+MappedFile = DumpFile  # the name before reads moved from mmap to pread; kept for other branches

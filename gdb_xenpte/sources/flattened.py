@@ -21,11 +21,13 @@ the end of the file or with a negative offset/size, or a read past the reassembl
 from __future__ import annotations
 
 import struct
+import heapq
+from array import array
 from bisect import bisect_right
-from typing import List
+from typing import List, Tuple
 
 from ..errors import DumpFormatError
-from .filemap import ByteView, MappedFile
+from .filemap import ByteView, DumpFile
 
 __all__ = ["FLAT_SIGNATURE", "FlattenedView", "is_flattened"]
 
@@ -33,6 +35,81 @@ FLAT_SIGNATURE = b"makedumpfile"
 FLAT_HEADER_SIZE = 4096
 _RECORD = struct.Struct(">qq")
 _END = -1
+_WINDOW = 64 << 10  # record headers are read in windows of this many bytes
+
+
+class _Records:
+    """The data records of a flattened file in file order, as three compact arrays (a record storm
+    of millions costs 24 bytes a record, not a tuple's ~150)."""
+
+    def __init__(self):
+        self.starts = array("Q")
+        self.ends = array("Q")
+        self.offs = array("Q")
+
+    def add(self, start: int, end: int, off: int) -> None:
+        self.starts.append(start)
+        self.ends.append(end)
+        self.offs.append(off)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+
+def _paint(recs: _Records) -> Tuple[array, array, array]:
+    """Lay the records over each other, later ones winning, in O(n log n) for n records.
+
+    Sorted by start, records that do not overlap (what dump writers produce, and record storms of
+    disjoint bytes) are the pieces as they are. Otherwise one sweep over the sorted record edges
+    keeps the records covering the current position in a heap ordered by recency; between two
+    edges the most recent one supplies the bytes. (Painting each record into a sorted list as it
+    is read is quadratic for a storm of small records in descending order.)
+
+    :returns: sorted disjoint pieces as three arrays: starts, ends, file offsets.
+    """
+    starts, ends, offs = recs.starts, recs.ends, recs.offs
+    order = array("Q", sorted(range(len(recs)), key=starts.__getitem__))
+    out_s, out_e, out_o = array("Q"), array("Q"), array("Q")
+
+    def emit(x: int, x_end: int, fileoff: int) -> None:
+        if out_e and out_e[-1] == x and out_o[-1] + (x - out_s[-1]) == fileoff:
+            out_e[-1] = x_end  # the same record (or a contiguous one) continues
+        else:
+            out_s.append(x)
+            out_e.append(x_end)
+            out_o.append(fileoff)
+
+    if all(starts[order[i]] >= ends[order[i - 1]] for i in range(1, len(order))):
+        for k in order:
+            emit(starts[k], ends[k], offs[k])
+        return out_s, out_e, out_o
+    # Edges: the sorted starts and the sorted ends, merged without duplicates.
+    by_end = array("Q", sorted(ends))
+    live: List[int] = []  # -(record index): the most recent record is on top
+    nxt = 0
+    i = j = 0
+    x = None
+    while i < len(order) or j < len(by_end):
+        a = starts[order[i]] if i < len(order) else None
+        b = by_end[j] if j < len(by_end) else None
+        edge = a if b is None or (a is not None and a <= b) else b
+        if edge == a:
+            i += 1
+        else:
+            j += 1
+        if edge == x:
+            continue
+        if x is not None:  # the stretch [x, edge) between two consecutive edges
+            while nxt < len(order) and starts[order[nxt]] <= x:
+                heapq.heappush(live, -order[nxt])
+                nxt += 1
+            while live and ends[-live[0]] <= x:
+                heapq.heappop(live)  # ended before x: dropped lazily, only when it would win
+            if live:  # else a hole: no record covers [x, edge)
+                k = -live[0]
+                emit(x, edge, offs[k] + (x - starts[k]))
+        x = edge
+    return out_s, out_e, out_o
 
 
 def is_flattened(head: bytes) -> bool:
@@ -41,13 +118,13 @@ def is_flattened(head: bytes) -> bool:
 
 
 class FlattenedView(ByteView):
-    """The reassembled file of a flattened dump, served from the mapped flattened file.
+    """The reassembled file of a flattened dump, served from the flattened file.
 
     :param file: the flattened file.
     :raises DumpFormatError: see the module docstring.
     """
 
-    def __init__(self, file: MappedFile):
+    def __init__(self, file: DumpFile):
         self._file = file
         self.name = file.name
         self.remarks: List[str] = []
@@ -60,55 +137,35 @@ class FlattenedView(ByteView):
                                              "expected 1")
         if version != 1:
             self.remarks.append(f"flattened format version {version} (expected 1)")
+        records = self._read_records(file)
         # Disjoint pieces of the logical file, sorted: logical start/end and file offset.
-        self._starts: List[int] = []
-        self._ends: List[int] = []
-        self._fileoffs: List[int] = []
+        self._starts, self._ends, self._fileoffs = _paint(records)
+        self.size = self._ends[-1] if self._ends else 0
+
+    def _read_records(self, file: DumpFile) -> _Records:
+        """Return every data record as ``(logical start, logical end, file offset of its data)``,
+        in file order. Record headers are read in blocks, not one call each."""
+        records = _Records()
         pos = FLAT_HEADER_SIZE
+        window_at, window = 0, b""
         while True:
             if pos == file.size:
                 self.remarks.append("no end record: the flattened file may be truncated")
-                break
-            offset, size = file.unpack(">qq", pos, "flattened record header")
+                return records
+            if not window_at <= pos <= window_at + len(window) - _RECORD.size:
+                window_at = pos
+                window = file.slice(pos, max(min(_WINDOW, file.size - pos), _RECORD.size),
+                                    "flattened record header")
+            offset, size = _RECORD.unpack_from(window, pos - window_at)
             if offset == _END and size == _END:
-                break
+                return records
             if offset < 0 or size < 0:
                 raise DumpFormatError(file.name, f"flattened record at file offset {pos:#x} has "
                                                  f"offset {offset} and size {size}")
             file.check_range(pos + _RECORD.size, size, f"flattened record data (record at {pos:#x})")
             if size:
-                self._paint(offset, offset + size, pos + _RECORD.size)
+                records.add(offset, offset + size, pos + _RECORD.size)
             pos += _RECORD.size + size
-        self.size = self._ends[-1] if self._ends else 0
-
-    def _paint(self, start: int, end: int, fileoff: int) -> None:
-        """Lay ``[start, end)`` over the pieces recorded so far (later records win)."""
-        i = bisect_right(self._ends, start)  # first piece ending after start
-        if i == len(self._starts) or self._starts[i] >= end:
-            self._starts.insert(i, start)
-            self._ends.insert(i, end)
-            self._fileoffs.insert(i, fileoff)
-            return
-        new_s, new_e, new_f = [], [], []
-        j = i
-        while j < len(self._starts) and self._starts[j] < end:
-            s, e, f = self._starts[j], self._ends[j], self._fileoffs[j]
-            if s < start:  # keep the head of an overlapped piece
-                new_s.append(s)
-                new_e.append(start)
-                new_f.append(f)
-            j += 1
-        new_s.append(start)
-        new_e.append(end)
-        new_f.append(fileoff)
-        s, e, f = self._starts[j - 1], self._ends[j - 1], self._fileoffs[j - 1]
-        if e > end:  # keep the tail of the last overlapped piece
-            new_s.append(end)
-            new_e.append(e)
-            new_f.append(f + (end - s))
-        self._starts[i:j] = new_s
-        self._ends[i:j] = new_e
-        self._fileoffs[i:j] = new_f
 
     def slice(self, offset: int, length: int, what: str) -> bytes:
         self.check_range(offset, length, what)

@@ -34,7 +34,7 @@ from ..errors import DumpFormatError, UnreadableMemory
 from .base import FileSource, VcpuRegs
 from .filemap import ByteView
 from .flattened import FlattenedView, is_flattened
-from .notes import iter_notes, lma_hint_from_prstatus, qemu_vcpus
+from .notes import check_note_area, iter_notes, lma_hint_from_prstatus, qemu_vcpus
 
 __all__ = ["KdumpSource"]
 
@@ -57,10 +57,13 @@ _SUB_FIELDS = ("phys_base", "dump_level", "split", "start_pfn", "end_pfn", "offs
 COMPRESS_ZLIB, COMPRESS_LZO, COMPRESS_SNAPPY, COMPRESS_ZSTD = 0x1, 0x2, 0x4, 0x20
 _CHUNK_BITS = 4096  # pfns per rank-table entry
 _CACHE_PAGES = 256
+# The most pfns whose bitmaps we read into memory: 2**32 bits (2 x 512 MiB of bitmap, 16 TiB of RAM
+# in 4 KiB pages). A header claiming more is refused before anything is allocated.
+MAX_MAPNR = 1 << 32
 
 
 def _popcount(data: bytes) -> int:
-    return bin(int.from_bytes(data, "little")).count("1")
+    return int.from_bytes(data, "little").bit_count()
 
 
 def _zlib_page(data: bytes, size: int) -> bytes:
@@ -102,7 +105,7 @@ def _decompressor(flags: int) -> Tuple[str, Optional[Callable[[bytes, int], byte
 class KdumpSource(FileSource):
     """Physical memory and vCPU registers of a kdump-compressed dump.
 
-    :param path: the dump file (plain or flattened); opened read-only and mapped.
+    :param path: the dump file (plain or flattened); opened read-only (never mapped: see filemap).
     :raises DumpFormatError: see the module docstring.
     """
 
@@ -146,8 +149,23 @@ class KdumpSource(FileSource):
         if half * 8 < self.max_mapnr:
             raise DumpFormatError(file.name, f"bitmaps at offset {bitmap_off:#x} hold "
                                              f"{half * 8} pfns but max_mapnr is {self.max_mapnr}")
-        self._bitmap_ram = view.slice(bitmap_off, half, "first (RAM) bitmap")
-        self._bitmap = view.slice(bitmap_off + half, half, "second (dumped pages) bitmap")
+        # Only the bits below max_mapnr mean anything: read those, however many blocks the header
+        # claims, and only after checking that they can be in the file at all.
+        used = -(-self.max_mapnr // 8)
+        if self.max_mapnr > MAX_MAPNR:
+            raise DumpFormatError(file.name, f"max_mapnr {self.max_mapnr:#x} (kdump header) is "
+                                             f"more pfns than {MAX_MAPNR:#x}, the most this reader "
+                                             f"holds bitmaps for ({MAX_MAPNR >> 28} TiB of RAM in "
+                                             "4 KiB pages): corrupt header")
+        if self.flattened and 2 * used > file.size:
+            raise DumpFormatError(file.name, f"the two bitmaps at offset {bitmap_off:#x} need "
+                                             f"{2 * used:#x} bytes for max_mapnr {self.max_mapnr}, "
+                                             f"but the whole flattened file holds {file.size:#x}: "
+                                             "corrupt header")
+        view.check_range(bitmap_off, 2 * half, f"bitmaps ({bitmap_blocks} blocks)")
+        # The RAM bitmap only words a miss ("excluded" vs "not in dump"): read a byte of it then.
+        self._bitmap_ram_off = bitmap_off
+        self._bitmap = view.slice(bitmap_off + half, used, "second (dumped pages) bitmap")
         self._build_rank()
         self._desc_off = (1 + sub_blocks + bitmap_blocks) * bs
         view.check_range(self._desc_off, self._nr_dumped * DESCRIPTOR.size,
@@ -190,6 +208,7 @@ class KdumpSource(FileSource):
             self.notes += ("no ELF notes in the sub-header: registers unknown",)
             return []
         off, size = sub["offset_note"], sub["note_size"]
+        check_note_area(self._file.name, off, size, "the sub-header's note area")
         blob = view.slice(off, size, "ELF note area of the sub-header")
         notes = list(iter_notes(blob, off, self._file.name))
         vcpus = qemu_vcpus(notes, self._file.name, lma_hint_from_prstatus(notes))
@@ -216,8 +235,8 @@ class KdumpSource(FileSource):
         paddr = pfn * self.block_size
         what = self._file.name
         if pfn < 0 or pfn >= self.max_mapnr or not self._is_dumped(pfn):
-            ram = self._bitmap_ram
-            in_ram = 0 <= pfn < len(ram) * 8 and ram[pfn >> 3] >> (pfn & 7) & 1
+            in_ram = 0 <= pfn < self.max_mapnr and self._view.slice(
+                self._bitmap_ram_off + (pfn >> 3), 1, "first (RAM) bitmap")[0] >> (pfn & 7) & 1
             raise UnreadableMemory(what, paddr, "page excluded from the dump" if in_ram
                                    else "not in dump")
         index = self._descriptor_index(pfn)

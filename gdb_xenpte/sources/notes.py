@@ -18,11 +18,15 @@ from typing import Iterator, List, NamedTuple, Optional
 from ..errors import DumpFormatError
 from .base import VcpuRegs
 
-__all__ = ["Note", "QEMU_CPU_STATE_SIZE", "iter_notes", "lma_hint_from_prstatus", "qemu_vcpus"]
+__all__ = ["NOTE_AREA_LIMIT", "Note", "PROCESS_NOTE_TYPES", "QEMU_CPU_STATE_SIZE",
+           "check_note_area", "iter_notes", "lma_hint_from_prstatus", "qemu_vcpus"]
 
 NOTE_HEADER = struct.Struct("<III")  # n_namesz, n_descsz, n_type
 
 NT_PRSTATUS = 1
+# Notes only a process core carries (Linux include/uapi/linux/elf.h: NT_PRPSINFO 3, NT_AUXV 6,
+# NT_FILE 0x46494c45), never a machine dump.
+PROCESS_NOTE_TYPES = (3, 6, 0x46494C45)
 # sizeof(struct elf_prstatus) for the two x86 flavours QEMU writes (x86_64 and i386 layouts).
 PRSTATUS_SIZE_X86_64 = 336
 PRSTATUS_SIZE_I386 = 144
@@ -35,6 +39,25 @@ _OFF_RFLAGS = 144
 _OFF_CS = 152          # first segment; selector at +0, flags at +8
 _OFF_CR = 392          # cr[0..4], 8 bytes each
 DESC_L_MASK = 1 << 21  # CS descriptor flags: 64-bit code segment (QEMU target/i386/cpu.h)
+
+
+# The largest note area we read into memory. QEMU writes ~0.9 KiB of notes per vCPU (prstatus 336
+# + QEMUCPUState 440 + headers) and Linux ~0.5 KiB per CPU plus a few KiB of VMCOREINFO, so even
+# 8192 CPUs stay under 8 MiB; a header claiming more is corrupt or hostile, and is refused before
+# anything is allocated (a sparse file can make any size "fit" the file).
+NOTE_AREA_LIMIT = 16 << 20
+
+
+def check_note_area(what: str, offset: int, size: int, where: str) -> None:
+    """Refuse a note area larger than :data:`NOTE_AREA_LIMIT` before reading it.
+
+    :param where: names the area for the message, e.g. ``"PT_NOTE segment 0"``.
+    :raises DumpFormatError: naming the file offset and the size claimed.
+    """
+    if size > NOTE_AREA_LIMIT:
+        raise DumpFormatError(what, f"{where} at file offset {offset:#x} claims {size:#x} bytes of "
+                                    f"notes; no dump has more than {NOTE_AREA_LIMIT >> 20} MiB "
+                                    "(QEMU writes about 1 KiB per vCPU): corrupt header")
 
 
 class Note(NamedTuple):

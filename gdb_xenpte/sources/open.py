@@ -16,7 +16,8 @@ from typing import Dict, Optional, Type
 
 from ..errors import DumpFormatError, OptionError
 from .base import PhysSource, VcpuRegs
-from .filemap import MappedFile
+from .elfutil import describe_elf_head
+from .filemap import DumpFile
 from .kdump import KdumpSource
 from .qemu_elf import QemuElfSource
 from .raw import RawSource
@@ -34,12 +35,15 @@ def detect_format(path: str) -> str:
 
     :raises DumpFormatError: if no reader recognises it.
     """
-    file = MappedFile(path)
+    file = DumpFile(path)
     try:
         head = file.head(PROBE_BYTES)
         for reader in READERS:
             if reader.probe(head):
                 return reader.format_name
+        elf = describe_elf_head(head)
+        if elf:
+            raise DumpFormatError(file.name, f"not a recognised dump: {elf}")
         raise DumpFormatError(file.name, f"not a recognised dump: the first bytes {head[:8]!r} "
                                          "match no QEMU ELF, kdump or xl dump-core header; for a "
                                          "raw memory image use --raw FILE@BASE")
@@ -68,14 +72,24 @@ def open_dump(path: str, fmt: Optional[str] = None, base: int = 0) -> PhysSource
     return reader(path)
 
 
-def pick_vcpu(source: PhysSource, index: int) -> VcpuRegs:
-    """Return vCPU ``index`` of ``source``.
+def pick_vcpu(source: PhysSource, index: Optional[int] = None) -> VcpuRegs:
+    """Return vCPU ``index`` of ``source``; with ``index`` None, the source's current vCPU, else
+    its first, else (a raw image, gdbsx) empty registers that options must fill in.
 
     :raises OptionError: naming the source and the vCPUs it has, if there is no such vCPU.
     """
     vcpus = source.vcpus()
+    if index is None:
+        if not vcpus:
+            return VcpuRegs(-1)
+        index = getattr(source, "current_vcpu", None)
+        if index is None:
+            index = vcpus[0].index
     for vcpu in vcpus:
         if vcpu.index == index:
             return vcpu
-    have = f"vCPUs 0..{len(vcpus) - 1}" if vcpus else "no vCPU registers"
-    raise OptionError(f"{source.name}: no vCPU {index}; the dump holds {have}")
+    have = [v.index for v in vcpus]
+    held = ("no vCPU registers" if not have else
+            f"vCPUs 0..{len(have) - 1}" if have == list(range(len(have))) else
+            "vCPUs " + ", ".join(map(str, have)))
+    raise OptionError(f"{source.name}: no vCPU {index}; the dump holds {held}")

@@ -25,8 +25,8 @@ from typing import List, Sequence, Tuple
 
 from ..errors import DumpFormatError
 from .base import FileSource, VcpuRegs
-from .elfutil import elf_errors, open_elf, probe_elf_core
-from .notes import iter_notes, qemu_vcpus
+from .elfutil import elf_errors, open_elf, probe_elf_core, program_header_count
+from .notes import PROCESS_NOTE_TYPES, check_note_area, iter_notes, qemu_vcpus
 from .runs import RunMap
 
 __all__ = ["QemuElfSource"]
@@ -37,10 +37,19 @@ def _is_physical_segment(vaddr: int, paddr: int) -> bool:
     return vaddr == paddr or vaddr == 0
 
 
+def _is_process_core(loads, notes) -> bool:
+    """True for the core of a user process: Linux (``fill_note_info``) and gdb's ``gcore`` write
+    prpsinfo, auxv or mapped-file notes and leave ``p_paddr`` 0; QEMU's ``-p`` dumps carry QEMU
+    notes and real physical addresses."""
+    process_notes = any(n.name == "CORE" and n.type in PROCESS_NOTE_TYPES for n in notes)
+    qemu = any(n.name == "QEMU" for n in notes)
+    return process_notes and not qemu and all(seg[3] == 0 for seg in loads)
+
+
 class QemuElfSource(FileSource):
     """Physical memory and vCPU registers of a QEMU ELF guest-memory dump.
 
-    :param path: the dump file; opened read-only and mapped.
+    :param path: the dump file; opened read-only (never mapped: see filemap).
     :raises DumpFormatError: see the module docstring.
     """
 
@@ -59,11 +68,7 @@ class QemuElfSource(FileSource):
         self.notes: Tuple[str, ...] = ()
         elf = open_elf(file)
         header = elf.header
-        with elf_errors(file.name, "program header count", 0):
-            phnum = elf.num_segments()
-        if phnum == 0:
-            raise DumpFormatError(file.name, "ELF core has no program headers (e_phnum 0 at "
-                                             "file offset 0x38/0x2c): no memory segments")
+        phnum = program_header_count(elf, file)
         entsize = 56 if elf.elfclass == 64 else 32
         if header["e_phentsize"] != entsize:
             raise DumpFormatError(file.name, f"e_phentsize {header['e_phentsize']} at file offset "
@@ -74,6 +79,7 @@ class QemuElfSource(FileSource):
         self.machine = header["e_machine"]
         loads: List[Tuple[int, int, int, int, int, int]] = []
         note_blobs: List[Tuple[bytes, int]] = []
+        note_bytes = 0
         for i in range(phnum):
             at = header["e_phoff"] + i * header["e_phentsize"]
             with elf_errors(file.name, f"program header {i}", at):
@@ -84,20 +90,31 @@ class QemuElfSource(FileSource):
             if p_type == "PT_LOAD":
                 loads.append((i, offset, vaddr, paddr, filesz, memsz))
             elif p_type == "PT_NOTE":
+                note_bytes += filesz  # the limit holds for all note segments together
+                check_note_area(file.name, offset, note_bytes, f"PT_NOTE segment {i}" + (
+                    " with the note segments before it" if note_blobs else ""))
                 note_blobs.append((file.slice(offset, filesz, f"PT_NOTE segment {i}"), offset))
-        self._runs = self._build_runs(loads)
         notes = [n for blob, off in note_blobs for n in iter_notes(blob, off, file.name)]
+        self._runs = self._build_runs(loads, notes)
         lma_hint = {"EM_X86_64": True, "EM_386": False}.get(self.machine)
         self._vcpus = qemu_vcpus(notes, file.name, lma_hint)
         if not self._vcpus:
             self.notes += ("no QEMU CPU notes: registers unknown (give --cr3/--cr4)",)
 
-    def _build_runs(self, loads) -> RunMap:
+    def _build_runs(self, loads, notes) -> RunMap:
         file = self._file
         physical = [seg for seg in loads if _is_physical_segment(seg[2], seg[3])]
         virtual = len(loads) - len(physical)
         if virtual and not physical:
             i, _off, vaddr, paddr = loads[0][:4]
+            if _is_process_core(loads, notes):
+                raise DumpFormatError(
+                    file.name,
+                    f"a core dump of a user process (gcore or a kernel core dump: CORE "
+                    f"prpsinfo/auxv/file notes, and every PT_LOAD keyed by the process's virtual "
+                    f"address with p_paddr 0, e.g. program header {i} at p_vaddr {vaddr:#x}), not "
+                    "a guest-memory dump; xen-pte needs guest-physical memory: QEMU "
+                    "dump-guest-memory (without -p), xl dump-core or a kdump")
             raise DumpFormatError(
                 file.name,
                 f"every PT_LOAD is keyed by guest virtual address (e.g. program header {i}: "

@@ -1,13 +1,16 @@
-"""Live sources: a QEMU guest under gdb's remote target, or any target through a guest direct map.
+"""The live QEMU source: guest-physical memory of a QEMU guest behind gdb's remote target.
 
-This module holds the gdb-free half of the live sources: parsing QEMU's RAM layout
-(``info mtree -f``) and ``gpa2hva`` replies, finding QEMU's pid from gdb's TCP connection, reading
-``/proc/<pid>/mem``, switching QEMU's gdbstub into physical mode and back, and the M2P translation
-of a PV guest. Everything that talks to gdb is passed in as a :class:`Stub` (the adapter lives in
-:mod:`gdb_xenpte.gdbcmd.live`), so all of it runs and is tested without gdb.
+This module holds the gdb-free half of the source: parsing QEMU's RAM layout (``info mtree -f``)
+and ``gpa2hva`` replies, reading ``/proc/<pid>/mem`` (the pid comes from
+:mod:`gdb_xenpte.sources.procpeer`), and switching QEMU's gdbstub into physical mode and back.
+Everything that talks to gdb is passed in as a :class:`Stub` (the adapter lives in
+:mod:`gdb_xenpte.gdbcmd.live`), so all of it runs and is tested without gdb. Targets without
+physical access are read through a guest direct map instead (:mod:`gdb_xenpte.sources.directmap`).
 
 Failure modes: :class:`~gdb_xenpte.errors.UnreadableMemory` for a read outside guest RAM (QEMU would
 return zeros there, which a walk must not mistake for empty tables) or a read the target refuses;
+:class:`TargetGone` when the target disappears (QEMU exits, the connection drops) in the middle of a
+walk: every later read says so, and there is then no PhyMemMode left to restore;
 :class:`~gdb_xenpte.errors.SourceError` when the gdbstub lacks PhyMemMode or its mode cannot be
 restored. The fast path never fails a walk: any problem with it falls back to PhyMemMode and
 :attr:`QemuLiveSource.fallback_reason` says why. Nothing here writes target memory.
@@ -18,20 +21,18 @@ from __future__ import annotations
 import os
 import re
 from bisect import bisect_right
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, replace
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import SourceError, UnreadableMemory
 from .base import PhysSource, VcpuRegs
+from .procpeer import find_peer_pid
 
 __all__ = [
-    "DirectMapSource",
-    "M2P_PV32",
-    "M2P_PV64",
     "QemuLiveSource",
     "RamBlock",
     "Stub",
-    "find_peer_pid",
+    "TargetGone",
     "parse_gpa2hva",
     "parse_mtree",
 ]
@@ -40,16 +41,6 @@ __all__ = [
 # gdbstub or /proc read returns as-is. "ramd" (device RAM, e.g. VFIO BARs) is left out: its reads
 # go to the device. Everything else ("i/o", holes) is "outside guest RAM".
 READABLE_KINDS = ("ram", "rom", "romd")
-
-# Xen's read-only M2P as mapped into every PV guest: (virtual base, entry size in bytes).
-# 64-bit: RO_MPT_VIRT_START (xen/include/public/arch-x86/xen-x86_64.h, 0xFFFF800000000000).
-M2P_PV64 = (0xFFFF800000000000, 8)
-# 32-bit PV on 64-bit Xen: the compat M2P at HYPERVISOR_COMPAT_VIRT_START's default 0xF5800000
-# (xen/include/public/arch-x86/xen-x86_32.h MACH2PHYS_VIRT_START_PAE).
-M2P_PV32 = (0xF5800000, 4)
-# INVALID_M2P_ENTRY (~0UL) and SHARED_M2P_ENTRY (~0UL - 1), xen/include/public/xen.h.
-_M2P_INVALID_FROM = {8: (1 << 64) - 2, 4: (1 << 32) - 2}
-
 
 @dataclass(frozen=True)
 class RamBlock:
@@ -67,6 +58,20 @@ class RamBlock:
     kind: str
     name: str
     hva: Optional[int] = None
+
+
+class TargetGone(SourceError):
+    """The live target went away during the walk (QEMU exited or the connection dropped).
+
+    :param what: the source name.
+    :param paddr: the physical address being read when it was noticed.
+    """
+
+    def __init__(self, what: str, paddr: int):
+        self.paddr = paddr
+        super().__init__(what, f"the target disappeared while physical address {paddr:#x} was "
+                               "being read (QEMU exited or the gdb connection closed); nothing "
+                               "further can be read from it")
 
 
 class Stub:
@@ -89,8 +94,13 @@ class Stub:
         """Read target memory through gdb (guest-physical while PhyMemMode is on).
 
         :raises UnreadableMemory: if the target refuses the read.
+        :raises SourceError: if the read fails otherwise (e.g. the connection is gone).
         """
         raise NotImplementedError
+
+    def alive(self) -> bool:
+        """Return False once the target has gone away (process exited, connection closed)."""
+        return True
 
     def tcp_peer(self) -> Optional[Tuple[str, int]]:
         """Return ``(host, port)`` of the remote connection, or None if it is not TCP."""
@@ -143,66 +153,6 @@ def parse_gpa2hva(text: str) -> Optional[int]:
     return int(m.group(2), 16) if m else None
 
 
-def _tcp_table(proc: str) -> List[Tuple[Tuple[str, int], Tuple[str, int], int]]:
-    """Return ``(local, remote, inode)`` of every TCP socket in ``proc``/net/tcp{,6}."""
-    rows = []
-    for name in ("tcp", "tcp6"):
-        try:
-            with open(f"{proc}/net/{name}") as f:
-                lines = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            if len(cols) < 10:
-                continue
-            (lip, lport), (rip, rport) = (c.split(":") for c in cols[1:3])
-            rows.append(((lip, int(lport, 16)), (rip, int(rport, 16)), int(cols[9])))
-    return rows
-
-
-def _socket_inodes(fd_dir: str) -> Dict[int, str]:
-    """Return ``{inode: fd path}`` for the sockets open in one ``/proc/<pid>/fd`` directory."""
-    found = {}
-    try:
-        names = os.listdir(fd_dir)
-    except OSError:
-        return found
-    for fd in names:
-        try:
-            link = os.readlink(f"{fd_dir}/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            found[int(link[8:-1])] = fd
-    return found
-
-
-def find_peer_pid(port: int, proc: str = "/proc", me: str = "self") -> Optional[int]:
-    """Return the pid at the other end of this process's TCP connection to ``port``.
-
-    Why not ``pgrep qemu``: several QEMUs may run (gdb-pt-dump #22, pwndbg #1587). Our socket to
-    ``port`` is found among our own fds in ``/proc/net/tcp``; the peer socket is the row with the
-    local and remote ends swapped; its owner is the process holding that inode. Returns None when
-    the peer is not on this host or not visible (another PID or network namespace).
-    """
-    table = _tcp_table(proc)
-    mine = _socket_inodes(f"{proc}/{me}/fd")
-    ends = [(lo, ro) for lo, ro, ino in table if ino in mine and ro[1] == port]
-    if not ends:
-        return None
-    local, remote = ends[0]
-    peer = [ino for lo, ro, ino in table if lo == remote and ro == local and ino]
-    if not peer:
-        return None
-    my_pid = os.getpid() if me == "self" else int(me)
-    for entry in os.listdir(proc):
-        if entry.isdigit() and int(entry) != my_pid and peer[0] in _socket_inodes(
-                f"{proc}/{entry}/fd"):
-            return int(entry)
-    return None
-
-
 class QemuLiveSource(PhysSource):
     """Guest-physical memory of a QEMU guest behind gdb's remote target.
 
@@ -228,6 +178,7 @@ class QemuLiveSource(PhysSource):
         self.fallback_reason: Optional[str] = None if fast else "fast path off (xen-pte fast-path)"
         self._depth = 0
         self._saved_mode: Optional[str] = None  # old PhyMemMode while ours is on
+        self.gone = False  # the target disappeared: every later read raises TargetGone
         if fast:
             self._try_fast_path()
         self.name = f"QEMU gdbstub {stub.description}"
@@ -278,6 +229,35 @@ class QemuLiveSource(PhysSource):
     def _pread(self, block: RamBlock, paddr: int, size: int) -> bytes:
         return os.pread(self._mem.fileno(), size, block.hva + (paddr - block.start))
 
+    def _qemu_alive(self) -> bool:
+        """Is QEMU (the fast path's pid) still a live process, and gdb still connected?"""
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state not in ("Z", "X", "x") and self.stub.alive()
+
+    def _fast_read(self, block: RamBlock, paddr: int, size: int) -> bytes:
+        """One /proc read; a short read or error means QEMU died (TargetGone) or the page is
+        unreadable."""
+        try:
+            data = self._pread(block, paddr, size)
+        except OSError as err:
+            data, why = b"", err.strerror
+        else:
+            why = f"short read ({len(data)} of {size} bytes)"
+        if len(data) == size:
+            return data
+        if not self._qemu_alive():
+            self._gone(paddr)
+        raise UnreadableMemory(self.name, paddr, f"/proc/{self.pid}/mem: {why}")
+
+    def _gone(self, paddr: int) -> None:
+        self.gone = True
+        self._saved_mode = None  # nothing left to restore
+        raise TargetGone(self.name, paddr)
+
     @property
     def path(self) -> str:
         """How reads are done: ``/proc/<pid>/mem`` or ``PhyMemMode``."""
@@ -302,7 +282,12 @@ class QemuLiveSource(PhysSource):
     def _ensure_phys_mode(self) -> None:
         if self._saved_mode is not None:
             return
-        old = self.stub.packet("qqemu.PhyMemMode")
+        try:
+            old = self.stub.packet("qqemu.PhyMemMode")
+        except SourceError:
+            if not self.stub.alive():
+                self._gone(0)
+            raise
         if old not in ("0", "1"):
             raise SourceError(self.name, f"gdbstub has no PhyMemMode (QEMU >= 4.1 needed); "
                                          f"'qqemu.PhyMemMode' replied {old!r}")
@@ -315,13 +300,22 @@ class QemuLiveSource(PhysSource):
     def _restore_mode(self) -> None:
         saved, self._saved_mode = self._saved_mode, None
         if saved is not None and saved != "1":
+            if self.gone or not self.stub.alive():
+                return  # the target (and its PhyMemMode) is gone: nothing to restore
             reply = self.stub.packet(f"Qqemu.PhyMemMode:{saved}")
             if reply != "OK":
                 raise SourceError(self.name, f"could not restore PhyMemMode {saved}: {reply!r}")
 
     def _stub_read(self, paddr: int, size: int) -> bytes:
+        if self.gone:
+            raise TargetGone(self.name, paddr)
         self._ensure_phys_mode()
-        return self.stub.read_memory(paddr, size)
+        try:
+            return self.stub.read_memory(paddr, size)
+        except SourceError:
+            if not self.stub.alive():
+                self._gone(paddr)
+            raise
 
     # -- PhysSource --------------------------------------------------------------------------
     def _chunks(self, paddr: int, size: int) -> Iterator[Tuple[RamBlock, int, int]]:
@@ -336,9 +330,11 @@ class QemuLiveSource(PhysSource):
             paddr += n
 
     def read(self, paddr: int, size: int) -> bytes:
+        if self.gone:
+            raise TargetGone(self.name, paddr)
         chunks = list(self._chunks(paddr, size))
         if self._mem is not None:
-            return b"".join(self._pread(b, a, n) for b, a, n in chunks)
+            return b"".join(self._fast_read(b, a, n) for b, a, n in chunks)
         if self._depth:
             return b"".join(self._stub_read(a, n) for _, a, n in chunks)
         with self:
@@ -351,7 +347,6 @@ class QemuLiveSource(PhysSource):
         regs = self.stub.vcpus()
         if self.pkru is None:
             return regs
-        from dataclasses import replace
         return [replace(r, pkru=self.pkru) for r in regs]
 
     def close(self) -> None:
@@ -363,57 +358,3 @@ class QemuLiveSource(PhysSource):
                 self._mem = None
 
 
-class DirectMapSource(PhysSource):
-    """Physical memory read through a guest's direct map, for targets without physical access.
-
-    Guest-physical address ``pa`` is read at virtual address ``base + pa`` (e.g. a Linux guest's
-    ``page_offset_base``). For a PV guest, page-table entries hold machine frames: ``m2p`` names
-    Xen's read-only M2P (:data:`M2P_PV64` or :data:`M2P_PV32`) and every frame is translated
-    MFN -> PFN through it before it is read.
-
-    :param read_virt: reads ``size`` bytes at a guest virtual address; raises UnreadableMemory.
-    :param base: virtual address of guest-physical 0 (bytes).
-    :param m2p: ``(virtual base, entry bytes)`` of the M2P, or None for HVM/native guests.
-    """
-
-    def __init__(self, read_virt: Callable[[int, int], bytes], base: int,
-                 m2p: Optional[Tuple[int, int]] = None, domain: Optional[str] = None,
-                 vcpus: Sequence[VcpuRegs] = ()):
-        self._read_virt = read_virt
-        self.base = base
-        self.m2p = m2p
-        self.domain = domain
-        self._vcpus = list(vcpus)
-        self._m2p_cache: Dict[int, Optional[int]] = {}  # one walk's lifetime: the source's
-        self.name = f"direct map at {base:#x}" + (
-            f", M2P at {m2p[0]:#x}" if m2p else "")
-        if m2p:
-            self.translate_frame = self._mfn_to_pfn
-
-    def _mfn_to_pfn(self, mfn: int) -> Optional[int]:
-        if mfn not in self._m2p_cache:
-            vbase, width = self.m2p
-            try:
-                raw = self._read_virt(vbase + mfn * width, width)
-            except UnreadableMemory:
-                self._m2p_cache[mfn] = None
-            else:
-                pfn = int.from_bytes(raw, "little")
-                self._m2p_cache[mfn] = None if pfn >= _M2P_INVALID_FROM[width] else pfn
-        return self._m2p_cache[mfn]
-
-    def read(self, paddr: int, size: int) -> bytes:
-        try:
-            return self._read_virt(self.base + paddr, size)
-        except UnreadableMemory as err:
-            raise UnreadableMemory(self.name, paddr, f"direct-map VA {self.base + paddr:#x} "
-                                                     f"not readable") from err
-
-    def ranges(self) -> Sequence[Tuple[int, int]]:
-        return [(0, 1 << 52)]
-
-    def vcpus(self) -> List[VcpuRegs]:
-        return list(self._vcpus)
-
-    def describe(self) -> str:
-        return f"{self.name} (no physical access: tables read through guest virtual memory)"

@@ -14,7 +14,7 @@ from typing import Sequence, Tuple
 
 from ..errors import OptionError
 from .base import PhysSource
-from .filemap import MappedFile
+from .filemap import DumpFile
 from .runs import RunMap
 
 __all__ = ["RawSource", "parse_raw_spec"]
@@ -23,13 +23,17 @@ __all__ = ["RawSource", "parse_raw_spec"]
 def parse_raw_spec(spec: str) -> Tuple[str, int]:
     """Split ``FILE@BASE`` into the path and the base address (bytes; any int literal).
 
-    ``FILE`` alone means base 0. The last ``@`` separates, so paths may contain ``@``.
+    BASE is required, also when it is 0: a raw image says nothing about where it belongs, and
+    guessing 0 walks the wrong memory without a word (one rule for the gdb commands and
+    ``xen-pte-dump``). The last ``@`` separates, so paths may contain ``@``.
 
-    :raises OptionError: if BASE is not an integer or is negative or not 4 KiB aligned.
+    :raises OptionError: if BASE is missing, not an integer, negative or not 4 KiB aligned.
     """
     path, sep, base_text = spec.rpartition("@")
     if not sep:
-        return spec, 0
+        raise OptionError(f"--raw {spec}: no base address: give FILE@BASE, the guest-physical "
+                          f"address of the file's first byte (e.g. {spec}@0x0 for memory from "
+                          "address 0)")
     try:
         base = int(base_text, 0)
     except ValueError:
@@ -46,7 +50,7 @@ def parse_raw_spec(spec: str) -> Tuple[str, int]:
 class RawSource(PhysSource):
     """A flat image of guest-physical memory starting at ``base``.
 
-    :param path: the image; opened read-only and mapped.
+    :param path: the image; opened read-only (never mapped: see filemap).
     :param base: guest-physical address of the file's first byte.
     """
 
@@ -58,7 +62,7 @@ class RawSource(PhysSource):
         return False
 
     def __init__(self, path: str, base: int = 0):
-        self._file = MappedFile(path)
+        self._file = DumpFile(path)
         self.base = base
         self.name = f"raw image {self._file.name}@{base:#x}"
         self._runs = RunMap(self._file, self._file.name)

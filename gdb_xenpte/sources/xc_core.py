@@ -92,7 +92,7 @@ def _sorted_pairs(keys: array, values: array) -> Tuple[array, array]:
 class XcCoreSource(FileSource):
     """Physical memory (PFN space), vCPU contexts and Xen facts of an xl dump-core file.
 
-    :param path: the dump file; opened read-only and mapped.
+    :param path: the dump file; opened read-only (never mapped: see filemap).
     :raises DumpFormatError: see the module docstring.
     """
 

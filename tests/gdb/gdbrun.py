@@ -10,25 +10,32 @@ import os
 import pathlib
 import shutil
 import subprocess
-from typing import List, Sequence
+from typing import Sequence
 
+import jsonschema
 import pytest
 import tabulate
+from referencing import Registry, Resource
+
+from tests.targets.gdb import GdbResult
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 LOADER = ROOT / "gdb_xenpte" / "gdb_load.py"
 DEPS = pathlib.Path(tabulate.__file__).resolve().parent.parent
 GDB = shutil.which("gdb")
+DATA = ROOT / "gdb_xenpte" / "data"
 
 
-class GdbResult:
-    def __init__(self, proc: subprocess.CompletedProcess):
-        self.returncode = proc.returncode
-        self.stdout = proc.stdout
-        self.stderr = proc.stderr
-
-    def json_lines(self) -> List[dict]:
-        return [json.loads(line) for line in self.stdout.splitlines() if line.startswith("{")]
+def validators():
+    """(walk, check) JSON Schema validators, the check schema resolving its $ref to the walk's:
+    the one place the tests load the schemas."""
+    walk = json.loads((DATA / "xen-pte-walk.schema.json").read_text())
+    check = json.loads((DATA / "xen-pte-check.schema.json").read_text())
+    registry = Registry().with_resources([
+        ("gdb_xenpte/xen-pte-walk.schema.json", Resource.from_contents(walk)),
+        ("gdb_xenpte/xen-pte-check.schema.json", Resource.from_contents(check))])
+    return (jsonschema.Draft202012Validator(walk, registry=registry),
+            jsonschema.Draft202012Validator(check, registry=registry))
 
 
 def run_gdb(*commands: str, pre: Sequence[str] = (), numpy: bool = True, timeout: int = 120,
@@ -54,7 +61,7 @@ def run_gdb(*commands: str, pre: Sequence[str] = (), numpy: bool = True, timeout
     env = dict(os.environ, TERM="dumb", COLUMNS="200")
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
                           stdin=subprocess.DEVNULL)
-    return GdbResult(proc)
+    return GdbResult(argv, proc.returncode, proc.stdout, proc.stderr)
 
 
 def gdb_python(script: str, **kw) -> object:

@@ -15,7 +15,7 @@ def _errors(res):
     ("xen-pte-walk --cor", "xen-pte-walk: unrecognized arguments: --cor"),  # no abbreviations
     ("xen-pte-walk --pkey 16", "xen-pte-walk: argument --pkey: 16 is not in 0..15"),
     ("xen-pte-walk --domain pv16",
-     "xen-pte-walk: argument --domain: 'pv16' is not one of hvm, pv64, pv32"),
+     "xen-pte-walk: argument --domain: 'pv16' is not one of native, hvm, pv64, pv32"),
     ("xen-pte-walk --raw mem.bin@zz", "xen-pte-walk: --raw mem.bin@zz: base address 'zz' is not "
                                       "a number (expected FILE@BASE, e.g. guest.ram@0x0)"),
     ("xen-pte-walk --raw /nonexistent@0", "xen-pte-walk: /nonexistent: cannot open: No such file "
@@ -25,8 +25,9 @@ def _errors(res):
     ("xen-pte-walk --core /etc/hostname --raw x@0", "xen-pte-walk: give --core or --raw, not "
                                                     "both"),
     ("xen-pte-walk --verdict kernel-jump=ok",
-     "xen-pte-walk: argument --verdict: 'kernel-jump=ok' is not KIND=ok|fault[:REASON] with KIND "
-     "one of kernel-read, kernel-write, kernel-exec, user-read, user-write, user-exec"),
+     "xen-pte-walk: argument --verdict: 'kernel-jump=ok' is not KIND=ok|fault[:REASON]: "
+     "'kernel-jump' is not an access: one of kr/kernel-read, kw/kernel-write, kx/kernel-exec, "
+     "ur/user-read, uw/user-write, ux/user-exec"),
     ("xen-pte-walk 1 2 3", "xen-pte-walk: give one ADDR or START END, not more"),
     ("xen-pte-walk 0x10 0x5", "xen-pte-walk: empty range: END 0x5 is not above START 0x10 (the "
                               "range is [START, END); END 0 means the top)"),

@@ -28,7 +28,7 @@ def test_bad_value_is_one_error_line_and_restores_the_old_value():
                   "show xen-pte maxphyaddr", "set xen-pte pkru banana", "show xen-pte pkru")
     errors = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert errors == [
-        "set xen-pte xen-version: 'four' is not a Xen version like 4.17 (or auto)",
+        "set xen-pte xen-version: bad Xen version 'four': expected e.g. '4.17' or '3.0.3' (or auto)",
         "set xen-pte maxphyaddr: 99 is not 0 (auto) or 32..52",
         "set xen-pte pkru: 'banana' is not a number (or unknown)",
     ], res.stderr

@@ -262,3 +262,22 @@ def test_extended_remote_connections_work_too(guest):
     recs = res.json_lines()
     assert recs and "/proc/" in recs[0]["source"], res.stderr
     assert _mode(guest) == "0"
+
+
+def test_readme_live_qemu_examples(guest):
+    """Issue 14: the README's live block runs as written (its `target remote :1234` aimed at
+    this guest's port): no error line, no traceback, each command prints."""
+    from tests.readme_examples import gdb_lines
+    lines = gdb_lines("Live QEMU")
+    assert lines[0] == "target remote :1234", lines
+    res = _live(guest, *[f"echo @@{ln}\\n" if i % 2 else ln for ln in lines[1:]
+                         for i in (1, 0)])
+    # gdb's own warnings about connecting without a file are not ours.
+    errors = [ln for ln in res.stderr.splitlines() if ln.strip()
+              and not ln.startswith(("warning: No executable", "determining executable"))]
+    assert not errors and "Traceback" not in res.stdout, errors
+    outputs = res.stdout.split("@@")[1:]
+    assert len(outputs) == len(lines) - 1
+    for text in outputs:
+        command, _, printed = text.partition("\n")
+        assert printed.strip(), f"{command!r} printed nothing"

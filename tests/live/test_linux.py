@@ -15,9 +15,10 @@ equal the live one field by field (VA, PA, entries, flags, rights, verdicts...).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import pytest
 
@@ -42,6 +43,10 @@ class LinuxCapture:
     tlb_text: str = ""
     live: Optional[WalkOutput] = None
     dumps: Dict[str, WalkOutput] = field(default_factory=dict)  # "elf", "kdump"
+    leftover: Optional[WalkOutput] = None  # walked after `set xen-pte xen-version 4.17`
+    default: Optional[WalkOutput] = None  # the default (coalesced) walk
+    cr4_text: str = ""  # `xen-cr4` with nothing naming Xen
+    check: List[dict] = field(default_factory=list)  # `xen-pte-check --json`
     seconds: Dict[str, float] = field(default_factory=dict)
 
     @property
@@ -64,6 +69,16 @@ def linux_capture(request, tmp_path_factory) -> LinuxCapture:
             cap.registers = {r: gdb.evaluate(f"${r}") for r in ("cr0", "cr3", "cr4", "efer")}
             files["live"] = workdir / "live.jsonl"
             cap.seconds["live walk"] = run_to_file(gdb, WALK, files["live"])
+            # Issue 13: a setting left from a Xen session must not rewrite what the CPU shows.
+            gdb.cli("set xen-pte xen-version 4.17")
+            files["leftover"] = workdir / "leftover.jsonl"
+            run_to_file(gdb, WALK, files["leftover"])
+            gdb.cli("set xen-pte xen-version auto")
+            files["default"] = workdir / "default.jsonl"
+            run_to_file(gdb, "xen-pte-walk --json", files["default"])
+            files["check"] = workdir / "check.jsonl"
+            run_to_file(gdb, "xen-pte-check --json", files["check"])
+            cap.cr4_text = gdb.cli("xen-cr4")
             start = time.monotonic()
             cap.tlb_text = vm.monitor("info tlb", timeout=300)
             cap.seconds["info tlb"] = time.monotonic() - start
@@ -80,6 +95,9 @@ def linux_capture(request, tmp_path_factory) -> LinuxCapture:
                 dump.unlink()  # ~512 MB for the ELF: never leave it behind
     # QEMU is gone by now: reading the outputs does not keep a guest alive.
     cap.live = read_walk(files.pop("live"))
+    cap.leftover = read_walk(files.pop("leftover"))
+    cap.default = read_walk(files.pop("default"))
+    cap.check = [json.loads(ln) for ln in files.pop("check").read_text().splitlines() if ln]
     cap.dumps = {kind: read_walk(path) for kind, path in files.items()}
     print(f"\nLinux {cap.label}: boot {guest.boot_seconds:.1f} s; " +
           ", ".join(f"{k} {v:.1f} s" for k, v in cap.seconds.items()))
@@ -120,3 +138,39 @@ def test_dump_walk_equals_live(linux_capture, kind):
     print(f"\n{linux_capture.label} {kind} vs live: {len(live.mappings)} live records, "
           f"{len(walk.mappings)} from the dump, {equal} equal")
     assert not problems, "\n".join(problems)
+
+
+def test_leftover_xen_setting_keeps_what_the_cpu_shows(linux_capture):
+    """Issue 13: after `set xen-pte xen-version 4.17` a bare Linux guest is still walked with
+    the CR4 the CPU runs (5-level stays 5-level), leaf for leaf as QEMU's info tlb; the header
+    names the setting, and, where an HVM guest of Xen 4.17 could not have set a bit it has
+    (LA57), the contradiction."""
+    walk, regs = linux_capture.leftover, linux_capture.registers
+    assert walk.header["mode"] == linux_capture.label
+    assert int(walk.header["effective_cr4"], 16) == regs["cr4"]
+    notes = walk.header["notes"]
+    assert any("xen-version 4.17 from `set xen-pte xen-version`" in n for n in notes), notes
+    if linux_capture.la57:
+        assert any("LA57" in n and "contradicts" in n for n in notes), notes
+    result = compare(walk.leaves(), parse_info_tlb(linux_capture.tlb_text))
+    assert result.agree, result.report()
+
+
+def test_xen_cr4_on_bare_linux_says_no_xen_policy_applies(linux_capture):
+    """Issue 13: nothing names Xen, so xen-cr4 shows the CPU's own CR4 bit by bit."""
+    text, cr4 = linux_capture.cr4_text, linux_capture.registers["cr4"]
+    assert text.startswith("no Xen policy applies"), text[:300]
+    assert f"effective CR4 {cr4:#x} " in text
+    la57 = "LA57=1: read from the CPU" if linux_capture.la57 else "LA57=0: clear in the CPU"
+    assert la57 in text, text
+
+
+def test_healthy_linux_has_no_alarms(linux_capture):
+    """Issue 14: the guest chose SMEP/SMAP/PKE itself: no #PF-loop finding, nothing counted as
+    faulting beyond its own choices, while its own protections are still counted per class."""
+    counts = linux_capture.default.summary["counts"]
+    assert counts["faulting"] == 0 and counts["fault_classes"]["imposed"] == 0, counts
+    assert counts["fault_classes"]["guest"] + counts["fault_classes"]["conditional"] > 0, counts
+    assert linux_capture.default.header["domain"] == "native"
+    assert not [r for r in linux_capture.check if r.get("category") == "pf-loop"]
+    assert linux_capture.check[-1]["type"] == "summary"

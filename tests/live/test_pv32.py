@@ -356,7 +356,8 @@ def test_xen_cr4_command_46_keeps_smep_smap(rec):
     text = rec.gdb["cr4-4.6"]
     eff = _effective_line(rec, "cr4-4.6")
     assert eff & xen.XEN_CR4_PV32_BITS == xen.XEN_CR4_PV32_BITS
-    assert "guest kernel: CPL 1; SMEP applies, SMAP applies" in text
+    assert ("guest kernel: CPL 1; SMEP applies (imposed by Xen), SMAP applies (imposed by Xen)"
+            in text)
 
 
 def test_walk_header_shows_hardware_and_guest_cr4_apart(rec):
@@ -420,7 +421,7 @@ def test_what_if_46_from_a_ring1_stop_without_cr4(rec):
 def test_check_lists_the_pf_loop_candidates_only_under_46(rec):
     def smep_smap(name):
         return {int(r["va"], 16) for r in _json(rec, name)
-                if r.get("type") == "anomaly" and r["category"] == "kernel-smep-smap"}
+                if r.get("type") == "anomaly" and r["category"] == "pf-loop"}
     assert smep_smap("check-4.6") == {rec.report["user-data"]["va"], rec.report["user-code"]["va"]}
     assert smep_smap("check-4.17") == set()
 

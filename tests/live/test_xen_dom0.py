@@ -28,7 +28,8 @@ import pytest
 
 from gdb_xenpte import xen
 from gdb_xenpte.arch import CR4
-from targets.gdb import GdbMi
+from readme_examples import gdb_lines
+from targets.gdb import GdbError, GdbMi
 from targets.initramfs import default_init_script
 from targets.livewalk import load_extension, read_walk, run_to_file
 from targets.tlb import Leaf, compare, leaf_from_record, parse_info_tlb
@@ -60,6 +61,7 @@ class XenCapture:
     leaves: Dict[int, Leaf] = field(default_factory=dict)
     tlb_text: str = ""
     cr4_text: str = ""  # what `xen-cr4 --domain pv64 --xen 4.17` says live
+    readme: Dict[str, str] = field(default_factory=dict)  # README's Xen block: line -> output
     serial: str = ""
     attempts: int = 0
     regions: Counter = field(default_factory=Counter)  # (region, property) -> leaf count
@@ -150,6 +152,11 @@ def xen_capture(tmp_path_factory) -> XenCapture:
                 cap.tlb_text = vm.monitor("info tlb", timeout=300)
                 cap.seconds["info tlb"] = time.monotonic() - start
                 cap.cr4_text = gdb.cli("xen-cr4 --domain pv64 --xen 4.17")
+                for line in gdb_lines("A Xen host under QEMU"):  # the README, as written
+                    try:
+                        cap.readme[line] = gdb.cli(line, timeout=600)
+                    except GdbError as err:
+                        cap.readme[line] = f"ERROR: {err}"
                 break
             time.sleep(0.3)
         else:
@@ -249,3 +256,14 @@ def test_xen_py_effective_cr4_matches_the_cpu(xen_capture):
         f"{derived.value:#x}; CPU in dom0 context {cpu0_cr4:#x}; differ in "
         f"{_bit_names(derived.value ^ cpu0_cr4)}\n" +
         "\n".join(derived.explanation))
+
+
+def test_readme_xen_host_examples(xen_capture):
+    """Issue 14: the README's Xen block runs as written on a live Xen 4.17 dom0; dom0's kernel
+    runs at CPL3, so the Xen 4.6 what-if changes nothing it chose and no #PF loop is found."""
+    assert len(xen_capture.readme) == 3, xen_capture.readme.keys()
+    for line, out in xen_capture.readme.items():
+        assert out.strip() and not out.startswith("ERROR") and "Traceback" not in out, (line,
+                                                                                       out[:500])
+    check = next(o for ln, o in xen_capture.readme.items() if "xen=4.6" in ln)
+    assert "what-if xen=4.6" in check and "[pf-loop]" not in check, check[-2000:]

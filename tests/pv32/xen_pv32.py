@@ -2,12 +2,15 @@
 
 Debian 12's ``xen-hypervisor-4.17-amd64`` is built without ``CONFIG_PV32`` and panics on a 32-bit
 PV dom0, so Xen is rebuilt from Debian's own source package: ``apt-get source xen``, Debian's
-hypervisor config (``debian/xen-kconfig`` + ``olddefconfig``) with only ``CONFIG_PV32=y`` added, a
-release build of the hypervisor alone (``make -C xen``, no tools). The guest kernel is assembled
-from ``guest/pv32.s`` with GNU as and ld.
+hypervisor config (``debian/xen-kconfig`` + ``olddefconfig``) with ``CONFIG_PV32=y`` and
+``CONFIG_DEBUG_INFO=y`` added (the latter is offered only under ``CONFIG_EXPERT``, Kconfig.debug),
+a release build of the hypervisor alone (``make -C xen``, no tools). The same build serves the PV32
+target and the crashed-host target (tests/targets/xen_crash.py), which needs ``xen-syms`` with
+DWARF. The guest kernel is assembled from ``guest/pv32.s`` with GNU as and ld.
 
-Both products are cached under ``$XENPTE_PV32_CACHE`` (default: the shared test cache's ``pv32``),
-keyed by the Debian source version and by a hash of the guest sources, so a CI run builds Xen once.
+Both products are cached under ``$XENPTE_PV32_CACHE`` (default: the shared test cache's ``pv32``):
+Xen in ``xen-<debian version>-<hash of CONFIG_DELTA>/`` (``xen.elf``, ``xen-syms``, ``config``,
+``version``, ``build.log``), the guest keyed by a hash of its sources, so a CI run builds Xen once.
 
 Side effect on the host: if apt knows no source package for ``xen``, a ``deb-src`` entry for the
 release suite (``bookworm``; the security suite's sources may be missing from the mirror) is written
@@ -32,6 +35,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
@@ -45,9 +49,13 @@ except ImportError:  # run as a script: the repository root is not on sys.path y
     from tests.targets.packages import TargetSetupError
 
 __all__ = [
+    "CONFIG_DELTA",
     "GUEST_DIR",
+    "XenBuild",
     "build_guest",
     "build_xen",
+    "build_xen_syms",
+    "xen_build",
     "cache_dir",
     "ensure_deb_src",
     "guest_symbols",
@@ -57,8 +65,10 @@ __all__ = [
 GUEST_DIR = Path(__file__).resolve().parent / "guest"
 GUEST_SOURCES = ("pv32.s", "pv32.ld")
 SRC_LIST = Path("/etc/apt/sources.list.d/gdb-xenpte-src.sources")
-# The one change to Debian's hypervisor config (xen/arch/x86/Kconfig: 32-bit PV guest support).
-CONFIG_DELTA = "CONFIG_PV32=y\n"
+# The changes to Debian's hypervisor config: 32-bit PV guest support (xen/arch/x86/Kconfig), and
+# DWARF in xen-syms (xen/Kconfig.debug: DEBUG_INFO sits inside "if DEBUG || EXPERT"; DEBUG would
+# change Xen's behaviour, EXPERT only exposes options, whose defaults olddefconfig keeps).
+CONFIG_DELTA = "CONFIG_PV32=y\nCONFIG_EXPERT=y\nCONFIG_DEBUG_INFO=y\n"
 XEN_SERIES = "4.17"
 # Tools the hypervisor-only build needs beyond the base image (gcc, make, dpkg-dev, python3):
 # Xen's Kconfig is built from lexer.l/parser.y at configure time.
@@ -232,16 +242,48 @@ def _fetch_source(workdir: Path, log: Path) -> tuple:
     raise TargetSetupError("cannot fetch Debian's xen source: " + " | ".join(errors))
 
 
-def build_xen(jobs: Optional[int] = None) -> Path:
-    """Return Xen 4.17 built with ``CONFIG_PV32=y`` (multiboot ELF32), building it if not cached.
+@dataclass(frozen=True)
+class XenBuild:
+    """One cached Xen build: the boot image and the ELF64 it was made from.
+
+    :ivar elf: the multiboot ELF32 image QEMU's ``-kernel`` boots.
+    :ivar syms: ``xen-syms``, the linked hypervisor with symbols and DWARF.
+    :ivar config: the ``.config`` it was built with.
+    :ivar version: Debian's source version, e.g. ``4.17.5+72-g01140da4e8-1``.
+    """
+
+    elf: Path
+    syms: Path
+    config: Path
+    version: str
+
+
+def _delta_key() -> str:
+    return hashlib.sha256(CONFIG_DELTA.encode()).hexdigest()[:12]
+
+
+def _cached_build(folder: Path) -> Optional[XenBuild]:
+    """Return the build in ``folder`` if it is complete and has every CONFIG_DELTA line."""
+    names = ("xen.elf", "xen-syms", "config", "version")
+    if not all((folder / name).is_file() for name in names):
+        return None
+    lines = set((folder / "config").read_text().splitlines())
+    if not set(CONFIG_DELTA.splitlines()) <= lines:
+        return None
+    return XenBuild(folder / "xen.elf", folder / "xen-syms", folder / "config",
+                    (folder / "version").read_text().strip())
+
+
+def xen_build(jobs: Optional[int] = None) -> XenBuild:
+    """Return Xen 4.17 built with ``CONFIG_DELTA``, building it if not cached.
 
     :param jobs: parallel make jobs (default: the CPU count).
-    :returns: path of the hypervisor image, ``<cache>/xen-<debian version>-pv32.elf``.
     :raises TargetSetupError: as described in the module docstring.
     """
     cache = cache_dir()
+    key = _delta_key()
     with _locked("xen"):
-        done = sorted(cache.glob("xen-*-pv32.elf"))
+        done = [b for b in map(_cached_build, sorted(cache.glob(f"xen-*-{key}"))) if b]
         if done:
             return done[-1]
         _check_tools()
@@ -250,20 +292,43 @@ def build_xen(jobs: Optional[int] = None) -> Path:
         src_root = cache / "src"
         src_root.mkdir(exist_ok=True)
         version, tree = _fetch_source(src_root, log)
-        config = tree / "xen" / ".config"
-        config.write_text((tree / "debian" / "xen-kconfig").read_text() + CONFIG_DELTA)
         # XEN_TARGET_ARCH as in debian/rules; no downloads at build time (also as there)
         env = dict(os.environ, WGET="/bin/false", GIT="/bin/false")
         args = ["XEN_TARGET_ARCH=x86_64", "PYTHON=python3"]
+        # the shared tree may hold objects of another config: start clean
+        _run(["make", "-C", "xen", "clean"] + args, cwd=tree, log=log, env=env)
+        config = tree / "xen" / ".config"
+        config.write_text((tree / "debian" / "xen-kconfig").read_text() + CONFIG_DELTA)
         _run(["make", "-C", "xen", "olddefconfig"] + args, cwd=tree, log=log, env=env)
-        if "CONFIG_PV32=y" not in config.read_text().splitlines():
-            raise TargetSetupError(f"{config}: olddefconfig dropped CONFIG_PV32=y")
+        lost = set(CONFIG_DELTA.splitlines()) - set(config.read_text().splitlines())
+        if lost:
+            raise TargetSetupError(f"{config}: olddefconfig dropped {', '.join(sorted(lost))}")
         jobs = jobs or os.cpu_count() or 1
         _run(["make", "-C", "xen", f"-j{jobs}"] + args, cwd=tree, log=log, env=env)
-        out = cache / f"xen-{version.replace(':', '_')}-pv32.elf"
-        shutil.copyfile(tree / "xen" / "xen", out.with_suffix(".tmp"))
-        os.replace(out.with_suffix(".tmp"), out)
-        return out
+        out = cache / f"xen-{version.replace(':', '_')}-{key}"
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        shutil.copyfile(tree / "xen" / "xen", tmp / "xen.elf")
+        shutil.copyfile(tree / "xen" / "xen-syms", tmp / "xen-syms")
+        shutil.copyfile(config, tmp / "config")
+        shutil.copyfile(log, tmp / "build.log")
+        (tmp / "version").write_text(version + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+        built = _cached_build(out)
+        assert built is not None
+        return built
+
+
+def build_xen(jobs: Optional[int] = None) -> Path:
+    """Return the bootable image of :func:`xen_build` (multiboot ELF32)."""
+    return xen_build(jobs).elf
+
+
+def build_xen_syms(jobs: Optional[int] = None) -> Path:
+    """Return ``xen-syms`` (ELF64 with DWARF) of the same build as :func:`build_xen`."""
+    return xen_build(jobs).syms
 
 
 def build_guest() -> Path:
@@ -306,4 +371,6 @@ if __name__ == "__main__":
     t0 = time.monotonic()
     print("guest:", build_guest(), f"({time.monotonic() - t0:.1f} s)")
     t0 = time.monotonic()
-    print("xen:  ", build_xen(), f"({time.monotonic() - t0:.1f} s)")
+    xb = xen_build()
+    print("xen:  ", xb.elf, f"({time.monotonic() - t0:.1f} s)")
+    print("syms: ", xb.syms)

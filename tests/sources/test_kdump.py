@@ -162,3 +162,19 @@ def test_lzo_and_snappy_pages(tmp_path, method, flattened):
         with pytest.raises(UnreadableMemory) as err:
             src.read(0x1000, 8)
         assert "does not decompress" in str(err.value) and method in str(err.value)
+
+
+def test_ram_but_not_dumped_is_told_apart_from_not_ram(tmp_path):
+    # First bitmap: RAM; second: stored pages (makedumpfile's dump_level filters the difference).
+    pages = sample_low_pages()  # pfns 0-3, 5, 6
+    image, layout, _ = build_kdump(pages, VCPUS)
+    data = bytearray(image)
+    data[layout.offsets["bitmap1"]] |= 1 << 4  # pfn 4 is RAM, filtered out of the dump
+    path = tmp_path / "filtered.kdump"
+    path.write_bytes(bytes(data))
+    with open_dump(str(path)) as src:
+        with pytest.raises(UnreadableMemory, match="page excluded from the dump at physical "
+                                                   "address 0x4000"):
+            src.read(0x4000, 8)
+        with pytest.raises(UnreadableMemory, match="not in dump at physical address 0x7000"):
+            src.read(0x7000, 8)

@@ -29,7 +29,6 @@ def test_raw_image_at_base(tmp_path):
 
 @pytest.mark.parametrize("spec,expected", [
     ("ram.bin@0x0", ("ram.bin", 0)),
-    ("ram.bin", ("ram.bin", 0)),
     ("a@b.bin@4096", ("a@b.bin", 4096)),
     ("/x/ram@0x100000000", ("/x/ram", 1 << 32)),
 ])
@@ -37,7 +36,7 @@ def test_parse_raw_spec(spec, expected):
     assert parse_raw_spec(spec) == expected
 
 
-@pytest.mark.parametrize("spec", ["ram@zero", "ram@0x123", "@0x1000", "ram@-4096"])
+@pytest.mark.parametrize("spec", ["ram@zero", "ram@0x123", "@0x1000", "ram@-4096", "ram.bin"])
 def test_parse_raw_spec_errors(spec):
     with pytest.raises(OptionError) as err:
         parse_raw_spec(spec)

@@ -57,7 +57,7 @@ def test_cpl3_kernel_changes_nothing(dom0, scenario):
     CPL3 dom0 kernel is unaffected — the 'nothing changes' answer on a real guest."""
     r = what_if(dom0, scenario, BASE)
     assert r.changes == [], r.headline()
-    assert r.mappings_seen > 390000
+    assert r.pages_seen > 390000 and r.mappings_seen > 60000  # pages and mappings counted apart
 
 
 def test_pke_on_real_dom0(dom0):

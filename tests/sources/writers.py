@@ -86,16 +86,24 @@ def qemu_notes(vcpus: Sequence[dict], lma: bool = True) -> bytes:
 def write_qemu_elf(path, pages: Dict[int, bytes], vcpus: Sequence[dict], *, elf_class: int = 64,
                    machine: int = EM_X86_64,
                    vaddr: Callable[[int], int] = lambda paddr: paddr,
-                   loads: Optional[Iterable[Tuple[int, int, bytes, int]]] = None) -> Layout:
+                   loads: Optional[Iterable[Tuple[int, int, bytes, int]]] = None,
+                   notes: Optional[bytes] = None, note_filesz: Optional[int] = None,
+                   pn_xnum: bool = False) -> Layout:
     """Write a QEMU-style ELF core: ELF header, PT_NOTE + PT_LOADs, notes, then segment data.
 
     :param vaddr: p_vaddr for a segment at a physical address (identity = QEMU >= 2.x without -p).
     :param loads: explicit ``(paddr, vaddr, data, memsz)`` segments instead of ``pages``.
+    :param notes: the note stream instead of QEMU's (e.g. :func:`process_notes`).
+    :param note_filesz: the PT_NOTE size to claim instead of the real one (a lying header).
+    :param pn_xnum: write e_phnum as PN_XNUM (0xffff) and the real count in the sh_info of section
+        header 0, as the ELF gABI allows (and Linux does past 65534 segments).
     """
     if loads is None:
         loads = [(p, vaddr(p), d, len(d)) for p, d in coalesce(pages)]
     loads = list(loads)
-    notes = qemu_notes(vcpus, lma=(machine == EM_X86_64))
+    if notes is None:
+        notes = qemu_notes(vcpus, lma=(machine == EM_X86_64))
+    note_claim = len(notes) if note_filesz is None else note_filesz
     ehsize, phentsize = (64, 56) if elf_class == 64 else (52, 32)
     phnum = 1 + len(loads)
     layout = Layout()
@@ -112,23 +120,66 @@ def write_qemu_elf(path, pages: Dict[int, bytes], vcpus: Sequence[dict], *, elf_
         phdrs.append((PT_LOAD, off, va, paddr, len(data), memsz))
         body.extend(data)
     ident = b"\x7fELF" + bytes([2 if elf_class == 64 else 1, 1, 1]) + bytes(9)
+    shoff = data_off + len(body) if pn_xnum else 0
+    e_phnum, shnum = (0xFFFF, 1) if pn_xnum else (phnum, 0)
     if elf_class == 64:
-        ehdr = struct.pack("<16sHHIQQQIHHHHHH", ident, 4, machine, 1, 0, ehsize, 0, 0, ehsize,
-                           phentsize, phnum, 64, 0, 0)
-        ph = struct.pack("<IIQQQQQQ", PT_NOTE, 0, note_off, 0, 0, len(notes), len(notes), 0)
+        ehdr = struct.pack("<16sHHIQQQIHHHHHH", ident, 4, machine, 1, 0, ehsize, shoff, 0, ehsize,
+                           phentsize, e_phnum, 64, shnum, 0)
+        ph = struct.pack("<IIQQQQQQ", PT_NOTE, 0, note_off, 0, 0, note_claim, note_claim, 0)
         for t, off, va, pa, fs, ms in phdrs:
             ph += struct.pack("<IIQQQQQQ", t, 7, off, va, pa, fs, ms, 0)
+        # Section header 0 (SHT_NULL): sh_info (at +44) holds the real program header count.
+        shdr = struct.pack("<IIQQQQIIQQ", 0, 0, 0, 0, 0, 0, 0, phnum, 0, 0)
     else:
-        ehdr = struct.pack("<16sHHIIIIIHHHHHH", ident, 4, machine, 1, 0, ehsize, 0, 0, ehsize,
-                           phentsize, phnum, 40, 0, 0)
-        ph = struct.pack("<IIIIIIII", PT_NOTE, note_off, 0, 0, len(notes), len(notes), 0, 0)
+        ehdr = struct.pack("<16sHHIIIIIHHHHHH", ident, 4, machine, 1, 0, ehsize, shoff, 0, ehsize,
+                           phentsize, e_phnum, 40, shnum, 0)
+        ph = struct.pack("<IIIIIIII", PT_NOTE, note_off, 0, 0, note_claim, note_claim, 0, 0)
         for t, off, va, pa, fs, ms in phdrs:
             ph += struct.pack("<IIIIIIII", t, off, va, pa, fs, ms, 7, 0)
-    blob = ehdr + ph + notes + bytes(body)
+        shdr = struct.pack("<IIIIIIIIII", 0, 0, 0, 0, 0, 0, 0, phnum, 0, 0)
+    blob = ehdr + ph + notes + bytes(body) + (shdr if pn_xnum else b"")
     layout.size = len(blob)
     with open(path, "wb") as fh:
         fh.write(blob)
     return layout
+
+
+NT_PRPSINFO = 3
+NT_AUXV = 6
+NT_FILE = 0x46494C45  # "FILE"
+
+
+def process_notes() -> bytes:
+    """The notes a Linux process core carries (kernel ``fill_note_info``, gdb ``gcore``): CORE
+    prstatus, prpsinfo, auxv and the mapped-files table; no QEMU note."""
+    return (_note(b"CORE", NT_PRSTATUS, bytes(336)) + _note(b"CORE", NT_PRPSINFO, bytes(136))
+            + _note(b"CORE", NT_AUXV, bytes(16)) + _note(b"CORE", NT_FILE, bytes(16)))
+
+
+def write_process_core(path, pages: Dict[int, bytes]) -> Layout:
+    """A ``gcore``-like core of a user process: PT_LOADs keyed by user virtual address with
+    ``p_paddr`` 0 (what Linux and gdb write), process notes."""
+    loads = [(0, 0x400000 + p, d, len(d)) for p, d in coalesce(pages)]
+    return write_qemu_elf(path, {}, [], loads=loads, notes=process_notes())
+
+
+def write_elf_core_header(path, *, machine: int, big_endian: bool = False,
+                          elf_class: int = 64) -> int:
+    """Just an ELF ``ET_CORE`` header (and nothing else) for another machine or byte order.
+
+    :returns: the file size.
+    """
+    order = ">" if big_endian else "<"
+    ident = b"\x7fELF" + bytes([2 if elf_class == 64 else 1, 2 if big_endian else 1, 1]) + bytes(9)
+    if elf_class == 64:
+        ehdr = struct.pack(order + "16sHHIQQQIHHHHHH", ident, 4, machine, 1, 0, 64, 0, 0, 64,
+                           56, 0, 64, 0, 0)
+    else:
+        ehdr = struct.pack(order + "16sHHIIIIIHHHHHH", ident, 4, machine, 1, 0, 52, 0, 0, 52,
+                           32, 0, 40, 0, 0)
+    with open(path, "wb") as fh:
+        fh.write(ehdr)
+    return len(ehdr)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,10 +285,21 @@ def write_kdump(path, pages: Dict[int, bytes], vcpus: Sequence[dict], *,
         with open(path, "wb") as fh:
             fh.write(image)
         return layout
+    return write_flattened(path, pieces, chunk=chunk)
+
+
+def write_flattened(path, pieces: Pieces, *, chunk: int = 3 * PAGE,
+                    before: Iterable[Tuple[int, bytes]] = ()) -> Layout:
+    """Write ``(offset, bytes)`` pieces as a flattened stream, each cut into ``chunk``-byte records.
+
+    :param before: records written first, one each, uncut (later records win where they overlap).
+    """
     out = bytearray(b"makedumpfile".ljust(16, b"\0") + struct.pack(">qq", 1, 1))
     out.extend(bytes(PAGE - len(out)))
     flat = Layout()
     flat.offsets["flat_header"] = 0
+    for off, data in before:
+        out += struct.pack(">qq", off, len(data)) + data
     n = 0
     for off, piece in pieces:
         for start in range(0, max(len(piece), 1), chunk):

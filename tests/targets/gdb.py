@@ -44,12 +44,21 @@ def connect_commands(port: int) -> List[str]:
 
 @dataclass(frozen=True)
 class GdbResult:
-    """What a batch gdb run printed."""
+    """What a batch gdb run printed (every batch gdb driver of the tests returns one)."""
 
     argv: List[str]
     returncode: int
     stdout: str
     stderr: str
+
+    def json_lines(self) -> List[dict]:
+        """The JSON records among the printed lines."""
+        return [json.loads(line) for line in self.stdout.splitlines() if line.startswith("{")]
+
+    def ok(self) -> "GdbResult":
+        """This result, after asserting gdb exited 0 and printed no Python traceback."""
+        assert self.returncode == 0 and "Traceback" not in self.stderr, self.stderr
+        return self
 
 
 def gdb_batch(port: int, commands: Sequence[str], *, timeout: float = 120.0,

@@ -93,7 +93,7 @@ def boot_xen(workdir: Path, *, memory: str = "2048M", dom0_mem: str = "256M",
              init_script: Optional[str] = None, extra_files: Optional[Dict[str, bytes]] = None,
              initramfs: Optional[Path] = None, extra_args: Sequence[str] = (),
              xen_args: Sequence[str] = (), dom0_args: str = "", ready: str = READY_MARKER,
-             timeout: float = 180.0) -> Iterator[XenGuest]:
+             timeout: float = 180.0, xen: Optional[Path] = None) -> Iterator[XenGuest]:
     """Boot Xen + PV dom0 and yield once dom0's ``/init`` has printed ``ready``.
 
     :param workdir: where the initramfs, ``serial.log`` and ``qemu.stderr`` are written.
@@ -106,10 +106,11 @@ def boot_xen(workdir: Path, *, memory: str = "2048M", dom0_mem: str = "256M",
     :param dom0_args: more dom0 kernel options.
     :param ready: the console text that says dom0 is up.
     :param timeout: seconds to wait for ``ready``.
+    :param xen: Xen's multiboot image (default: Debian's, :func:`packages.xen_hypervisor`).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    xen = packages.xen_hypervisor()
+    xen = Path(xen) if xen is not None else packages.xen_hypervisor()
     kernel = packages.linux_kernel()
     if initramfs is None:
         initramfs = write_busybox_initramfs(workdir / "dom0-initramfs.cpio.gz",

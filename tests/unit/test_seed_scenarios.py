@@ -187,7 +187,9 @@ def test_live_stop_in_guest_context_uses_the_cpus_cr4_as_is():
     src = MemorySource(b.image(), "live", vcpus=[regs], domain="pv64")
     s = prepare(src, Options(xen="4.17"))
     assert s.effective_cr4 == 0x150660
-    assert s.cr4_explanation[0].startswith("CR4=0x150660: the CPU's")
+    assert s.state.origins["effective_cr4"].kind == "observed"
+    # Every bit is explained as it is in the value used (issue 13: not the policy's bits).
+    assert "PGE=0: clear in the CPU's CR4" in "\n".join(s.state.cr4.explanation)
     assert any("differs in" in n for n in s.notes)
     # Stopped in Xen (CS 0xe008) with dom0's L4 loaded, Xen runs dom0's context CR4 (lazy).
     regs = VcpuRegs(0, cr0=CR0, cr3=b.cr3, cr4=0x150660, efer=LM, cs=0xE008)
@@ -199,11 +201,15 @@ def test_domain_is_told_by_xens_code_selectors():
     """Xen's flat selectors (xen-x86_64.h: FLAT_RING3_CS64 0xe033; xen-x86_32.h: FLAT_RING1_CS
     0xe019) mark a PV guest's context; without them the tables are taken as the guest's own."""
     b = pv64_guest()
-    for cs, domain in ((0xE033, "pv64"), (0xE019, "pv32"), (0xE008, "pv64"), (0x10, "hvm"),
-                       (None, "hvm")):
+    for cs, domain in ((0xE033, "pv64"), (0xE019, "pv32"), (0xE008, "pv64"), (0x10, "native"),
+                       (None, "native")):
         regs = VcpuRegs(0, cr0=CR0, cr3=b.cr3, cr4=0x20, efer=LM, cs=cs)
         s = prepare(MemorySource(b.image(), "dump", vcpus=[regs]), Options())
         assert s.domain == domain, hex(cs or 0)
+        assert (s.policy is None) == (domain == "native")
+        # Naming Xen (a version) without a kind makes a non-PV context an HVM guest of Xen.
+        named = prepare(MemorySource(b.image(), "dump", vcpus=[regs]), Options(xen="4.17"))
+        assert named.domain == ("hvm" if domain == "native" else domain), hex(cs or 0)
     assert prepare(MemorySource(b.image(), "d", vcpus=[regs]), Options(domain="pv64")).domain \
         == "pv64"
 

@@ -26,7 +26,7 @@ def test_pv32_smap_scenario_finds_the_fault_loop_candidates():
     (c,) = r.changes
     assert c.before["verdicts"]["kernel_read"] == "ok"
     assert c.after["verdicts"]["kernel_read"] == "fault:SMAP"
-    assert r.headline().startswith("smap: this change breaks 1 mapping in 1 range; first: "
+    assert r.headline().startswith("smap: this change breaks 1 page in 1 range; first: "
                                    "0x8048000 (breaks kernel_read (ok -> fault:SMAP)")
 
 

@@ -1,35 +1,41 @@
 """What ``xen-pte-check`` reports: anomaly categories over walked mappings, worst first.
 
-Pure Python (no gdb). Every test reads what the engine already decided — verdicts, effective
+Every test reads what the engine already decided — verdicts and their fault class, effective
 rights, reserved-bit findings, record kinds — or asks :class:`~gdb_xenpte.xenview.XenView` about
-Xen's disallow masks and key collisions; nothing here decodes bits itself.
+Xen's disallow masks and key collisions; nothing here decodes bits itself. Findings are counted as
+they stream past and only the first few of each category are kept, so a check of millions of
+leaves holds a bounded number of mappings.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, NamedTuple, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
-from ..model import Mapping
+from .model import Mapping
 
 __all__ = [
     "CATEGORIES",
     "Finding",
+    "Group",
     "classify",
     "group",
 ]
 
-# (key, title), worst first: what breaks every access, then what loops or traps the kernel, then
-# what Xen would refuse, then hardening problems, then what the walk could not see.
+# (key, title), worst first: what breaks every access, then what loops the kernel, then what Xen
+# would refuse, then hardening problems, then what the walk could not see. The #PF-loop category
+# holds only faults the guest did not choose (imposed: verdicts.Verdict.imposed): a kernel that
+# set SMAP itself handles its SMAP faults; one that never asked for it loops on them.
 CATEGORIES: Tuple[Tuple[str, str], ...] = (
     ("rsvd", "reserved bits set: every access raises #PF with RSVD"),
-    ("kernel-smep-smap", "guest-kernel accesses that fault under SMEP/SMAP (#PF-loop candidates)"),
+    ("pf-loop", "guest-kernel accesses that fault under a protection imposed on the guest, not "
+                "chosen by it (#PF-loop candidates)"),
     ("pv-disallowed", "bits Xen's PV disallow masks refuse (Xen cannot have validated these)"),
     ("wx", "writable and executable mappings"),
     ("user-kernel-half", "user-accessible mappings in the kernel half (HVM)"),
     ("pkey-xen-bit", "Xen bits the CPU would read as a protection key"),
     ("unreadable", "tables the walk could not read"),
 )
-_RANK = {key: i for i, (key, _title) in enumerate(CATEGORIES)}
 _KERNEL_KEYS = ("kernel_read", "kernel_write", "kernel_exec")
 _HALF = 1 << 63  # canonical kernel-half VAs have the top bit set
 
@@ -42,6 +48,20 @@ class Finding(NamedTuple):
     detail: str
 
 
+@dataclass
+class Group:
+    """One category's findings: counted in full, the first ``examples`` kept.
+
+    :param ranges: findings (mapping records) counted; ``pages``: the pages they cover.
+    """
+
+    key: str
+    title: str
+    ranges: int = 0
+    pages: int = 0
+    examples: List[Finding] = field(default_factory=list)
+
+
 def classify(m: Mapping, domain: str, xen_view=None) -> List[Finding]:
     """Return every anomaly of one mapping (empty when it is clean)."""
     out: List[Finding] = []
@@ -50,11 +70,10 @@ def classify(m: Mapping, domain: str, xen_view=None) -> List[Finding]:
         return [Finding("unreadable", m, "; ".join(m.notes) or kind)]
     if m.rsvd or kind == "rsvd":
         out.append(Finding("rsvd", m, "; ".join(m.rsvd) or "; ".join(m.notes)))
-    smx = [f"{k}: {','.join(r for r in m.verdicts[k].reasons if 'SMEP' in r or 'SMAP' in r)}"
-           for k in _KERNEL_KEYS if k in m.verdicts
-           and any("SMEP" in r or "SMAP" in r for r in m.verdicts[k].reasons)]
-    if smx:
-        out.append(Finding("kernel-smep-smap", m, "; ".join(smx)))
+    imposed = [f"{k}: {','.join(m.verdicts[k].imposed)}" for k in _KERNEL_KEYS
+               if k in m.verdicts and m.verdicts[k].imposed]
+    if imposed:
+        out.append(Finding("pf-loop", m, "; ".join(imposed)))
     if m.disallowed:  # the walker asked XenView about every entry on the path
         detail = "; ".join(m.disallowed)
         if all(d.endswith(("(PWT)", "(PCD)", "(PAT)")) for d in m.disallowed):
@@ -63,7 +82,7 @@ def classify(m: Mapping, domain: str, xen_view=None) -> List[Finding]:
         out.append(Finding("pv-disallowed", m, detail))
     if kind == "page" and m.effective.write and m.effective.exec:
         out.append(Finding("wx", m, m.effective.rwx()))
-    if domain == "hvm" and kind == "page" and m.effective.user and m.va >= _HALF:
+    if domain in ("hvm", "native") and kind == "page" and m.effective.user and m.va >= _HALF:
         out.append(Finding("user-kernel-half", m, m.effective.rwx()))
     if xen_view is not None and m.entries:
         leaf = m.entries[-1]
@@ -73,11 +92,21 @@ def classify(m: Mapping, domain: str, xen_view=None) -> List[Finding]:
     return out
 
 
-def group(mappings: Iterable[Mapping], domain: str,
-          xen_view=None) -> List[Tuple[str, str, List[Finding]]]:
-    """Group findings by category: ``(key, title, findings)`` worst first, empty ones left out."""
-    found: Dict[str, List[Finding]] = {}
+def group(mappings: Iterable[Mapping], domain: str, xen_view=None,
+          examples: Optional[int] = 10) -> List[Group]:
+    """Count findings by category, keeping the first ``examples`` of each (None: all).
+
+    :returns: the non-empty categories, worst first.
+    """
+    found: Dict[str, Group] = {}
+    titles = dict(CATEGORIES)
     for m in mappings:
         for f in classify(m, domain, xen_view):
-            found.setdefault(f.category, []).append(f)
-    return [(key, title, found[key]) for key, title in CATEGORIES if key in found]
+            g = found.get(f.category)
+            if g is None:
+                g = found[f.category] = Group(f.category, titles[f.category])
+            g.ranges += 1
+            g.pages += m.count
+            if examples is None or len(g.examples) < examples:
+                g.examples.append(f)
+    return [found[key] for key, _title in CATEGORIES if key in found]

@@ -1,9 +1,10 @@
-"""The gdb-free half of the live sources (gdb_xenpte.sources.qemu_live), with a fake gdb stub.
+"""The gdb-free half of the live sources (sources.qemu_live, .procpeer, .directmap), with a fake
+gdb stub and real child processes; no gdb runs here (so the tier is tests/sources).
 
 The real gdb and QEMU are exercised in tests/live/test_gdblive.py; here every branch is driven
 deterministically: RAM layout parsing, PhyMemMode save/restore on success, error and Ctrl-C,
-reads outside guest RAM, fast-path fallbacks, the TCP-peer pid lookup, and the M2P translation
-of the direct-map source.
+reads outside guest RAM, fast-path fallbacks, a target that disappears mid-walk (gdbstub and
+/proc paths), the TCP-peer pid lookup, and the M2P translation of the direct-map source.
 """
 
 import os
@@ -15,8 +16,11 @@ import pytest
 
 from gdb_xenpte.errors import SourceError, UnreadableMemory
 from gdb_xenpte.sources.base import VcpuRegs
-from gdb_xenpte.sources.qemu_live import (M2P_PV64, DirectMapSource, QemuLiveSource, Stub,
-                                          find_peer_pid, parse_gpa2hva, parse_mtree)
+from gdb_xenpte.sources.directmap import DirectMapSource
+from gdb_xenpte.xen import M2P_PV64
+from gdb_xenpte.sources.procpeer import find_peer_pid
+from gdb_xenpte.sources.qemu_live import (QemuLiveSource, Stub, TargetGone, parse_gpa2hva,
+                                          parse_mtree)
 
 MTREE = """FlatView #0
  AS "memory", root: system
@@ -61,21 +65,33 @@ class FakeStub(Stub):
 
     description = "fake:1234"
 
-    def __init__(self, mode="0", fail_at=None, interrupt_at=None, peer=None):
+    def __init__(self, mode="0", fail_at=None, interrupt_at=None, peer=None, dies_at=None,
+                 mem=None):
         self.mode = mode
-        self.mem = bytearray(os.urandom(0x20000))
+        self.mem = bytearray(os.urandom(0x20000) if mem is None else mem)
         self.packets = []
         self.reads = 0
         self.fail_at, self.interrupt_at, self.peer = fail_at, interrupt_at, peer
+        self.dies_at, self.dead = dies_at, False
+        self.hva = {}  # guest-physical block start -> host address, for gpa2hva
 
     def monitor(self, command):
         if command == "info mtree -f":
             return ('FlatView #0\n AS "memory", root: system\n'
                     "  0000000000000000-000000000000ffff (prio 0, ram): pc.ram\n"
                     "  0000000000010000-000000000001ffff (prio 0, ram): pc.ram @0000000000010000\n")
+        if command.startswith("gpa2hva ") and self.hva:
+            gpa = int(command.split()[1], 0)
+            return f"Host virtual address for {gpa:#x} (pc.ram) is {self.hva[gpa]:#x}\r\n"
         raise AssertionError(command)
 
+    def alive(self):
+        return not self.dead
+
     def packet(self, payload):
+        if self.dead:  # what gdb says once the remote end has closed the connection
+            raise SourceError("gdb remote", f"packet {payload!r}: Packets can only be sent to a "
+                                            "remote target")
         self.packets.append(payload)
         if payload == "qqemu.PhyMemMode":
             return self.mode
@@ -85,8 +101,13 @@ class FakeStub(Stub):
         raise AssertionError(payload)
 
     def read_memory(self, addr, size):
+        if self.dead:
+            raise SourceError(self.description, f"read at {addr:#x}: Remote connection closed")
         assert self.mode == "1", "read while not in physical mode"
         self.reads += 1
+        if self.reads == self.dies_at:
+            self.dead = True
+            raise SourceError(self.description, f"read at {addr:#x}: Remote connection closed")
         if self.reads == self.fail_at:
             raise RuntimeError("boom")
         if self.reads == self.interrupt_at:
@@ -202,3 +223,64 @@ def test_direct_map_reads_through_the_base_and_translates_mfns():
     with pytest.raises(UnreadableMemory, match="direct-map VA 0xffff888000020000 not readable"):
         src.read(0x20000, 8)
     assert DirectMapSource(read_virt, 0xFFFF888000000000).translate_frame is None
+
+
+def _walk_reads(src, addrs):
+    """Read like a walk does: every failure is noted and the walk goes on."""
+    errors = []
+    for a in addrs:
+        try:
+            src.read(a, 8)
+        except SourceError as err:
+            errors.append(err)
+    return errors
+
+
+def test_target_gone_mid_walk_is_named_and_nothing_masks_it():
+    # QEMU dies at the third gdbstub read: that read and every later one say the target
+    # disappeared; leaving the session does not try (and fail) to restore PhyMemMode.
+    stub = FakeStub(dies_at=3)
+    src = QemuLiveSource(stub, fast=False)
+    with src:
+        errors = _walk_reads(src, range(0, 0x60, 8))
+    src.close()
+    assert len(errors) == 10 and all(isinstance(e, TargetGone) for e in errors)
+    assert "the target disappeared while physical address 0x10 was being read" in str(errors[0])
+    assert all("PhyMemMode" not in str(e) for e in errors)
+    assert stub.reads == 3  # nothing was sent to a dead target after it was noticed
+
+
+_CHILD_RAM = bytes(range(256)) * 64  # 16 KiB the child holds at a known host address
+_CHILD = ("import ctypes,socket,time\n"
+          f"ram=ctypes.create_string_buffer({_CHILD_RAM!r}, {len(_CHILD_RAM)})\n"
+          "s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(1)\n"
+          "print(s.getsockname()[1], ctypes.addressof(ram), flush=True)\n"
+          "c,_=s.accept(); time.sleep(60)")
+
+
+def test_target_gone_on_the_fast_path_is_named():
+    # A child process plays QEMU: it serves a TCP port (so the peer lookup finds it) and holds
+    # guest RAM in its own memory; the source reads it through /proc/<child>/mem, then the child
+    # is killed mid-walk.
+    child = subprocess.Popen([sys.executable, "-c", _CHILD], stdout=subprocess.PIPE, text=True)
+    try:
+        port, hva = map(int, child.stdout.readline().split())
+        with socket.create_connection(("127.0.0.1", port)):
+            stub = FakeStub(peer=("127.0.0.1", port), mem=_CHILD_RAM * 8)
+            stub.hva = {0: hva, 0x10000: hva}  # both blocks at the child's buffer
+            for _ in range(100):  # the child's accept() may lag a moment
+                src = QemuLiveSource(stub)
+                if src.pid:
+                    break
+            assert src.pid == child.pid, src.fallback_reason
+            with src:
+                assert src.read(0x100, 8) == _CHILD_RAM[0x100:0x108]
+                child.kill()
+                child.wait()
+                errors = _walk_reads(src, range(0, 0x40, 8))
+            src.close()
+    finally:
+        child.kill()
+        child.wait()
+    assert errors and all(isinstance(e, TargetGone) for e in errors)
+    assert "the target disappeared" in str(errors[0])
