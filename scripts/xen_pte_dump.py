@@ -95,8 +95,9 @@ def build_parser() -> ArgumentParser:
                    help="pass --what-if SCENARIO to xen-pte-check (repeatable; implies --check)")
     o = p.add_argument_group("output")
     o.add_argument("-o", "--output", metavar="FILE|DIR/",
-                   help="write records here (default stdout); a directory (DIR/): one file per "
-                        "target, NAME.jsonl or NAME.csv, each written whole or not at all")
+                   help="write records here (default stdout); a directory (DIR/, made if "
+                        "missing): one file per target, NAME.jsonl or NAME.csv, each written "
+                        "whole or not at all")
     o.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
                    help="JSON Lines (default) or CSV (mapping/anomaly/error rows)")
     o.add_argument("--summary", action="store_true",
@@ -292,7 +293,10 @@ def _run(argv: List[str]) -> int:
     per_target = None
     if args.output and (args.output.endswith("/") or os.path.isdir(args.output)):
         if not os.path.isdir(args.output):
-            raise UsageError(f"-o {args.output}: no such directory")
+            try:  # DIR/ names a directory to write into: made if its parent exists
+                os.mkdir(args.output)
+            except OSError as err:
+                raise UsageError(f"-o {args.output}: {err.strerror or err}") from None
         per_target = _per_target_paths(args.output, targets, args.format)
         for path in per_target.values():
             refuse_inputs(path, inputs)
