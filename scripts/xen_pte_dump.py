@@ -114,7 +114,8 @@ def build_parser() -> ArgumentParser:
                    default=os.environ.get("DASK_SCHEDULER_ADDRESS") or None,
                    help="run each target as a task on this Dask cluster (tcp://HOST:8786; "
                         "default: $DASK_SCHEDULER_ADDRESS, else a local process pool, -j; "
-                        "-j is then ignored: the cluster's worker threads set the parallelism)")
+                        "-j is then ignored: the cluster's worker threads set the parallelism; "
+                        "--scheduler '' : the local pool whatever the environment says)")
     r.add_argument("--progress", action="store_true",
                    help="a progress bar on stderr even when it is not a terminal")
     r.add_argument("--quiet", action="store_true",
