@@ -252,6 +252,12 @@ def test_bad_or_unreachable_scheduler_is_one_line(fleet):
         (line,) = res.stderr.splitlines()
         assert line.startswith(f"xen-pte-dump: --scheduler {address}: ") and text in line
         assert time.monotonic() - start < 30
+    # $DASK_SCHEDULER_ADDRESS is the default; --scheduler '' is the local pool whatever it says.
+    env = {"DASK_SCHEDULER_ADDRESS": "bogus://x"}
+    res = run_tool("xen_pte_dump", "--core", fleet["hvm-b.kdump"], env=env)
+    assert res.returncode == 2 and "--scheduler bogus://x: unknown address scheme" in res.stderr
+    res = run_tool("xen_pte_dump", "--core", fleet["hvm-b.kdump"], "--scheduler", "", env=env)
+    assert res.returncode == 0 and '"type":"header"' in res.stdout, res.stderr
 
 
 def test_two_runs_at_once_on_one_cluster_keep_their_own_results(cluster, big_dumps, tmp_path):
