@@ -41,9 +41,13 @@ __all__ = ["ENV", "cluster_results", "connect", "run_task", "task_key"]
 ENV = "DASK_SCHEDULER_ADDRESS"
 
 
+TASK_PREFIX = "xen-pte-dump-task-"
+
+
 def run_task(job: Job) -> TargetResult:
     """The task: read one target on a worker; its records come back inside the result."""
-    workdir = tempfile.mkdtemp(prefix="xen-pte-dump-task-")
+    _sweep_dead_workers()
+    workdir = tempfile.mkdtemp(prefix=f"{TASK_PREFIX}{os.getpid()}-")
     try:
         res = run_target(dataclasses.replace(job, workdir=workdir, tag=True), _cancel_check())
         for run in res.runs:
@@ -54,6 +58,26 @@ def run_task(job: Job) -> TargetResult:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return res
+
+
+def _sweep_dead_workers() -> None:
+    """Remove task directories of worker processes that died mid-task (killed, OOM): their
+    files were never handed back and nobody else will remove them."""
+    tmp = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(tmp) if n.startswith(TASK_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(TASK_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+        except OSError:  # alive (another user's): not ours to touch
+            pass
 
 
 def _cancel_check():

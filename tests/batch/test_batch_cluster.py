@@ -129,7 +129,7 @@ def _run_killing(client, cluster, targets, out, key_prefix):
                     time.sleep(0.5)  # well inside the walk (about 3 s)
                     pid = client.run(os.getpid, workers=[worker])[worker]
                     os.kill(pid, signal.SIGKILL)
-                    killed = keys[0]
+                    killed = keys[0], pid
                     break
             time.sleep(0.05)
         assert killed is not None, f"never saw {key_prefix} running on a worker"
@@ -148,8 +148,13 @@ def test_worker_killed_during_a_target_loses_and_repeats_nothing(big_dumps, flee
                     "--quiet").returncode == 0
     out = tmp_path / "dask.jsonl"
     with _cluster() as cluster, Client(cluster.scheduler_address) as client:
-        code, stderr, key = _run_killing(client, cluster, targets, out, "xen-pte-dump-1-big0")
+        code, stderr, (key, pid) = _run_killing(client, cluster, targets, out,
+                                                "xen-pte-dump-1-big0")
         assert code == 0, stderr
+        # The dead worker's task directory went with the task that ran again.
+        import glob
+        import tempfile
+        assert not glob.glob(f"{tempfile.gettempdir()}/xen-pte-dump-task-{pid}-*")
         # The scheduler saw the worker die while it ran our task, and ran the task again.
         story = client.run_on_scheduler(
             lambda dask_scheduler, key=key: [(t.start, t.finish, t.stimulus_id)
