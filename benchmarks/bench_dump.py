@@ -17,9 +17,9 @@ own). Printed, as medians of ``--repeat`` runs:
    text, and ``--json`` to a file), wall time minus gdb's own start-up, leaves/s, gdb's peak RSS;
    ``--no-coalesce --json`` (one record per page) at the ``--stream-gib`` sizes to show that gdb's
    peak RSS does not grow with the number of records;
-3. 64 CR3s (smallest ``--gib`` only): the engine walking every vCPU with a fresh walker each (today), and with decoded
-   tables shared across the walks (an experiment done here by subclassing, not in walk.py), and
-   ``xen-pte-dump --vcpu all`` on the same dump.
+3. 64 CR3s (smallest ``--gib`` only): the engine walking every vCPU with a fresh walker each, and
+   with one :class:`~gdb_xenpte.replay.SubtreeMemo` shared by the walks (the kernel half walked
+   once), and ``xen-pte-dump --vcpu all`` on the same dump.
 
 The extension is loaded from this working tree (``source gdb_xenpte/gdb_load.py``, the line
 ``xen-pte-gdbinit`` prints for an installed copy). Timings are noisy on a shared 2-core machine.
@@ -110,7 +110,7 @@ def _child_engine(spec: dict) -> dict:
     os.close(fd)
     out["raw pread"] = statistics.median(times)
     # The engine's own floor: read and decode each table once (Walker._table), emit nothing.
-    keys = list(w._tables)
+    keys = list(w._tables) + list(w._pt_lru)  # upper levels + the PTs the LRU still holds
     times = []
     for _ in range(max(3, spec["repeat"])):
         floor = Walker(src, cpus[0])
@@ -129,28 +129,18 @@ def _multi_cr3(src, cpus, repeat: int) -> dict:
     """Walk every CR3: a fresh walker each (what the tools do), then with shared decodings."""
     from gdb_xenpte.walk import Walker
 
-    shared = {}
-
-    class SharedWalker(Walker):
-        # Experiment only: decoded tables keyed like Walker._tables, kept across walks (sound
-        # for a dump, which cannot change between them).
-        def _table(self, table_pa, depth):
-            key = (table_pa, depth)
-            hit = shared.get(key)
-            if hit is None:
-                hit = shared[key] = super()._table(table_pa, depth)
-            return hit
+    from gdb_xenpte.replay import SubtreeMemo
 
     out = {}
-    for label, cls in (("64 CR3s, fresh walker each", Walker),
-                       ("64 CR3s, decoded tables shared", SharedWalker)):
+    for label, shared in (("64 CR3s, fresh walker each", False),
+                          ("64 CR3s, subtrees shared (SubtreeMemo)", True)):
         times, reads = [], 0
         for _ in range(repeat):
-            shared.clear()
+            memo = SubtreeMemo() if shared else None
             reads = leaves = 0
             t0 = time.perf_counter()
             for cpu in cpus:
-                w = cls(src, cpu)
+                w = Walker(src, cpu, memo=memo)
                 for _m in w.iter_mappings():
                     pass
                 reads += w.stats.tables_read
@@ -178,7 +168,8 @@ def engine_rows(info: dict, repeat: int, multi: bool) -> tuple:
                      f"{res['read+decode'] * 1e3:.0f} ms",
                      f"{res['maxrss_kib'] / 1024:.0f}"])
     shared = []
-    for label in ("64 CR3s, fresh walker each", "64 CR3s, decoded tables shared")[:2 * multi]:
+    for label in ("64 CR3s, fresh walker each",
+                  "64 CR3s, subtrees shared (SubtreeMemo)")[:2 * multi]:
         r = res[label]
         shared.append([f"{info['gib']} GiB", label, f"{r['leaves']:,}", f"{r['seconds']:.2f}",
                       f"{r['leaves'] / r['seconds'] / 1e6:.2f}", f"{r['tables_read']:,}"])

@@ -2,8 +2,9 @@
 
 Run:  python3 benchmarks/bench_engine.py [--gib 4] [--repeat 3]
 
-Prints leaf entries/s for a full walk (coalesced, no verdicts), a full walk with verdicts, and an
-uncoalesced walk that materialises one record per leaf, with and without numpy.
+Prints leaf entries/s for a full walk (coalesced, no verdicts), a full walk with verdicts, an
+uncoalesced walk that materialises one record per leaf, and the same with a filter that matches
+nothing (``keep=``: refused runs never become records), with and without numpy.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from gdb_xenpte.walk import Walker  # noqa: E402
 from synthetic import big_space  # noqa: E402
 
 
-def run(pages, cr3, judge: bool, coalesce: bool, repeat: int):
+def run(pages, cr3, judge: bool, coalesce: bool, repeat: int, keep=None):
     cpu = CpuState(cr3=cr3, cr4=CR4.PAE | CR4.SMEP | CR4.SMAP, efer=EFER.LMA | EFER.LME | EFER.NXE,
                    ac=0)
     times, leaves, records = [], 0, 0
@@ -37,12 +38,16 @@ def run(pages, cr3, judge: bool, coalesce: bool, repeat: int):
         src = MemorySource(pages)
         w = Walker(src, cpu, judge=Judge(cpu.cr0, cpu.cr4, 0, ac=0) if judge else None)
         t0 = time.perf_counter()
-        records = sum(1 for _ in w.iter_mappings(coalesce=coalesce))
+        records = sum(1 for _ in w.iter_mappings(coalesce=coalesce, keep=keep))
         times.append(time.perf_counter() - t0)
         leaves = w.stats.leaves
         assert w.stats.tables_read == src.reads
     best = statistics.median(times)
     return best, leaves, records
+
+
+def _NO_KEY_7(m) -> bool:  # like --pkey 7 on a guest without keys: nothing matches
+    return m.pkey == 7
 
 
 def main(argv=None) -> int:
@@ -57,12 +62,14 @@ def main(argv=None) -> int:
     saved = decode_mod.np
     for name, np_mod in backends:
         decode_mod.np = walk_mod.np = np_mod
-        for label, judge, coalesce in (("full walk, coalesced", False, True),
-                                       ("full walk + verdicts", True, True),
-                                       ("per-leaf records + verdicts", True, False)):
+        for label, judge, coalesce, keep in (
+                ("full walk, coalesced", False, True, None),
+                ("full walk + verdicts", True, True, None),
+                ("per-leaf records + verdicts", True, False, None),
+                ("per-leaf + a filter matching nothing", True, False, _NO_KEY_7)):
             if name == "pure Python" and not coalesce:
                 continue
-            secs, leaves, records = run(pages, cr3s[0], judge, coalesce, args.repeat)
+            secs, leaves, records = run(pages, cr3s[0], judge, coalesce, args.repeat, keep)
             rows.append((name, label, f"{leaves:,}", f"{records:,}", f"{secs:.3f}",
                          f"{leaves / secs / 1e6:.2f}"))
     decode_mod.np = walk_mod.np = saved

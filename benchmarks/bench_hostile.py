@@ -115,7 +115,8 @@ def main() -> None:
     ap.add_argument("--tree", default=ROOT, help="checkout whose gdb_xenpte is measured")
     ap.add_argument("--workdir", help="where files go (default: a temporary directory)")
     args = ap.parse_args()
-    work = args.workdir or tempfile.mkdtemp(prefix="bench-hostile-")
+    temp = None if args.workdir else tempfile.TemporaryDirectory(prefix="bench-hostile-")
+    work = args.workdir or temp.name
     tree = os.path.abspath(args.tree)
     print(f"tree: {tree}")
     for n in (int(x) for x in args.storm.split(",")):

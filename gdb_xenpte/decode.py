@@ -102,6 +102,16 @@ class LevelRule:
     def is_leaf(self, raw: int) -> bool:
         return self.last or (self.can_leaf and bool(raw & 0x80))
 
+    def rights(self, raw: int, user: bool, write: bool, nx: bool) -> Tuple[bool, bool, bool]:
+        """Rights after this entry from the rights above it (SDM Vol. 3A §4.6.1): user and write
+        need U/S=1 and R/W=1 at every level that has them; XD=1 at any level forbids execution."""
+        if self.has_rights:
+            user = user and bool(raw & 4)
+            write = write and bool(raw & 2)
+        if self.has_xd and raw >> 63:
+            nx = True
+        return user, write, nx
+
 
 def level_rules(mode: PagingMode, nxe: bool, maxphyaddr: int = 52, pse: bool = True,
                 vendor: str = "intel") -> Tuple[LevelRule, ...]:

@@ -7,11 +7,11 @@ translation); raw entries are exactly as read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, FrozenSet, Optional, Tuple
 
-__all__ = ["ACCESS_KEYS", "ACCESS_SHORT", "Effective", "EntryRef", "Mapping", "Step", "Trace",
-           "Verdict", "access_key"]
+__all__ = ["ACCESS_KEYS", "ACCESS_SHORT", "Effective", "EntryRef", "Mapping", "PageBatch", "Step",
+           "Trace", "Verdict", "access_key"]
 
 # Verdict keys, in output order: who (guest kernel / guest user) x access kind. One vocabulary:
 # JSON says kernel_read, the table kr, options accept all three spellings (access_key).
@@ -113,6 +113,12 @@ class Mapping:
         ``"pt[3]: bit 62 (_PAGE_GNTTAB)"`` (PV domains only).
     :param xen_owned: reached through an entry that is Xen's, not the guest's (the guest PV ABI
         does not apply: no Xen bits, no disallow masks).
+    :param repeat: copies this record stands for (1 unless the walk found the same subtree again
+        at VAs in arithmetic progression); copy ``k`` lies at ``va + k * stride`` with the same
+        ``pa``, flags, rights, key, Xen bits and verdicts; ``entries`` describe copy 0.
+    :param stride: bytes between copies (0 when ``repeat`` is 1).
+    :param pa_contiguous: the frames of a coalesced run are contiguous, so ``pa`` .. ``pa +
+        size`` is its physical range; when False only ``pa`` (the first frame) is meaningful.
     :param kind: ``"page"`` for a real leaf; ``"rsvd"`` for a present entry that raises #PF RSVD
         instead of mapping (e.g. PS=1 in a PML4E); ``"unreadable"`` when the next table cannot be
         read; ``"not-in-dump"`` when the next table's frame is not in the source. Non-page records
@@ -137,10 +143,69 @@ class Mapping:
     kind: str = "page"
     disallowed: Tuple[str, ...] = ()
     xen_owned: bool = False  # reached through a Xen-owned entry (Xen L4 slot, PV32 Xen area)
+    repeat: int = 1
+    stride: int = 0
+    pa_contiguous: bool = True
 
     @property
     def end(self) -> int:
+        """End of copy 0 (exclusive); :attr:`last_end` for the last copy."""
         return self.va + self.size
+
+    @property
+    def last_end(self) -> int:
+        """End (exclusive) of the last copy."""
+        return self.va + (self.repeat - 1) * self.stride + self.size
+
+    @property
+    def total_pages(self) -> int:
+        """Pages over every copy (``count * repeat``); 0 for a record that maps nothing."""
+        return self.count * self.repeat
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of VA over every copy (``size * repeat``)."""
+        return self.size * self.repeat
+
+    def copies(self):
+        """One mapping per copy (``repeat`` 1), copy 0 first: the same record at ``va + k *
+        stride``. ``entries`` stay copy 0's (a walk with ``expand=True`` gives each copy's own)."""
+        if self.repeat <= 1:
+            yield self
+            return
+        for k in range(self.repeat):
+            yield replace(self, va=self.va + k * self.stride, repeat=1, stride=0)
+
+
+@dataclass(eq=False)
+class PageBatch:
+    """``n`` one-page mappings of one table that differ only in VA, frame, leaf index and raw
+    entry (and A/D flags): what a per-page walk (``coalesce=False``) gives in bulk, for encoders
+    that write them without a :class:`Mapping` each (``render.batch_lines``).
+
+    :param protos: A/D bits (``raw & 0x60``) -> the mapping of the first page with those bits
+        (its attributes are every page's with the same bits; its VA, PA and entries are its own).
+    :param vas: canonical VA per page; ``pas`` frame per page; ``indices``/``raws`` the leaf
+        entries.
+    """
+
+    protos: Dict[int, Mapping]
+    vas: list
+    pas: list
+    indices: list
+    raws: list
+
+    @property
+    def n(self) -> int:
+        return len(self.vas)
+
+    def mappings(self):
+        """One :class:`Mapping` per page."""
+        for va, pa, index, raw in zip(self.vas, self.pas, self.indices, self.raws):
+            proto = self.protos[raw & 0x60]
+            leaf = proto.entries[-1]
+            yield replace(proto, va=va, pa=pa, entries=proto.entries[:-1] + (
+                EntryRef(leaf.level, index, leaf.table_pa, raw),))
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,12 @@ and the per-level entry rules (:mod:`gdb_xenpte.decode`). Each table page is rea
 decoded once (a last-level table evicted from the bounded cache of decoded PTs is decoded again
 from its bytes); a table reached again (the kernel half shared by processes, Xen's linear slot, a
 self-map) reuses that decoding — its mappings are still produced for every VA that reaches them,
-never dropped. A caller-set budget of entries and seconds bounds hostile tables; a walk that hits it
-says so in :attr:`Walker.stats`.
+never dropped. A subtree reached from consecutive entries with the same context is walked once and
+its runs replayed shifted, or (``repeats=True``) given once with ``repeat`` copies; a
+:class:`~gdb_xenpte.replay.SubtreeMemo` shares subtrees across the walks of one dump. The runs, blocks
+of copies and the merge that coalesces them live in :mod:`gdb_xenpte.replay`. A caller-set budget of
+entries (examined or replayed) and seconds bounds every walk, whatever its options; a walk that hits
+it says so in :attr:`Walker.stats`.
 
 Failure modes: a table that cannot be read (outside RAM, not in the dump) becomes a record of kind
 ``"unreadable"``/``"not-in-dump"`` for the entry that referenced it, and the walk goes on. Only a
@@ -25,14 +29,15 @@ from .cpu import CpuState, paging_mode
 from .decode import (KIND_LEAF, KIND_RSVD_STOP, KIND_TABLE, DecodedTable, LevelRule, bits_text,
                      decode_table, explain_entry, level_rules, memory_type, np)
 from .errors import OptionError, SourceError, UnreadableMemory, XenpteError
-from .model import Effective, EntryRef, Mapping, Step, Trace, Verdict
+from .model import Effective, EntryRef, Mapping, PageBatch, Step, Trace
+from .replay import (A_D, Block, Ctx, Dim, Run, SubtreeMemo, fold, fold_list, merge, new_run,
+                     pse36_mask, rebase, shift)
 
 __all__ = ["DEFAULT_ENTRY_BUDGET", "DEFAULT_TIME_BUDGET", "WalkStats", "Walker", "cr3_root"]
 
 DEFAULT_ENTRY_BUDGET = 50_000_000
 DEFAULT_TIME_BUDGET = 300.0
 
-_A_D = 0x60
 _CACHE_MAX = 65536  # entries in each per-walker cache (leaf attributes, leaf EntryRefs)
 # Decoded last-level tables kept at once. A decoded table costs ~5x its bytes (index, kind and
 # reserved-bit arrays); keeping every one made a walk's memory grow ~21 KiB per table (0.9 GiB for
@@ -80,20 +85,6 @@ class _BudgetHit(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class _Ctx:
-    """Rights and remarks accumulated from the levels above an entry."""
-
-    user: bool
-    write: bool
-    nx: bool
-    rsvd: Tuple[str, ...]
-    path: Tuple[EntryRef, ...]
-    notes: Tuple[str, ...]
-    disallowed: Tuple[str, ...] = ()
-    xen_owned: bool = False  # below a Xen-owned entry: the PV ABI (bits, masks) does not apply
-
-
 class Walker:
     """Walk one address space.
 
@@ -109,13 +100,16 @@ class Walker:
     :param judge: optional :class:`~gdb_xenpte.verdicts.Judge`; mappings then carry verdicts.
     :param entry_budget: stop after this many present entries (hostile/aliased tables).
     :param time_budget: stop after this many seconds.
+    :param memo: a :class:`~gdb_xenpte.replay.SubtreeMemo` shared by the walkers of one source
+        that cannot change (a dump): subtrees below the top table (the kernel half every CR3
+        shares) are walked once across them all.
     :raises OptionError: if the registers select no paging mode.
     """
 
     def __init__(self, source, cpu: CpuState, *, mode: Optional[str] = None,
                  root: Optional[int] = None, domain=None, judge=None,
                  entry_budget: int = DEFAULT_ENTRY_BUDGET,
-                 time_budget: float = DEFAULT_TIME_BUDGET):
+                 time_budget: float = DEFAULT_TIME_BUDGET, memo: Optional[SubtreeMemo] = None):
         self.source = source
         self.cpu = cpu
         choice = paging_mode(cpu)
@@ -147,6 +141,15 @@ class Walker:
         self._sign_bit = 1 << (self.mode.va_bits - 1) if self.mode.canonical else 0
         self._sign_ext = ~self._va_mask & 0xFFFFFFFFFFFFFFFF
         self._root_error: Optional[str] = None
+        # Xen's areas are labelled by top-level slot (XenView.xen_area), except a PV32 guest's
+        # hypervisor area, labelled by VA at every level (xen.pv32_hypervisor_area): only there
+        # can a leaf be labelled, or copies of a subtree be labelled differently (so there only
+        # subtrees that are wholly Xen's are taken as repeats).
+        self._va_labels = getattr(getattr(domain, "policy", None), "domain", None) == "pv32"
+        self._expand = False
+        self._coalesce = True
+        self._phys = False
+        self.memo = memo
         if root is not None:
             self.root = root
         else:
@@ -210,14 +213,9 @@ class Walker:
 
     # -- per-entry semantics ----------------------------------------------------------------
 
-    def _child_ctx(self, ctx: _Ctx, rule: LevelRule, index: int, table_pa: int, raw: int,
-                   rsvd: int, va: int = 0) -> _Ctx:
-        user, write, nx = ctx.user, ctx.write, ctx.nx
-        if rule.has_rights:
-            user = user and bool(raw & 4)
-            write = write and bool(raw & 2)
-        if rule.has_xd and raw >> 63:
-            nx = True
+    def _child_ctx(self, ctx: Ctx, rule: LevelRule, index: int, table_pa: int, raw: int,
+                   rsvd: int, va: int = 0) -> Ctx:
+        user, write, nx = rule.rights(raw, ctx.user, ctx.write, ctx.nx)
         rs = ctx.rsvd
         if rsvd:
             rs = rs + (f"{rule.name}[{index}]: {bits_text(rsvd)} reserved",)
@@ -231,21 +229,17 @@ class Walker:
                 owned = True
             else:
                 dis = dis + _disallowed_texts(self.domain, rule, index, raw)
-        return _Ctx(user, write, nx, rs, ctx.path + (EntryRef(rule.name, index, table_pa, raw),),
-                    notes, dis, owned)
+        return Ctx(user, write, nx, rs, ctx.path + (EntryRef(rule.name, index, table_pa, raw),),
+                   notes, dis, owned)
 
     def _attrs(self, rule: LevelRule, raw: int, ctx_key: tuple, rsvd_here: int):
         """Derived attributes of a leaf, cached by everything they depend on."""
-        key = (rule.depth, raw & ~(rule.leaf_frame_mask | _A_D), ctx_key, rsvd_here)
+        key = (rule.depth, raw & ~(rule.leaf_frame_mask | A_D), ctx_key, rsvd_here)
         hit = self._attr_cache.get(key)
         if hit is not None:
             return hit
         user, write, nx, has_rsvd, xen_owned = ctx_key
-        if rule.has_rights:
-            user = user and bool(raw & 4)
-            write = write and bool(raw & 2)
-        if rule.has_xd and raw >> 63:
-            nx = True
+        user, write, nx = rule.rights(raw, user, write, nx)
         eff = Effective(user, write, not nx)
         flags = set()
         for name, bit in (("P", 0), ("RW", 1), ("US", 2), ("PWT", 3), ("PCD", 4), ("G", 8)):
@@ -277,16 +271,17 @@ class Walker:
         self._attr_cache[key] = hit
         return hit
 
-    def _make_mapping(self, rule: LevelRule, ctx: _Ctx, va_lin: int, index: int, table_pa: int,
+    def _make_mapping(self, rule: LevelRule, ctx: Ctx, va_lin: int, index: int, table_pa: int,
                       raw: int, rsvd: int, count: int, and_ad: int, pa: Optional[int],
                       notes: Tuple[str, ...] = ()) -> Mapping:
         owned = ctx.xen_owned
-        if self.domain is not None and not owned:
+        if self._va_labels and not owned:
             # A leaf can be Xen's too (the compat M2P superpages in a PV32 guest's top L2).
             label = self.domain.xen_area(rule.name, index, va_lin, rule.page_size)
             if label:
                 owned, notes = True, (label,) + notes
-        ctx_key = (ctx.user, ctx.write, ctx.nx, bool(ctx.rsvd), owned)
+        ctx_key = ctx.key if owned == ctx.xen_owned else (ctx.user, ctx.write, ctx.nx,
+                                                          bool(ctx.rsvd), owned)
         eff, flags_by_ad, pkey, xen_bits, mt, verdicts, dis = self._attrs(rule, raw, ctx_key,
                                                                           rsvd)
         rs = ctx.rsvd
@@ -316,7 +311,7 @@ class Walker:
             ref = self._ref_cache[key] = EntryRef(level, index, table_pa, raw)
         return ref
 
-    def _stop_record(self, kind: str, rule: LevelRule, ctx: _Ctx, va_lin: int, index: int,
+    def _stop_record(self, kind: str, rule: LevelRule, ctx: Ctx, va_lin: int, index: int,
                      table_pa: int, raw: int, rsvd: int, why: str) -> Mapping:
         """A record for a present entry the walk cannot follow (RSVD stop, unreadable table)."""
         child = self._child_ctx(ctx, rule, index, table_pa, raw, rsvd, va_lin)
@@ -345,7 +340,7 @@ class Walker:
         if self._root_error:
             return Trace(va, (), None, f"unreadable: {self._root_error}")
         self._deadline = time.monotonic() + self.time_budget
-        ctx = _Ctx(True, True, False, (), (), ())
+        ctx = Ctx(True, True, False, (), (), ())
         table_pa = self.root
         steps: List[Step] = []
         for rule in self.rules:
@@ -383,7 +378,7 @@ class Walker:
                 page_lin = (lin >> rule.shift) << rule.shift
                 pa = self._frame_to_pa(rule.frame(raw, True))
                 m = self._make_mapping(rule, ctx, page_lin, index, table_pa, raw, rsvd, 1,
-                                       raw & _A_D, pa)
+                                       raw & A_D, pa)
                 return Trace(va, tuple(steps), m, "reserved bit" if m.rsvd else "leaf")
             nxt = self._frame_to_pa(rule.frame(raw, False))
             steps.append(Step(rule.name, index, table_pa, entry_pa, raw, bits, eff,
@@ -397,12 +392,26 @@ class Walker:
     # -- whole-space walk -------------------------------------------------------------------
 
     def iter_mappings(self, start: int = 0, end: Optional[int] = None, *, coalesce: bool = True,
-                      phys: bool = False) -> Iterator[Mapping]:
+                      phys: bool = False, repeats: bool = False,
+                      keep: Optional[Callable[[Mapping], bool]] = None,
+                      batches: bool = False) -> Iterator[Mapping]:
         """Yield mappings in VA order over ``[start, end)`` (canonical VAs; end exclusive).
 
         :param coalesce: merge VA-contiguous leaves of one level with equal attributes (rights,
             key, Xen bits, memory type, software bits); A and D are kept only if set on every page.
+            Without it (one record per page) copies are always expanded.
         :param phys: also require PA contiguity when merging.
+        :param repeats: a subtree reached again at VAs in arithmetic progression (Linux's espfix
+            area, aliases of one table) is one record per run with ``repeat`` copies ``stride``
+            bytes apart (records are then in VA order of their first copy; ``Mapping.copies()``
+            expands one). Without it, one record per copy: every consumer that sums ``count``
+            stays right.
+        :param batches: with ``coalesce=False``, leaves of one table that differ only in frame
+            and A/D come as one :class:`~gdb_xenpte.model.PageBatch` (``n`` records) for bulk
+            encoders; only for consumers that handle them.
+        :param keep: a predicate over a mapping's attributes (rights, key, Xen bits, verdicts,
+            flags, notes; not its addresses or counts): records it refuses are not built, and it
+            is asked once per distinct set of attributes.
         """
         lo = start & self._va_mask
         hi = (self._va_mask + 1) if end is None else (((end - 1) & self._va_mask) + 1)
@@ -413,10 +422,20 @@ class Walker:
         self._pages.clear()
         self._tables.clear()
         self._pt_lru.clear()
+        self._expand = not repeats or not coalesce
+        self._coalesce = coalesce
+        self._phys = phys
+        self._batches = (batches and not coalesce and self._translate is None
+                         and not self._va_labels)
+        if self.memo is not None:
+            policy = getattr(self.domain, "policy", None)
+            self.memo.bind((self.source, self.rules, self.mode_key, policy,
+                            getattr(self.domain, "root_is_xen_l4", None), self._expand,
+                            coalesce, phys))
         t0 = time.monotonic()
         self._deadline = t0 + self.time_budget
-        root_ctx = _Ctx(True, True, False, (), (), ())
-        pending = None
+        root_ctx = Ctx(True, True, False)
+        keep_memo: Dict[tuple, bool] = {}
         try:
             if self._root_error:
                 raise SourceError(self.source.name, self._root_error)
@@ -425,28 +444,101 @@ class Walker:
                 raise SourceError(self.source.name,
                                   f"the top-level table (CR3 {self.cpu.cr3:#x}) cannot be read: "
                                   f"{getattr(top, 'detail', top)}")
-            for rec in self._walk_table(self.root, 0, 0, root_ctx, lo, hi, coalesce, phys):
-                if pending is None:
-                    pending = rec
-                    continue
-                merged = _merge(pending, rec, phys) if coalesce else None
-                if merged is not None:
-                    pending = merged
+            items = fold(_until_budget(self._walk_table(self.root, 0, 0, root_ctx, lo, hi)),
+                         coalesce, phys)
+            for item in items:
+                if type(item) is Block:
+                    for run in item.first():
+                        m = self._finish(run, keep, keep_memo, item.n, item.stride)
+                        if m is not None:
+                            yield m
+                elif item.kind == "pages":
+                    yield from self._batch(item, keep)
                 else:
-                    yield self._finish(pending)
-                    pending = rec
-        except _BudgetHit:
-            pass
+                    m = self._finish(item, keep, keep_memo)
+                    if m is not None:
+                        yield m
         finally:
             self.stats.seconds = time.monotonic() - t0
-        if pending is not None:
-            yield self._finish(pending)
 
-    def _finish(self, rec) -> Mapping:
-        if rec[0] == "rec":
-            return rec[1]
-        _, rule, ctx, _ck, va, index, table_pa, raw, rsvd, count, and_ad, pa = rec
-        return self._make_mapping(rule, ctx, va, index, table_pa, raw, rsvd, count, and_ad, pa)
+    def _finish(self, run: Run, keep=None, memo=None, repeat: int = 1,
+                stride: int = 0) -> Optional[Mapping]:
+        key = None
+        if keep is not None and run.kind == "page" and not self._va_labels:
+            # A leaf's attributes follow from its context, its bits but the frame, and whether
+            # its frame is in the source (not from its VA: PV32's VA-labelled area excepted), so
+            # the filter's answer is kept per such key and a refused run is never built.
+            rule = run.rule
+            key = (id(run.ctx), rule.depth, run.raw & ~rule.leaf_frame_mask, run.rsvd,
+                   run.and_ad, run.pa is None)
+            hit = memo.get(key)
+            if hit is not None and hit[0] is run.ctx:
+                if not hit[1]:
+                    return None
+                key = None  # kept: build it, nothing more to ask
+        if run.kind != "page":
+            m = self._stop_record(run.kind, run.rule, run.ctx, run.va, run.index, run.table_pa,
+                                  run.raw, run.rsvd, run.why)
+        else:
+            m = self._make_mapping(run.rule, run.ctx, run.va, run.index, run.table_pa, run.raw,
+                                   run.rsvd, run.count, run.and_ad, run.pa)
+        if repeat > 1:
+            m.repeat, m.stride = repeat, stride
+        if not run.contig:
+            m.pa_contiguous = False
+        if keep is not None and (key is not None or run.kind != "page" or self._va_labels):
+            ok = bool(keep(m))
+            if key is not None:
+                if len(memo) > _CACHE_MAX:
+                    memo.clear()
+                memo[key] = (run.ctx, ok)  # holding the context keeps its id unique
+            if not ok:
+                return None
+        return m
+
+    def _batch(self, run: Run, keep) -> Iterator:
+        """A run of leaves given one record each: a PageBatch, or (where a record's text names
+        its own leaf: reserved or disallowed bits) one Mapping per page."""
+        rule, ctx = run.rule, run.ctx
+        indices, raws = run.leaves
+        page = rule.page_size
+        protos: Dict[int, Mapping] = {}
+        first = {}
+        for k, raw in enumerate(raws):
+            ad = raw & A_D
+            if ad not in first:
+                first[ad] = k
+                if len(first) == 4:
+                    break
+        simple = not run.rsvd
+        for ad, k in first.items():
+            index = indices[k]
+            m = self._make_mapping(rule, ctx, run.va + (index - run.index) * page, index,
+                                   run.table_pa, raws[k], run.rsvd, 1, ad,
+                                   self._frame_to_pa(rule.frame(raws[k], True)))
+            simple = simple and m.disallowed is ctx.disallowed
+            protos[ad] = m
+        if simple and keep is not None:
+            answers = {ad: bool(keep(m)) for ad, m in protos.items()}
+            if not any(answers.values()):
+                return
+            simple = all(answers.values())
+        if not simple:
+            for index, raw in zip(indices, raws):
+                m = self._make_mapping(rule, ctx, run.va + (index - run.index) * page, index,
+                                       run.table_pa, raw, run.rsvd, 1, raw & A_D,
+                                       self._frame_to_pa(rule.frame(raw, True)))
+                if keep is None or keep(m):
+                    yield m
+            return
+        va0 = self.canonical(run.va) - run.index * page  # one table: one sign extension
+        if rule.pse36_bits:
+            pas = [rule.frame(r, True) for r in raws]
+        else:
+            fm = rule.leaf_frame_mask
+            pas = [r & fm for r in raws]
+        yield PageBatch(protos, [va0 + i * page for i in indices], pas, list(indices),
+                        list(raws))
 
     def _check_budget(self, va_lin: int) -> None:
         if self.stats.entries > self.entry_budget:
@@ -458,13 +550,14 @@ class Walker:
                                      f"VA {self.canonical(va_lin):#x}")
             raise _BudgetHit()
 
-    def _walk_table(self, table_pa: int, depth: int, base: int, ctx: _Ctx, lo: int, hi: int,
-                    coalesce: bool, phys: bool):
+    def _walk_table(self, table_pa: int, depth: int, base: int, ctx: Ctx, lo: int, hi: int):
+        """Yield the runs and blocks of the table at ``table_pa`` (mapping ``base`` onward) that lie
+        in ``[lo, hi)``, in VA order."""
         rule = self.rules[depth]
         dt = self._table(table_pa, depth)
-        shift = rule.shift
-        first = max(0, (lo - base) >> shift)
-        last = min((1 << rule.index_bits) - 1, (hi - 1 - base) >> shift)
+        shift_ = rule.shift
+        first = max(0, (lo - base) >> shift_)
+        last = min((1 << rule.index_bits) - 1, (hi - 1 - base) >> shift_)
         self._check_budget(base)
         if np is not None:
             # Fast paths for the common case (a whole table, a PT of leaves only): each numpy
@@ -475,7 +568,7 @@ class Walker:
                 sel = np.flatnonzero((dt.index >= first) & (dt.index <= last))
             self.stats.entries += len(sel)
             if rule.last:  # a last-level table holds only leaves (decode_table)
-                leaf_pos, other_pos = sel, ()
+                leaf_pos, other_pos = sel, []
             else:
                 kinds = dt.kind[sel]
                 leaf_pos = sel[kinds == KIND_LEAF]
@@ -488,49 +581,182 @@ class Walker:
         # Emit leaves and subtrees interleaved in VA order: split leaf positions at subtrees.
         li = 0
         n_leaf = len(leaf_pos)
-        for pos in other_pos:
+        span = rule.page_size
+        p = 0
+        n_other = len(other_pos)
+        while p < n_other:
+            pos = other_pos[p]
+            p += 1
             index = int(dt.index[pos])
             if li < n_leaf:
                 cut = _count_below(leaf_pos, pos, li)
                 if cut > li:
-                    yield from self._leaf_runs(rule, dt, leaf_pos[li:cut], table_pa, base, ctx,
-                                               coalesce, phys)
+                    yield from self._leaf_runs(rule, dt, leaf_pos[li:cut], table_pa, base, ctx)
                     li = cut
             raw = int(dt.raw[pos])
             rsvd = int(dt.rsvd[pos])
-            va = base + (index << shift)
+            va = base + (index << shift_)
             if dt.kind[pos] == KIND_RSVD_STOP:
-                yield ("rec", self._stop_record("rsvd", rule, ctx, va, index, table_pa, raw, rsvd,
-                                                f"PS=1 in a {rule.name} entry: #PF with RSVD"))
+                yield new_run("rsvd", rule, ctx, va, index, table_pa, raw, rsvd, 0, 0, None,
+                              f"PS=1 in a {rule.name} entry: #PF with RSVD")
                 continue
-            child_ctx = self._child_ctx(ctx, rule, index, table_pa, raw, rsvd, va)
             child_pa = self._frame_to_pa(rule.frame(raw, False))
             if child_pa is None:
-                yield ("rec", self._stop_record(
-                    "not-in-dump", rule, ctx, va, index, table_pa, raw, rsvd,
-                    f"next table (frame {rule.frame(raw, False) >> 12:#x}) not in source"))
+                yield new_run("not-in-dump", rule, ctx, va, index, table_pa, raw, rsvd, 0, 0,
+                              None, f"next table (frame {rule.frame(raw, False) >> 12:#x}) not "
+                                    f"in source")
                 continue
+            if depth == 0 and self.memo is not None and lo <= va and va + span <= hi:
+                # Below the top table: a subtree another walk of this source has seen.
+                child_ctx = self._child_ctx(ctx, rule, index, table_pa, raw, rsvd, va)
+                hit = self._memo_replay(child_pa, va, child_ctx)
+                if hit is not None:
+                    yield from hit
+                    continue
             child = self._table(child_pa, depth + 1)
             if isinstance(child, XenpteError):
-                yield ("rec", self._stop_record("unreadable", rule, ctx, va, index, table_pa, raw,
-                                                rsvd, f"next table unreadable: {child}"))
+                yield new_run("unreadable", rule, ctx, va, index, table_pa, raw, rsvd, 0, 0,
+                              None, f"next table unreadable: {child}")
                 continue
-            yield from self._walk_table(child_pa, depth + 1, va, child_ctx, lo, hi, coalesce,
-                                        phys)
+            child_ctx = self._child_ctx(ctx, rule, index, table_pa, raw, rsvd, va)
+            # The same table reached again from the next entries with the same context: a
+            # repeated subtree (aliases of one table: Linux's espfix area, hostile storms).
+            raws = [raw]
+            if (not rsvd and p < n_other and lo <= va and va + span <= hi
+                    and (not self._va_labels or child_ctx.xen_owned)):
+                nomask = raw & ~_A
+                while p < n_other:
+                    q = other_pos[p]
+                    qraw = int(dt.raw[q])
+                    qindex = int(dt.index[q])
+                    qva = base + (qindex << shift_)
+                    if (qindex != index + len(raws) or (qraw & ~_A) != nomask
+                            or dt.kind[q] != KIND_TABLE or dt.rsvd[q] or qva + span > hi
+                            or (self._sign_bit and (qva ^ va) & self._sign_bit)):
+                        break
+                    qctx = self._child_ctx(ctx, rule, qindex, table_pa, qraw, 0, qva)
+                    if not qctx.same_but_path(child_ctx):
+                        break
+                    raws.append(qraw)
+                    p += 1
+            if len(raws) == 1:
+                if depth == 0 and self.memo is not None and lo <= va and va + span <= hi:
+                    yield from self._memo_walk(child_pa, va, child_ctx, lo, hi)
+                else:
+                    yield from self._walk_table(child_pa, depth + 1, va, child_ctx, lo, hi)
+            else:
+                dim = Dim(depth, rule.name, table_pa, index, 1, tuple(raws), len(raws))
+                yield from self._repeated(child_pa, depth + 1, va, child_ctx, lo, hi, dim, span)
         if li < n_leaf:
-            yield from self._leaf_runs(rule, dt, leaf_pos[li:], table_pa, base, ctx, coalesce,
-                                       phys)
+            yield from self._leaf_runs(rule, dt, leaf_pos[li:], table_pa, base, ctx)
+
+    def _memo_replay(self, table_pa: int, va: int, ctx: Ctx) -> Optional[List]:
+        """The items of a subtree below the top table that a walk of this source has seen with
+        the same context, as reached now; None when none has."""
+        hit = self.memo.get((table_pa, ctx.key, ctx.rsvd, ctx.notes, ctx.disallowed))
+        if hit is None:
+            return None
+        base, items, leaves, _entries, unreadable = hit
+        stats = self.stats
+        stats.leaves += leaves
+        stats.entries += len(items)
+        stats.unreadable.extend(unreadable)
+        self._check_budget(va)
+        return rebase(items, va - base, ctx.path)
+
+    def _memo_walk(self, table_pa: int, va: int, ctx: Ctx, lo: int, hi: int):
+        """A subtree below the top table, walked and remembered for other walks of the source."""
+        memo = self.memo
+        key = (table_pa, ctx.key, ctx.rsvd, ctx.notes, ctx.disallowed)
+        stats = self.stats
+        leaves0, entries0, unreadable0 = stats.leaves, stats.entries, len(stats.unreadable)
+        items: Optional[List] = []
+        for item in self._walk_table(table_pa, 1, va, ctx, lo, hi):
+            if items is not None:
+                items.append(item)
+                if len(items) > memo.max_items:
+                    items = None
+            yield item
+        if items is not None:
+            memo.put(key, (va, items, stats.leaves - leaves0, stats.entries - entries0,
+                           stats.unreadable[unreadable0:]), len(items))
+
+    def _repeated(self, table_pa: int, depth: int, va: int, ctx: Ctx, lo: int, hi: int,
+                  dim: Dim, span: int):
+        """A subtree reached from ``dim.n`` consecutive entries: walked once, then given as a
+        block of copies, or (when expanding, or when copies merge into each other) replayed
+        shifted; a subtree too big to hold is walked again per copy."""
+        stats = self.stats
+        leaves0 = stats.leaves
+        items: List = []
+        walk = self._walk_table(table_pa, depth, va, ctx, lo, hi)
+        for item in walk:
+            items.append(item)
+            if len(items) > _REPLAY_MAX:
+                break
+        else:
+            walk = None
+        if walk is not None:
+            # Too big to replay: stream this copy, walk each other copy again.
+            yield from items
+            yield from walk
+            for k in range(1, dim.n):
+                ref = EntryRef(dim.level, dim.index0 + k, dim.table_pa, dim.raws[k])
+                yield from self._walk_table(table_pa, depth, va + k * span,
+                                            ctx.with_path(ctx.path[:-1] + (ref,)), lo, hi)
+            return
+        sub_leaves = stats.leaves - leaves0
+        if not items:
+            return
+        n = dim.n
+        if not self._expand:
+            inner = items[0]
+            if len(items) == 1 and type(inner) is Block and inner.n * inner.stride == span:
+                # The subtree is itself copies that tile it (espfix's PT: one page every 64 KiB
+                # over 2 MiB): one block of n * inner.n copies at the inner stride.
+                stats.leaves += sub_leaves * (n - 1)
+                yield Block(inner.runs, inner.stride, (dim,) + inner.dims)
+                return
+            flat = _flatten(items)
+            if flat is not None:
+                runs = fold_list(flat, self._phys)
+                nxt = runs[0]._replace(va=runs[0].va + span)
+                if merge(runs[-1], nxt, self._phys) is None:
+                    stats.leaves += sub_leaves * (n - 1)
+                    yield Block(runs, span, (dim,))
+                    return
+                items = runs
+            else:  # inner blocks too big to flatten: walk each copy again
+                yield from items
+                for k in range(1, n):
+                    ref = EntryRef(dim.level, dim.index0 + k, dim.table_pa, dim.raws[k])
+                    yield from self._walk_table(table_pa, depth, va + k * span,
+                                                ctx.with_path(ctx.path[:-1] + (ref,)), lo, hi)
+                return
+        elif self._coalesce:
+            items = fold_list(items, self._phys)
+        # Replay: copy k is copy 0 shifted (what a walk of it would give, without walking it).
+        yield from items
+        cost = sum(r.count if r.kind in ("page", "pages") else 1 for r in items) \
+            if not self._coalesce else len(items)
+        for k in range(1, n):
+            stats.entries += cost
+            stats.leaves += sub_leaves
+            self._check_budget(va + k * span)
+            yield from shift(items, k, (dim,), span)
 
     def _leaf_runs(self, rule: LevelRule, dt: DecodedTable, pos, table_pa: int, base: int,
-                   ctx: _Ctx, coalesce: bool, phys: bool):
-        """Yield runs of leaves of one table: ``("run", ...)`` tuples merged by the caller."""
+                   ctx: Ctx):
+        """Yield runs of leaves of one table, and blocks of equal runs at a constant stride."""
         n = len(pos)
         self.stats.leaves += n
-        ctx_key = (ctx.user, ctx.write, ctx.nx, bool(ctx.rsvd), ctx.xen_owned)
+        coalesce = self._coalesce
+        phys = self._phys
         page = rule.page_size
         # What must be equal for two leaves to merge: all but the frame and A/D.
-        keymask = ~(rule.leaf_frame_mask | _A_D | _pse36_mask(rule)) & 0xFFFFFFFFFFFFFFFF
+        keymask = ~(rule.leaf_frame_mask | A_D | pse36_mask(rule)) & 0xFFFFFFFFFFFFFFFF
         translate = self._translate is not None
+        contig = None  # per run: frames contiguous (None: every run's are)
         if np is not None:
             if n == len(dt.index):  # every present entry (pos is sorted and distinct)
                 idx, raws, rsv = dt.index, dt.raw, dt.rsvd
@@ -549,11 +775,47 @@ class Walker:
                     frames = raws & np.uint64(rule.leaf_frame_mask)
                     brk[1:] |= frames[1:] != frames[:-1] + np.uint64(page)
                 starts = np.flatnonzero(brk)
-                ad = np.bitwise_and.reduceat(raws & np.uint64(_A_D), starts).tolist()
+                ad = np.bitwise_and.reduceat(raws & np.uint64(A_D), starts).tolist()
                 starts_l = starts.tolist()
+                if not phys and not translate and len(starts_l) < n:
+                    # Which runs have scattered frames (a range is shown only when contiguous).
+                    frames = raws & np.uint64(rule.leaf_frame_mask)
+                    if rule.pse36_bits:
+                        frames |= ((raws >> np.uint64(13))
+                                   & np.uint64((1 << rule.pse36_bits) - 1)) << np.uint64(32)
+                    # gap[i]: leaf i continues a run but its frame does not follow leaf i-1's.
+                    gap = (frames[1:] - frames[:-1]) != np.uint64(page)
+                    gap &= ~brk[1:]
+                    if gap.any():
+                        gap = np.concatenate(([False], gap))
+                        contig = (~np.logical_or.reduceat(gap, starts)).tolist()
+            elif self._batches and n > 1:
+                # Per-page records, made in bulk: leaves that differ only in frame and A/D.
+                brk = np.empty(n, dtype=bool)
+                brk[0] = True
+                keys = raws & np.uint64(keymask)
+                np.not_equal(keys[1:], keys[:-1], out=brk[1:])
+                brk[1:] |= rsv[1:] != rsv[:-1]
+                brk[1:] |= idx[1:] != idx[:-1] + 1
+                starts_l = np.flatnonzero(brk).tolist()
+                idx_l, raw_l = idx.tolist(), raws.tolist()
+                shift_ = rule.shift
+                rsv_l = rsv.tolist()
+                for b, e in zip(starts_l, starts_l[1:] + [n]):
+                    if e - b < _BATCH_MIN:  # too few to pay for a template: one run a page
+                        for k in range(b, e):
+                            i, r = idx_l[k], raw_l[k]
+                            yield new_run("page", rule, ctx, base + (i << shift_), i, table_pa,
+                                          r, rsv_l[k], 1, r & A_D, self._frame_to_pa(
+                                              rule.frame(r, True)))
+                        continue
+                    i, r = idx_l[b], raw_l[b]
+                    yield new_run("pages", rule, ctx, base + (i << shift_), i, table_pa, r,
+                                  rsv_l[b], e - b, 0, None, "", True, (idx_l[b:e], raw_l[b:e]))
+                return
             else:
                 starts_l = list(range(n))
-                ad = (raws & np.uint64(_A_D)).tolist()
+                ad = (raws & np.uint64(A_D)).tolist()
             if translate:
                 idx_l, raw_l, rsv_l = idx.tolist(), raws.tolist(), rsv.tolist()
             else:
@@ -564,49 +826,117 @@ class Walker:
             idx_l = [dt.index[p] for p in pos]
             raw_l = [dt.raw[p] for p in pos]
             rsv_l = [dt.rsvd[p] for p in pos]
-            starts_l, ad = [], []
+            starts_l, ad, contig_l = [], [], []
             prev = None
+            fm = rule.leaf_frame_mask
+            pse36 = rule.pse36_bits
             for i in range(n):
                 r = raw_l[i]
                 k = (r & keymask, rsv_l[i])
-                cont = (coalesce and prev is not None and k == prev[0]
-                        and idx_l[i] == idx_l[i - 1] + 1
-                        and (not phys or translate
-                             or rule.frame(r, True) == rule.frame(raw_l[i - 1], True) + page))
+                cont = (coalesce and prev is not None and k == prev
+                        and idx_l[i] == idx_l[i - 1] + 1)
+                if cont and not translate:
+                    q = raw_l[i - 1]
+                    if pse36:
+                        adjacent = rule.frame(r, True) == rule.frame(q, True) + page
+                    else:
+                        adjacent = r & fm == (q & fm) + page
+                    if phys:
+                        cont = adjacent
+                    elif not adjacent:
+                        contig_l[-1] = False
                 if cont:
-                    ad[-1] &= r & _A_D
+                    ad[-1] &= r & A_D
                 else:
                     starts_l.append(i)
-                    ad.append(r & _A_D)
-                prev = (k,)
+                    ad.append(r & A_D)
+                    contig_l.append(True)
+                prev = k
+            if not all(contig_l):
+                contig = contig_l
             heads = ((idx_l[s], raw_l[s], rsv_l[s]) for s in starts_l)
-        if not translate:
-            yield from self._runs(rule, ctx, ctx_key, base, table_pa, heads, starts_l, n, ad)
+        shift_ = rule.shift
+        to_pa = self._frame_to_pa
+        if contig is not None:
+            runs = [new_run("page", rule, ctx, base + (i << shift_), i, table_pa, r, s, e - b,
+                            a, to_pa(rule.frame(r, True)), "", c)
+                    for (i, r, s), b, e, a, c in zip(heads, starts_l, starts_l[1:] + [n], ad,
+                                                     contig)]
+        elif translate:
+            # PV: frames are MFNs; a run stays one record only where PFNs are contiguous too
+            # (checked per page by the merge step).
+            runs = [new_run("page", rule, ctx, base + (i << shift_), i, table_pa, r, s, 1, r & A_D,
+                            to_pa(rule.frame(r, True)))
+                    for i, r, s in zip(idx_l, raw_l, rsv_l)]
+        else:
+            ends = starts_l[1:] + [n]
+            runs = [new_run("page", rule, ctx, base + (i << shift_), i, table_pa, r, s, e - b,
+                            a, to_pa(rule.frame(r, True)))
+                    for (i, r, s), b, e, a in zip(heads, starts_l, ends, ad)]
+        if self._expand or len(runs) < 2:
+            yield from runs
             return
-        # PV: frames are MFNs; a run stays one record only where PFNs are contiguous too (checked
-        # lazily, per page, by the merge step).
-        for s, e in zip(starts_l, starts_l[1:] + [n]):
-            for k in range(s, e):
-                r = raw_l[k]
-                yield ("run", rule, ctx, ctx_key, base + (idx_l[k] << rule.shift), idx_l[k],
-                       table_pa, r, rsv_l[k], 1, r & _A_D, self._frame_to_pa(rule.frame(r, True)))
+        yield from _leaf_blocks(runs, table_pa)
 
-    def _runs(self, rule: LevelRule, ctx: _Ctx, ctx_key: tuple, base: int, table_pa: int, heads,
-              starts: List[int], n: int, ad: List[int]):
-        """Yield one ``("run", ...)`` tuple per run from its first entry's (index, raw, rsvd)."""
-        ends = starts[1:] + [n]
-        for (index, raw, rsvd), s, e, and_ad in zip(heads, starts, ends, ad):
-            yield ("run", rule, ctx, ctx_key, base + (index << rule.shift), index, table_pa, raw,
-                   rsvd, e - s, and_ad, self._frame_to_pa(rule.frame(raw, True)))
+
+
+_A = 0x20  # the accessed bit: entries that differ only in it still reach one subtree alike
+# Fewest leaves given as one PageBatch (below, a template costs more than it saves).
+_BATCH_MIN = 8
+# Items of a repeated subtree held to replay it; a bigger subtree is walked again per copy.
+_REPLAY_MAX = 4096
+
+
+def _until_budget(items):
+    """The walk's items until a budget stops it (the fold then still gives what it holds)."""
+    try:
+        yield from items
+    except _BudgetHit:
+        return
+
+
+def _flatten(items) -> Optional[List[Run]]:
+    """Runs of ``items`` with blocks expanded (each block lies between its neighbours), or None
+    when that would be more than can be held."""
+    out: List[Run] = []
+    for it in items:
+        if type(it) is Block:
+            if len(out) + it.n * len(it.runs) > _REPLAY_MAX:
+                return None
+            out.extend(it.expand())
+        else:
+            out.append(it)
+    return out
+
+
+def _leaf_blocks(runs: List[Run], table_pa: int):
+    """Runs of one table with runs of equal leaves at a constant index step (the step larger
+    than the run, so copies do not touch) given as blocks: e.g. Linux's espfix PT, one stack page
+    every 16th entry."""
+    i, n = 0, len(runs)
+    while i < n:
+        r = runs[i]
+        j = i + 1
+        if j < n:
+            step = runs[j].index - r.index
+            if step > r.count:
+                key = (r.raw, r.rsvd, r.count, r.and_ad)
+                while (j < n and runs[j].index - runs[j - 1].index == step
+                       and (runs[j].raw, runs[j].rsvd, runs[j].count, runs[j].and_ad) == key):
+                    j += 1
+        if j - i >= 2:
+            rule = r.rule
+            yield Block((r,), step * rule.page_size,
+                        (Dim(-1, rule.name, table_pa, r.index, step, (), j - i),))
+            i = j
+        else:
+            yield r
+            i += 1
 
 
 def _disallowed_texts(domain, rule: LevelRule, index: int, raw: int) -> Tuple[str, ...]:
     return tuple(f"{rule.name}[{index}]: bit {bit} ({name})"
                  for bit, name in domain.disallowed(raw, rule.name))
-
-
-def _pse36_mask(rule: LevelRule) -> int:
-    return ((1 << rule.pse36_bits) - 1) << 13 if rule.pse36_bits else 0
 
 
 def _count_below(leaf_pos, pos, start: int) -> int:
@@ -617,28 +947,3 @@ def _count_below(leaf_pos, pos, start: int) -> int:
     while i < len(leaf_pos) and leaf_pos[i] < pos:
         i += 1
     return i
-
-
-def _merge(a, b, phys: bool):
-    """Merge run ``b`` into pending run ``a`` when contiguous with equal attributes, else None."""
-    if a[0] != "run" or b[0] != "run":
-        return None
-    _, rule, ctx, ctx_key, va, index, table_pa, raw, rsvd, count, and_ad, pa = a
-    _, rule2, _c2, ctx_key2, va2, _i2, _t2, raw2, rsvd2, count2, and_ad2, pa2 = b
-    if rule2 is not rule or ctx_key2 != ctx_key or bool(rsvd2) != bool(rsvd):
-        return None
-    if va2 != va + count * rule.page_size:
-        return None
-    mask = ~(rule.leaf_frame_mask | _A_D | _pse36_mask(rule))
-    if ((raw2 & mask) != (raw & mask) or ctx.notes != _c2.notes or ctx.rsvd != _c2.rsvd
-            or ctx.disallowed != _c2.disallowed):
-        return None
-    if (pa is None) != (pa2 is None):
-        return None
-    if phys and pa is not None and pa2 != pa + count * rule.page_size:
-        return None
-    if rsvd2 != rsvd:
-        return None
-    return ("run", rule, ctx, ctx_key, va, index, table_pa, raw, rsvd, count + count2,
-            and_ad & and_ad2, pa)
-

@@ -207,7 +207,10 @@ def _source_options(target: Target, index: Optional[int]) -> List[str]:
 
 
 def _command_line(job: Job, index: Optional[int]) -> str:
-    argv = [job.command, "--json", *_source_options(job.target, index), *job.options]
+    # --expand: one record per copy of a repeated subtree (issue 15), what the tally, CSV and
+    # xen-pte-diff count today; drop it once they count a record's "repeat": {"count", "stride"}.
+    expand = ["--expand"] if job.command == "xen-pte-walk" else []
+    argv = [job.command, "--json", *expand, *_source_options(job.target, index), *job.options]
     return " ".join(shlex.quote(a) for a in argv)  # gdb's buildargv reads shell-style quoting
 
 

@@ -18,6 +18,10 @@ try:
 
     from targets.cachedir import cache_root
 
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    # Its home (constants cache, failure patches) too, not only the example database.
+    set_hypothesis_home_dir(str(cache_root("hypothesis")))
     settings.register_profile("xenpte", database=DirectoryBasedExampleDatabase(
         str(cache_root("hypothesis"))))
     settings.load_profile("xenpte")

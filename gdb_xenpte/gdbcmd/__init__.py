@@ -15,7 +15,9 @@ def register() -> list:
     Calling it again (e.g. sourcing the loader twice) returns the existing objects.
     """
     if not _registered:
-        from . import commands, params
+        from . import commands, domains, p2m, params
         _registered.extend(params.register())
         _registered.extend(commands.register())
+        _registered.extend(domains.register())
+        _registered.extend(p2m.register())
     return list(_registered)

@@ -26,6 +26,7 @@ from . import walkout
 from .base import XenPteCommand, style, write_lines
 from .context import (add_cpu_options, add_source_options, add_xen_options, open_source, options,
                       setup)
+from .hostargs import add_host_options
 
 __all__ = [
     "XenCr4Command",
@@ -94,6 +95,9 @@ class XenPteWalkCommand(XenPteCommand):
                        help="one row per page")
         o.add_argument("--phys", action="store_true",
                        help="merge only where physical addresses are contiguous too")
+        o.add_argument("--expand", action="store_true",
+                       help="one row per copy of a repeated subtree (default: one row with "
+                            "'xN every STRIDE', e.g. Linux's espfix area)")
         o.add_argument("--json", action="store_true",
                        help="JSON Lines: header, mapping records, summary "
                             "(schema: gdb_xenpte/data/xen-pte-walk.schema.json)")
@@ -190,6 +194,7 @@ class XenCr4Command(XenPteCommand):
         g = p.add_argument_group("source (when VALUE is not given)")
         g.add_argument("--core", metavar="FILE", help="take CR4 from a dump's vCPU")
         g.add_argument("--vcpu", metavar="N", type=int_in(0, 4095), help="which vCPU's CR4")
+        add_host_options(p)  # --domid N, --xen-syms FILE (issue 16)
         add_xen_options(p)
         p.add_argument("--xen-cr4", metavar="VALUE", type=address,
                        help="Xen's own CR4 (mmu_cr4_features) when known, e.g. read in Xen's "

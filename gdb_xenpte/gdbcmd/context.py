@@ -18,6 +18,7 @@ from ..session import Session, prepare
 from ..sources.base import PhysSource
 from . import params
 from .args import GdbArgumentParser, address, choice_of, int_in
+from .hostargs import add_host_options, host_view
 from .live import open_live_source
 
 __all__ = [
@@ -44,6 +45,7 @@ def add_source_options(p: GdbArgumentParser) -> None:
     g.add_argument("--direct-map", metavar="BASE", type=address,
                    help="live targets without physical access: read tables through the guest "
                         "direct map at VA BASE (PV: frames translated through Xen's M2P)")
+    add_host_options(p)  # --domid N, --xen-syms FILE (issue 16)
 
 
 def add_cpu_options(p: GdbArgumentParser) -> None:
@@ -95,7 +97,7 @@ def open_source(args: argparse.Namespace) -> PhysSource:
         raise OptionError("give --core or --raw, not both")
     if args.core:
         from ..sources.open import open_dump
-        return open_dump(args.core)
+        return host_view(args, open_dump(args.core))  # --domid: that vCPU of a Xen host dump
     if args.raw:
         from ..sources.raw import RawSource, parse_raw_spec
         return RawSource(*parse_raw_spec(args.raw))

@@ -13,9 +13,9 @@ from typing import Iterator, List, Optional
 
 from .. import render
 from ..domain_cpu import first_given
-from ..errors import OptionError
+from ..errors import OptionError, XenpteError
 from ..filters import build_filter
-from ..model import Mapping
+from ..model import Mapping, PageBatch
 from ..walk import Walker
 from . import params
 from .base import style, write_lines
@@ -26,7 +26,7 @@ __all__ = ["collect_records", "write"]
 
 def write(args: argparse.Namespace) -> None:
     """Run the walk ``args`` describe and write it (trace, table or JSON Lines)."""
-    with _walk(args) as (walker, header, rows):
+    with _walk(args, repeats=not args.expand, batches=args.json) as (walker, header, rows):
         if rows is None:
             return _write_trace(walker.trace(args.addr[0]), header, args.json)
         _write_walk(rows, walker, header, args.json, _limit(args))
@@ -38,8 +38,12 @@ def _limit(args: argparse.Namespace) -> Optional[int]:
 
 
 @contextlib.contextmanager
-def _walk(args: argparse.Namespace):
+def _walk(args: argparse.Namespace, repeats: bool = False, batches: bool = False):
     """Open the source and yield ``(walker, header, rows)``; rows is None for a single ADDR.
+
+    :param repeats: a subtree reached again at VAs in arithmetic progression is one record with
+        ``repeat`` copies (see :meth:`~gdb_xenpte.walk.Walker.iter_mappings`).
+    :param batches: per-page rows may come as :class:`~gdb_xenpte.model.PageBatch` (JSON output).
 
     The source stays open (and a live QEMU in PhyMemMode) exactly as long as the block runs.
     """
@@ -61,13 +65,17 @@ def _walk(args: argparse.Namespace):
         keep = build_filter(args.user, args.kernel, args.writable, args.exec, args.wx,
                             args.pkey, args.xen_bits, args.faults, args.verdict)
         coalesce = params.value("coalesce") if args.coalesce is None else args.coalesce
-        rows = (m for m in walker.iter_mappings(start, end, coalesce=coalesce, phys=args.phys)
-                if keep(m))
+        # The filter is asked once per distinct set of attributes, not once per record.
+        rows = walker.iter_mappings(start, end, coalesce=coalesce, phys=args.phys,
+                                    repeats=repeats, keep=keep, batches=batches)
         yield walker, s.header(), rows
 
 
 def collect_records(args: argparse.Namespace) -> List[dict]:
-    """The JSON records ``xen-pte-walk --json`` prints, as a list (for the MI command)."""
+    """The JSON records ``xen-pte-walk --json --expand`` prints, as a list (for the MI command).
+
+    Expanded: the batch tools read ``count`` and ``size`` per record (one record per copy).
+    """
     with _walk(args) as (walker, header, rows):
         if rows is None:
             trace = walker.trace(args.addr[0])
@@ -99,31 +107,46 @@ def _write_trace(trace, header: dict, as_json: bool) -> None:
 def _write_walk(rows: Iterator[Mapping], walker: Walker, header: dict, as_json: bool,
                 limit) -> None:
     counter = render.RecordCounter()
-    kept: List[Mapping] = []  # text: the table needs every row for its column widths
-    pending: List[str] = [render.dumps(header)] if as_json else []  # JSON: streamed in chunks
+    # Both stream: JSON in chunks, the table once its column widths are known (its first rows).
+    table = None if as_json else render.TableStream(style())
+    pending: List[str] = [render.dumps(header)] if as_json else render.header_lines(header)
     interrupted = limited = False
+    failed: Optional[XenpteError] = None
     try:
         for m in rows:
             if limit is not None and counter.mappings >= limit:
                 limited = True
                 break
-            counter.add(m)
-            if not as_json:
-                kept.append(m)
+            if isinstance(m, PageBatch):  # --json --no-coalesce: n records encoded in bulk
+                take = m.n if limit is None else limit - counter.mappings
+                counter.add_batch(m, take)
+                pending += render.batch_lines(m, take)
+                if len(pending) >= 256:
+                    write_lines(pending)
+                    pending.clear()
                 continue
-            pending.append(render.mapping_json(m))
+            counter.add(m)
+            if table is not None:
+                pending += table.add(m)
+            else:
+                pending.append(render.mapping_json(m))
             if len(pending) >= 256:
                 write_lines(pending)
                 pending.clear()
     except KeyboardInterrupt:
         interrupted = True  # Ctrl-C: stop walking, still report what was found
+    except XenpteError as err:  # e.g. the target vanished: what was found, then the error
+        failed = err
     stats = walker.stats
     if as_json:
+        extra = {"error": str(failed)} if failed is not None else {}
         write_lines(pending + [render.dumps(render.summary_record(
             counter, limited or bool(stats.budget_hit), stats.unreadable, interrupted,
-            budget=stats.budget_hit, tables_read=stats.tables_read))])
+            budget=stats.budget_hit, tables_read=stats.tables_read, **extra))])
     else:
-        write_lines(render.header_lines(header) + render.mapping_table(kept, style())
+        write_lines(pending + table.finish()
                     + [render.summary_text(counter, stats, limited, interrupted)])
     if interrupted:
         raise KeyboardInterrupt
+    if failed is not None:
+        raise failed

@@ -12,18 +12,23 @@ Failure modes: none of its own; a missing optional value renders as ``-`` (text)
 """
 
 from .common import FLAG_ORDER, Style, hexa, human_size
-from .jsonl import (RecordCounter, anomaly_record, check_summary_record, dumps, mapping_json,
-                    mapping_record, summary_record, trace_record, what_if_records)
+from .jsonl import (SCHEMA_VERSION, RecordCounter, anomaly_record, batch_lines,
+                    check_summary_record, dumps, mapping_json, mapping_record, summary_record,
+                    trace_record, what_if_records)
 from .reports import check_text, cr4_text, what_if_text
-from .table import bits_table, header_lines, mapping_table, summary_text, trace_text
+from .table import (TableStream, bits_table, header_lines, mapping_table, repeat_text,
+                    summary_text, trace_text)
 from .verdict_text import LEGEND, verdict_summary
 
 __all__ = [
     "FLAG_ORDER",
     "LEGEND",
     "RecordCounter",
+    "SCHEMA_VERSION",
     "Style",
+    "TableStream",
     "anomaly_record",
+    "batch_lines",
     "bits_table",
     "check_summary_record",
     "check_text",
@@ -35,6 +40,7 @@ __all__ = [
     "mapping_json",
     "mapping_record",
     "mapping_table",
+    "repeat_text",
     "summary_record",
     "summary_text",
     "trace_record",

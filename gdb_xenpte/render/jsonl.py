@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 import operator
-from typing import Any, Dict, List, Mapping as TMapping, Sequence, Tuple
+from dataclasses import replace
+from typing import Any, Dict, List, Mapping as TMapping, Optional, Sequence, Tuple
 
-from ..model import ACCESS_KEYS, EntryRef, Mapping, Trace, Verdict
+from ..model import ACCESS_KEYS, EntryRef, Mapping, PageBatch, Trace, Verdict
 from .common import FLAG_ORDER, ByIdentity, hexa
 from ..verdicts import FAULT_CLASSES, FAULTING_CLASSES, fault_class
 
 __all__ = [
     "RecordCounter",
+    "SCHEMA_VERSION",
     "anomaly_record",
+    "batch_lines",
     "check_summary_record",
     "dumps",
     "mapping_json",
@@ -27,6 +30,9 @@ __all__ = [
     "what_if_records",
 ]
 
+
+# The "version" of gdb_xenpte/data/xen-pte-walk.schema.json these records follow.
+SCHEMA_VERSION = 2
 
 # Shared by every record: json.dumps only reads the dict it is given.
 _VERDICT_TEXTS = ByIdentity(lambda verdicts: _verdict_texts(verdicts))
@@ -58,10 +64,13 @@ def _entry_record(e: EntryRef) -> Dict[str, Any]:
 
 def mapping_record(m: Mapping) -> Dict[str, Any]:
     """Return the ``mapping`` record of one (coalesced) mapping."""
-    return {
+    rec = {
         "type": "mapping", "kind": getattr(m, "kind", "page"), "va": hexa(m.va),
         "pa": hexa(m.pa), "size": m.size,
         "page_size": m.page_size, "level": m.level, "count": m.count,
+    }
+    rec.update(_repeat_fields(m))
+    rec.update({
         "entries": [_entry_record(e) for e in m.entries],
         "flags": list(_FLAG_NAMES(m.flags)),
         "effective": {"user": m.effective.user, "write": m.effective.write,
@@ -73,7 +82,20 @@ def mapping_record(m: Mapping) -> Dict[str, Any]:
         "fault_class": _FAULT_CLASS(m.verdicts) if m.verdicts else None,
         "imposed": _imposed(m.verdicts),
         "notes": list(m.notes),
-    }
+    })
+    return rec
+
+
+def _repeat_fields(m: Mapping) -> Dict[str, Any]:
+    """Present only when they say something (schema version 2): ``pa_contiguous`` false when
+    the run's frames are scattered (``pa`` is then the first frame only), ``repeat`` when the
+    record stands for copies at ``va + k * stride``."""
+    out: Dict[str, Any] = {}
+    if not getattr(m, "pa_contiguous", True):
+        out["pa_contiguous"] = False
+    if getattr(m, "repeat", 1) > 1:
+        out["repeat"] = {"count": m.repeat, "stride": m.stride}
+    return out
 
 
 
@@ -85,11 +107,45 @@ def mapping_json(m: Mapping) -> str:
     Xen bits and path entries), so those parts are encoded once.
     """
     entries = ",".join([_entry_json(e) for e in m.entries])
+    extra = ""
+    if getattr(m, "repeat", 1) > 1 or not getattr(m, "pa_contiguous", True):
+        extra = _ENCODER.encode(_repeat_fields(m))[1:-1] + ","
     return ('{"type":"mapping","kind":%s,"va":%s,"pa":%s,"size":%d,"page_size":%d,"level":%s,'
-            '"count":%d,"entries":[%s],%s}' % (
+            '"count":%d,%s"entries":[%s],%s}' % (
                 _ENCODER.encode(getattr(m, "kind", "page")), _ENCODER.encode(hexa(m.va)),
                 _ENCODER.encode(hexa(m.pa)), m.size, m.page_size, _ENCODER.encode(m.level),
-                m.count, entries, _tail_json(m)))
+                m.count, extra, entries, _tail_json(m)))
+
+
+# Values no real record has, replaced by %-conversions to make a batch's line template.
+_S_VA, _S_PA, _S_INDEX, _S_RAW = 0x5EED0A110CA7ED01, 0x5EED0A110CA7ED02, 918273645, \
+    0x5EED0A110CA7ED03
+
+
+def batch_lines(batch: PageBatch, limit: Optional[int] = None) -> List[str]:
+    """The ``mapping_json`` lines of a :class:`~gdb_xenpte.model.PageBatch`'s records (the first
+    ``limit``), made from one template per A/D state: the same bytes, without a Mapping each."""
+    n = batch.n if limit is None else min(limit, batch.n)
+    if n < 8:  # a template costs a few records' worth
+        return [mapping_json(m) for m, _ in zip(batch.mappings(), range(n))]
+    templates = {}
+    for ad, proto in batch.protos.items():
+        leaf = proto.entries[-1]
+        line = mapping_json(replace(proto, va=_S_VA, pa=_S_PA, entries=proto.entries[:-1] + (
+            EntryRef(leaf.level, _S_INDEX, leaf.table_pa, _S_RAW),)))
+        parts = line.replace("%", "%%")
+        for value, conv in ((f'"{_S_VA:#x}"', '"0x%x"'), (f'"{_S_PA:#x}"', '"0x%x"'),
+                            (f'"index":{_S_INDEX},', '"index":%d,'),
+                            (f'"{_S_RAW:#x}"', '"0x%x"')):
+            assert parts.count(value) == 1, value
+            parts = parts.replace(value, conv)
+        templates[ad] = parts
+    vas, pas, indices, raws = batch.vas, batch.pas, batch.indices, batch.raws
+    if len(templates) == 1:
+        t = next(iter(templates.values()))
+        return [t % x for x in zip(vas[:n], pas[:n], indices[:n], raws[:n])]
+    return [templates[r & 0x60] % (va, pa, i, r)
+            for va, pa, i, r in zip(vas[:n], pas[:n], indices[:n], raws[:n])]
 
 
 # Path entries are shared objects (the walker's context path, its leaf-ref cache).
@@ -123,7 +179,11 @@ def _tail_json(m: Mapping) -> str:
 
 
 class RecordCounter:
-    """Counts what a walk emitted, for the ``summary`` record."""
+    """Counts what a walk emitted, for the ``summary`` record.
+
+    ``mappings`` and ``faulting`` count records (a repeat record once); ``pages`` and ``bytes``
+    count every copy of a repeat record (``Mapping.total_pages``/``total_bytes``).
+    """
 
     def __init__(self):
         self.mappings = 0
@@ -136,12 +196,25 @@ class RecordCounter:
         """Count one record (``faulting``: beyond the guest's own choices, is_faulting)."""
         self.mappings += 1
         if getattr(m, "kind", "page") == "page":  # RSVD/unreadable records map nothing
-            self.pages += m.count
-            self.bytes += m.size
+            repeat = getattr(m, "repeat", 1)
+            self.pages += m.count * repeat
+            self.bytes += m.size * repeat
         if m.verdicts:
             kind = _FAULT_CLASS(m.verdicts)
             self.classes[kind] += 1
             self.faulting += kind in FAULTING_CLASSES
+
+    def add_batch(self, batch: PageBatch, n: Optional[int] = None) -> None:
+        """Count the first ``n`` (all) records of a PageBatch as ``add`` would, one by one."""
+        n = batch.n if n is None else min(n, batch.n)
+        proto = next(iter(batch.protos.values()))  # every page's rights and verdicts
+        self.mappings += n
+        self.pages += n
+        self.bytes += n * proto.page_size
+        if proto.verdicts:
+            kind = _FAULT_CLASS(proto.verdicts)
+            self.classes[kind] += n
+            self.faulting += n * (kind in FAULTING_CLASSES)
 
 
 

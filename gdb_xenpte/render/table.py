@@ -15,9 +15,11 @@ from .common import ByIdentity, Style, human_size
 from .verdict_text import verdict_cell
 
 __all__ = [
+    "TableStream",
     "bits_table",
     "header_lines",
     "mapping_table",
+    "repeat_text",
     "summary_text",
     "trace_text",
     "va_range",
@@ -45,38 +47,123 @@ _KIND_TEXT = {"rsvd": "(#PF RSVD)", "unreadable": "(table unreadable)",
 
 
 def _pa_range(m: Mapping) -> str:
+    """The PA cell: a range only where the run's frames are contiguous, else the first frame and
+    "scattered" (a coalesced run of 124K can be 31 frames from all over memory)."""
     kind = getattr(m, "kind", "page")
     if kind != "page":
         return _KIND_TEXT.get(kind, f"({kind})")
     if m.pa is None:
         return "not in source"
     if m.count > 1 and m.size != m.page_size:
+        if not getattr(m, "pa_contiguous", True):
+            return f"{m.pa:#x} scattered"
         return f"{m.pa:#x}-{m.pa + m.size - 1:#x}"
     return hex(m.pa)
 
+
+# Areas a repeat record is known to fill, by canonical VA range (first, last byte).
+_KNOWN_AREAS = (
+    # Linux x86-64: ESPFIX_BASE_ADDR = ESPFIX_PGD_ENTRY (-2) << P4D_SHIFT (39), one P4D entry
+    # (arch/x86/include/asm/pgtable_64_types.h, since Linux 3.16): per-CPU espfix stacks, one
+    # page aliased every 64K.
+    (0xFFFFFF0000000000, 0xFFFFFF7FFFFFFFFF, "Linux espfix area"),
+)
+
+
+def repeat_text(m: Mapping) -> str:
+    """``"x65536 every 64K"`` for a repeat record (with the area it fills where known; a Xen
+    area is named in the Xen bits column), else ``""``."""
+    n = getattr(m, "repeat", 1)
+    if n <= 1:
+        return ""
+    text = f"x{n} every {human_size(m.stride)}"
+    last = m.va + (n - 1) * m.stride + m.size - 1
+    area = next((name for lo, hi, name in _KNOWN_AREAS if lo <= m.va and last <= hi), None)
+    return f"{text} ({area})" if area else text
+
+
+
+class TableStream:
+    """The mapping table, a few rows at a time, for output that starts while the walk goes on.
+
+    Column widths come from the first ``first`` rows (and the headings); a later, wider cell
+    widens its own row only. With no more than ``first`` rows the lines are exactly
+    :func:`mapping_table`'s. Feed mappings to :meth:`add`, which returns the lines ready to print
+    (none until the widths are known), then take the rest from :meth:`finish`.
+    """
+
+    def __init__(self, style: Style = Style(), first: int = 1000):
+        self.style = style
+        self.first = first
+        self.rows: List[List[Any]] = []
+        self.widths: List[int] = []
+        self._cells = _row_maker(style)
+
+    def add(self, m: Mapping) -> List[str]:
+        row = self._cells(m)
+        if not self.widths:
+            self.rows.append(row)
+            return self._start() if len(self.rows) >= self.first else []
+        return _format_rows([row], self.widths)
+
+    def finish(self) -> List[str]:
+        """The lines not yet returned (the whole table when it had fewer than ``first`` rows)."""
+        return self._start() if not self.widths else []
+
+    def _start(self) -> List[str]:
+        lines = _simple_table(self.rows, _HEAD)
+        self.widths = _widths(self.rows, _HEAD) or [len(h) + 2 for h in _HEAD]
+        self.rows = []
+        return lines
+
+
+_HEAD = ["VA range", "PA", "size", "page", "rights", "pkey", "Xen bits", "verdicts"]
+
+
+def _row_maker(style: Style):
+    # Records share their Effective and verdicts objects (the walker's attribute cache): make
+    # each distinct cell once.
+    rights = ByIdentity(lambda effective: _rights(effective, style))
+    verdict_cells = ByIdentity(lambda verdicts: verdict_cell(verdicts, style))
+
+    def cells(m: Mapping) -> List[Any]:
+        xen = " ".join(m.xen_bits) or _xen_owner(m)
+        return [
+            va_range(m), _pa_range(m),
+            human_size(m.size) + (" " + repeat_text(m) if getattr(m, "repeat", 1) > 1 else ""),
+            human_size(m.page_size) if getattr(m, "kind", "page") == "page" else "-",
+            rights(m.effective), "-" if m.pkey is None else m.pkey,
+            style("warn", xen) if m.xen_bits else xen, verdict_cells(m.verdicts),
+        ]
+    return cells
+
+
+def _widths(rows: List[List[Any]], head: List[str]) -> List[int]:
+    """Column widths :func:`_simple_table` gives these rows (visible characters)."""
+    if not rows:
+        return []
+    cols = [[_SGR.sub("", str(c).strip()) for c in col] for col in zip(*rows)]
+    return [max(len(h) + 2, max(map(len, col), default=0)) for h, col in zip(head, cols)]
+
+
+def _format_rows(rows: List[List[Any]], widths: List[int]) -> List[str]:
+    out = []
+    for row in rows:
+        cells = [str(c).strip() for c in row]
+        out.append("  ".join([c + " " * max(0, w - len(_SGR.sub("", c)))
+                              for c, w in zip(cells, widths)]).rstrip())
+    return out
 
 
 def mapping_table(mappings: Iterable[Mapping], style: Style = Style()) -> List[str]:
     """Return the lines of a table of mappings (header first), one row per (coalesced) mapping.
 
     Columns: VA range, PA (range), size, page size, effective rights, pkey, Xen bits (or the Xen
-    area that owns the mapping), verdicts.
+    area that owns the mapping), verdicts. A repeat record is one row: its first copy, and in the
+    size column how many copies and how far apart (:func:`repeat_text`).
     """
-    rows = []
-    # Records share their Effective and verdicts objects (the walker's attribute cache): make
-    # each distinct cell once.
-    rights = ByIdentity(lambda effective: _rights(effective, style))
-    verdict_cells = ByIdentity(lambda verdicts: verdict_cell(verdicts, style))
-    for m in mappings:
-        xen = " ".join(m.xen_bits) or _xen_owner(m)
-        rows.append([
-            va_range(m), _pa_range(m), human_size(m.size),
-            human_size(m.page_size) if getattr(m, "kind", "page") == "page" else "-",
-            rights(m.effective), "-" if m.pkey is None else m.pkey,
-            style("warn", xen) if m.xen_bits else xen, verdict_cells(m.verdicts),
-        ])
-    head = ["VA range", "PA", "size", "page", "rights", "pkey", "Xen bits", "verdicts"]
-    return _simple_table(rows, head)
+    cells = _row_maker(style)
+    return _simple_table([cells(m) for m in mappings], _HEAD)
 
 
 

@@ -51,6 +51,9 @@ class VcpuRegs:
     # Where these values were read, for headers that say where every value came from, e.g.
     # "vCPU 0 of QEMU ELF dump guest.elf (QEMU CPU note)", "pCPU 1 (Xen crash note)".
     origin: str = ""
+    # Xen's own CR4 (mmu_cr4_features) when the source observed it (a Xen host dump read with
+    # xen-syms): a PV vCPU's hardware CR4 is derived from it rather than from defaults.
+    xen_cr4: Optional[int] = None
 
 
 class PhysSource:

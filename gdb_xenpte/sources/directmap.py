@@ -22,7 +22,6 @@ __all__ = ["DirectMapSource"]
 _M2P_INVALID_FROM = {8: (1 << 64) - 2, 4: (1 << 32) - 2}
 
 
-
 class DirectMapSource(PhysSource):
     """Physical memory read through a guest's direct map, for targets without physical access.
 

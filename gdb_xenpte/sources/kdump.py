@@ -35,6 +35,7 @@ from .base import FileSource, VcpuRegs
 from .filemap import ByteView
 from .flattened import FlattenedView, is_flattened
 from .notes import check_note_area, iter_notes, lma_hint_from_prstatus, qemu_vcpus
+from .xen_crash import HostNotes, is_kexec_note, parse_host_notes
 
 __all__ = ["KdumpSource"]
 
@@ -119,6 +120,7 @@ class KdumpSource(FileSource):
     def _open(self) -> None:
         file = self._file
         self.notes: Tuple[str, ...] = ()
+        self.host: Optional[HostNotes] = None  # a kexec crash dump's notes (Xen host: pCPUs)
         self.flattened = is_flattened(file.head(16))
         view: ByteView = FlattenedView(file) if self.flattened else file
         if self.flattened:
@@ -211,6 +213,16 @@ class KdumpSource(FileSource):
         check_note_area(self._file.name, off, size, "the sub-header's note area")
         blob = view.slice(off, size, "ELF note area of the sub-header")
         notes = list(iter_notes(blob, off, self._file.name))
+        if any(is_kexec_note(n) for n in notes) and not any(n.name == "QEMU" for n in notes):
+            # makedumpfile's copy of a kexec crash vmcore: pages are machine frames, CPU state
+            # is in the crash notes (a Xen host's pCPUs).
+            self.host = parse_host_notes(notes, self._file.name)
+            self.notes += self.host.remarks
+            if self.host.is_xen:
+                self.name = f"Xen host {self.name} (makedumpfile)"
+            if self.host.xen_version is not None:
+                self.xen_version = self.host.xen_version
+            return list(self.host.pcpus)
         vcpus = qemu_vcpus(notes, self._file.name, lma_hint_from_prstatus(notes))
         if not vcpus:
             self.notes += ("no QEMU CPU notes: registers unknown (give --cr3/--cr4)",)
@@ -316,7 +328,12 @@ class KdumpSource(FileSource):
         return list(self._vcpus)
 
     def describe(self) -> str:
+        cpus = "pCPU(s)" if self.host is not None else "vCPU(s)"
         text = (f"{self.name}: {self.bits}-bit header v{self.header_version}, block size "
-                f"{self.block_size}, {self._nr_dumped} page(s) stored, {len(self._vcpus)} vCPU(s)")
-        return "; ".join((text,) + self.notes)
+                f"{self.block_size}, {self._nr_dumped} page(s) stored, {len(self._vcpus)} {cpus}")
+        extra: Tuple[str, ...] = ()
+        if self.host is not None:
+            from .kexec_elf import describe_host
+            extra = describe_host(self.host, self)
+        return "; ".join((text,) + extra + self.notes)
 

@@ -2,8 +2,9 @@
 
 Probing reads the first 4 KiB and asks each reader's ``probe(head)`` in :data:`READERS` order:
 kdump (plain or flattened) first (signatures at offset 0), then xl dump-core (ELF, sections only),
-then QEMU ELF (ELF with program headers). Raw images have no signature and are only opened on
-request (``fmt="raw"`` with a base address).
+then kexec crash vmcores (ELF whose notes are VMCOREINFO/Xen crash notes: ``probe_file`` reads
+the note segments), then QEMU ELF (ELF with program headers). Raw images have no signature and are
+only opened on request (``fmt="raw"`` with a base address).
 
 Failure modes: :class:`~gdb_xenpte.errors.OptionError` for an unknown ``fmt`` or a vCPU index the
 source does not have; :class:`~gdb_xenpte.errors.DumpFormatError` when no reader recognises the file
@@ -17,15 +18,16 @@ from typing import Dict, Optional, Type
 from ..errors import DumpFormatError, OptionError
 from .base import PhysSource, VcpuRegs
 from .elfutil import describe_elf_head
-from .filemap import DumpFile
+from .filemap import DumpFile, check_regular_file  # the "regular files only" rule, for tools
 from .kdump import KdumpSource
+from .kexec_elf import KexecElfSource
 from .qemu_elf import QemuElfSource
 from .raw import RawSource
 from .xc_core import XcCoreSource
 
-__all__ = ["FORMATS", "READERS", "detect_format", "open_dump", "pick_vcpu"]
+__all__ = ["FORMATS", "READERS", "check_regular_file", "detect_format", "open_dump", "pick_vcpu"]
 
-READERS = (KdumpSource, XcCoreSource, QemuElfSource)
+READERS = (KdumpSource, XcCoreSource, KexecElfSource, QemuElfSource)
 FORMATS: Dict[str, Type[PhysSource]] = {r.format_name: r for r in READERS + (RawSource,)}
 PROBE_BYTES = 4096
 
@@ -39,7 +41,8 @@ def detect_format(path: str) -> str:
     try:
         head = file.head(PROBE_BYTES)
         for reader in READERS:
-            if reader.probe(head):
+            probe_file = getattr(reader, "probe_file", None)
+            if reader.probe(head) or (probe_file is not None and probe_file(file, head)):
                 return reader.format_name
         elf = describe_elf_head(head)
         if elf:
@@ -55,7 +58,8 @@ def open_dump(path: str, fmt: Optional[str] = None, base: int = 0) -> PhysSource
     """Open a dump file as a memory source.
 
     :param path: the dump file.
-    :param fmt: force a format (``"kdump"``, ``"xc-core"``, ``"qemu-elf"``, ``"raw"``); probe if
+    :param fmt: force a format (``"kdump"``, ``"xc-core"``, ``"kexec-elf"``, ``"qemu-elf"``,
+        ``"raw"``); probe if
         None.
     :param base: guest-physical address of a raw image's first byte (``fmt="raw"`` only).
     :returns: an open source; close it (or use it as a context manager) when done.

@@ -14,7 +14,9 @@ Facts (QEMU ``dump/dump.c``, ``target/i386/arch_dump.c``; shared/reference/prior
   for a page-table walk. They are recognised by ``p_vaddr`` differing from ``p_paddr`` (and not 0).
 
 Failure modes: :class:`~gdb_xenpte.errors.DumpFormatError` when the file is truncated, not an x86
-ELF core, has overlapping or out-of-file segments, or holds only virtual (``-p``) segments;
+ELF core (the message names its machine and byte order), has overlapping or out-of-file segments,
+note segments beyond the note-area limit, or holds only virtual segments (a ``-p`` dump, or a
+user process's core, each named as such);
 :class:`~gdb_xenpte.errors.UnreadableMemory` from :meth:`QemuElfSource.read` for addresses that no
 segment stores.
 """
@@ -26,7 +28,8 @@ from typing import List, Sequence, Tuple
 from ..errors import DumpFormatError
 from .base import FileSource, VcpuRegs
 from .elfutil import elf_errors, open_elf, probe_elf_core, program_header_count
-from .notes import PROCESS_NOTE_TYPES, check_note_area, iter_notes, qemu_vcpus
+from .notes import PROCESS_NOTE_TYPES, Note, check_note_area, iter_notes, qemu_vcpus
+from .xen_crash import is_kexec_note
 from .runs import RunMap
 
 __all__ = ["QemuElfSource"]
@@ -63,9 +66,19 @@ class QemuElfSource(FileSource):
         return bool(info and info["phnum"])
 
     def _open(self) -> None:
-        file = self._file
-        self.name = f"QEMU ELF dump {file.name}"
+        self.name = f"QEMU ELF dump {self._file.name}"
         self.notes: Tuple[str, ...] = ()
+        loads, notes = self._parse_elf()
+        self._runs = self._build_runs(loads, notes)
+        lma_hint = {"EM_X86_64": True, "EM_386": False}.get(self.machine)
+        self._vcpus = qemu_vcpus(notes, self._file.name, lma_hint)
+        if not self._vcpus:
+            self.notes += ("no QEMU CPU notes: registers unknown (give --cr3/--cr4)",)
+
+    def _parse_elf(self) -> Tuple[List[Tuple[int, int, int, int, int, int]], List[Note]]:
+        """Read the program headers: ``(PT_LOADs as (index, offset, vaddr, paddr, filesz,
+        memsz), notes of every PT_NOTE in order)``; sets ``elf_class`` and ``machine``."""
+        file = self._file
         elf = open_elf(file)
         header = elf.header
         phnum = program_header_count(elf, file)
@@ -95,18 +108,20 @@ class QemuElfSource(FileSource):
                     " with the note segments before it" if note_blobs else ""))
                 note_blobs.append((file.slice(offset, filesz, f"PT_NOTE segment {i}"), offset))
         notes = [n for blob, off in note_blobs for n in iter_notes(blob, off, file.name)]
-        self._runs = self._build_runs(loads, notes)
-        lma_hint = {"EM_X86_64": True, "EM_386": False}.get(self.machine)
-        self._vcpus = qemu_vcpus(notes, file.name, lma_hint)
-        if not self._vcpus:
-            self.notes += ("no QEMU CPU notes: registers unknown (give --cr3/--cr4)",)
+        return loads, notes
 
-    def _build_runs(self, loads, notes) -> RunMap:
+    def _build_runs(self, loads, notes: Sequence[Note] = ()) -> RunMap:
         file = self._file
         physical = [seg for seg in loads if _is_physical_segment(seg[2], seg[3])]
         virtual = len(loads) - len(physical)
         if virtual and not physical:
             i, _off, vaddr, paddr = loads[0][:4]
+            if any(is_kexec_note(n) for n in notes):
+                raise DumpFormatError(
+                    file.name, f"PT_LOADs keyed by p_paddr with p_vaddr in a direct map (e.g. "
+                               f"program header {i}: p_vaddr {vaddr:#x}, p_paddr {paddr:#x}) and "
+                               "VMCOREINFO/Xen crash notes: this is a kexec crash vmcore; open "
+                               "it without forcing the QEMU ELF format (format kexec-elf)")
             if _is_process_core(loads, notes):
                 raise DumpFormatError(
                     file.name,
@@ -125,9 +140,14 @@ class QemuElfSource(FileSource):
         if virtual:
             self.notes += (f"{virtual} PT_LOAD segment(s) keyed by virtual address (-p) ignored; "
                            f"{len(physical)} physical segment(s) used",)
+        return self._load_runs(physical)
+
+    def _load_runs(self, segments) -> RunMap:
+        """The run map of PT_LOAD ``segments`` keyed by ``p_paddr`` (a short segment noted)."""
+        file = self._file
         runs = RunMap(file, file.name)
         short = 0
-        for i, offset, _vaddr, paddr, filesz, memsz in physical:
+        for i, offset, _vaddr, paddr, filesz, memsz in segments:
             if filesz > memsz:
                 raise DumpFormatError(
                     file.name, f"program header {i}: p_filesz {filesz:#x} exceeds p_memsz "

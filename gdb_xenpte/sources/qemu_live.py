@@ -279,14 +279,15 @@ class QemuLiveSource(PhysSource):
             self._restore_mode()
         return False
 
-    def _ensure_phys_mode(self) -> None:
+    def _ensure_phys_mode(self, paddr: int) -> None:
+        """Switch PhyMemMode on (once per session) before the gdbstub read at ``paddr``."""
         if self._saved_mode is not None:
             return
         try:
             old = self.stub.packet("qqemu.PhyMemMode")
         except SourceError:
             if not self.stub.alive():
-                self._gone(0)
+                self._gone(paddr)
             raise
         if old not in ("0", "1"):
             raise SourceError(self.name, f"gdbstub has no PhyMemMode (QEMU >= 4.1 needed); "
@@ -309,7 +310,7 @@ class QemuLiveSource(PhysSource):
     def _stub_read(self, paddr: int, size: int) -> bytes:
         if self.gone:
             raise TargetGone(self.name, paddr)
-        self._ensure_phys_mode()
+        self._ensure_phys_mode(paddr)
         try:
             return self.stub.read_memory(paddr, size)
         except SourceError:

@@ -37,7 +37,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 from ..errors import DumpFormatError
 from .base import FileSource, VcpuRegs
 from .elfutil import elf_errors, open_elf, probe_elf_core
-from .notes import iter_notes
+from .notes import check_note_area, iter_notes
 from .runs import RunMap
 
 __all__ = ["XcCoreSource"]
@@ -192,6 +192,7 @@ class XcCoreSource(FileSource):
     def _read_notes(self, note_section) -> Tuple[int, int, int]:
         file = self._file
         off, size, _ = note_section
+        check_note_area(file.name, off, size, ".note.Xen")
         notes = {n.type: n for n in iter_notes(file.slice(off, size, ".note.Xen"), off, file.name)
                  if n.name == "Xen"}
         header = notes.get(NOTE_HEADER)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-__all__ = ["FACTS", "Version", "XenFact", "cite", "version_text"]
+__all__ = ["CRASH_KEYS", "FACTS", "Version", "XenFact", "cite", "version_text"]
 
 Version = Tuple[int, int, int]
 
@@ -206,6 +206,99 @@ FACTS: Dict[str, XenFact] = {f.key: f for f in (
             "xen/arch/x86/hvm/hvm.c; xen/arch/x86/cpu-policy.c:~828-834", "1d60c20260",
             (4, 18, 0)),
 )}
+
+# Xen's kexec crash dumps and the host structures read from them (issue 16). Each row was checked
+# in the 4.17.5 tree only (xen-4.17.5+72-g01140da4e8); its first release was not traced, so
+# ``since`` says "holds at 4.17". kexec-tools and makedumpfile paths are of their upstream trees.
+_CHECKED = (4, 17, 0)
+CRASH_KEYS = ("crash_notes", "crash_regs", "crash_prstatus", "crash_info", "crash_shootdown",
+              "vmcoreinfo_xen", "kexec_vmcore_phdrs", "makedumpfile_notes", "virt_to_maddr",
+              "domain_list", "domain_kind", "vcpu_pagetables", "vcpu_state", "curr_vcpu")
+_CRASH: Dict[str, XenFact] = {f.key: f for f in (
+    # --- the notes Xen's kexec crash path writes -----------------------------------------------
+    XenFact("crash_notes", "every pCPU has one note buffer: a 'CORE' NT_PRSTATUS (ELF_Prstatus, "
+            "336 bytes on x86_64) then a 'Xen' XEN_ELFNOTE_CRASH_REGS; pCPU 0's buffer also holds "
+            "the one 'Xen' XEN_ELFNOTE_CRASH_INFO; buffers are zeroed at allocation, so a pCPU "
+            "that never saved its state has all-zero notes",
+            "xen/common/kexec.c sizeof_cpu_notes(), kexec_init_cpu_notes()", "", _CHECKED),
+    XenFact("crash_regs", "XEN_ELFNOTE_CRASH_REGS = 0x1000002, descriptor crash_xen_core_t = "
+            "{unsigned long cr0, cr2, cr3, cr4}, read with mov from the control registers by the "
+            "pCPU itself when it saves its state (elf_core_save_regs)",
+            f"xen/include/public/elfnote.h:219; {_ASM}/elf.h; {_ASM}/x86_64/elf.h "
+            "elf_core_save_regs()", "", _CHECKED),
+    XenFact("crash_prstatus", "the CORE note's pr_reg (at byte 112 of ELF_Prstatus) is ELF_Gregset "
+            "in Linux order: r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax "
+            "rip cs rflags rsp ss fs_base gs_base ds es fs gs (u64 each); Xen fills it from the "
+            "pCPU at save time, so rip/cs/rsp are Xen's own (CS 0xe008)",
+            "xen/include/xen/elfcore.h ELF_Prstatus; "
+            f"{_ASM}/x86_64/elf.h ELF_Gregset, elf_core_save_regs()", "", _CHECKED),
+    XenFact("crash_info", "XEN_ELFNOTE_CRASH_INFO = 0x1000001, descriptor crash_xen_info_t = "
+            "{xen_major_version, xen_minor_version, xen_extra_version, xen_changeset, "
+            "xen_compiler, xen_compile_date, xen_compile_time, tainted, xen_phys_start, "
+            "dom0_pfn_to_mfn_frame_list_list} (unsigned long each; the five strings as machine "
+            "addresses, __pa()); written by the crashing pCPU",
+            "xen/include/public/elfnote.h:209; xen/include/xen/elfcore.h crash_xen_info_t; "
+            "xen/common/kexec.c kexec_crash_save_info(); xen/arch/x86/crash.c "
+            "machine_crash_shutdown()", "", _CHECKED),
+    XenFact("crash_shootdown", "the crashing pCPU saves its own notes in kexec_crash() after "
+            "NMI-ing every other pCPU (those save theirs from do_nmi_crash()); every pCPU saves "
+            "the same registers from the same function, so the notes do not name the crashing "
+            "one; kexec.c's static crashing_cpu (one_cpu_only(), 'crashing_cpu.N' in xen-syms) "
+            "holds its number (-1 before a crash)",
+            "xen/arch/x86/crash.c do_nmi_crash(), nmi_shootdown_cpus(); xen/common/kexec.c "
+            "one_cpu_only(), kexec_crash()", "", _CHECKED),
+    XenFact("vmcoreinfo_xen", "the VMCOREINFO_XEN note (name 'VMCOREINFO_XEN', type 0) holds "
+            "text lines PAGESIZE=, SYMBOL(domain_list|frame_table|max_page|dom_xen|dom_io|"
+            "pgd_l4)=hex VA, SIZE(page_info|domain)=, OFFSET(page_info.count_info|_domain)=, "
+            "OFFSET(domain.domain_id|next_in_list)=; pgd_l4 is idle_pg_table",
+            "xen/common/kexec.c crash_save_vmcoreinfo(); xen/include/xen/kexec.h:61-79; "
+            "xen/arch/x86/machine_kexec.c arch_crash_save_vmcoreinfo()", "", _CHECKED),
+    # --- the files kexec-tools and makedumpfile make -------------------------------------------
+    XenFact("kexec_vmcore_phdrs", "a kexec crash vmcore's PT_LOADs carry p_paddr = the (machine) "
+            "address and p_vaddr = the crash-time kernel's direct-map address, page_offset + "
+            "p_paddr (-1 for i386 highmem); a kernel-text segment may alias part of RAM; the "
+            "crash kernel's /proc/vmcore merges every PT_NOTE into one",
+            "kexec-tools kexec/crashdump-elf.c (PT_LOAD loop, phys_to_virt()); Linux "
+            "fs/proc/vmcore.c merge_note_headers_elf64()", "", _CHECKED),
+    XenFact("makedumpfile_notes", "makedumpfile's kdump-compressed output keeps every ELF note of "
+            "the vmcore in the sub-header's note area (offset_note/size_note, header version 4+) "
+            "and numbers pages by the vmcore's physical (here machine) frame",
+            "makedumpfile diskdump_mod.h struct kdump_sub_header; makedumpfile.c "
+            "write_kdump_header()", "", _CHECKED),
+    # --- host structures (read through xen-syms' DWARF; names here, offsets from DWARF) --------
+    XenFact("virt_to_maddr", "a Xen VA in the 1 GiB image region maps to xen_phys_start + (va - "
+            "XEN_VIRT_START); XEN_VIRT_START (= __image_base__) is 1 GiB aligned; the directmap "
+            "and everything else is mapped by idle_pg_table (4-level)",
+            f"{_ASM}/x86_64/page.h __virt_to_maddr(); {_ASM}/config.h:220-243; "
+            "xen/arch/x86/xen.lds.S __image_base__", "", _CHECKED),
+    XenFact("domain_list", "domains form a list from domain_list through struct domain "
+            "next_in_list, sorted by domain_id; d->vcpu[] (max_vcpus entries) points at each "
+            "struct vcpu, NULL where not created", "xen/include/xen/sched.h struct domain; "
+            "xen/common/domain.c domain_create()", "", _CHECKED),
+    XenFact("domain_kind", "a domain is HVM (or PVH) iff d->options has XEN_DOMCTL_CDF_hvm (bit "
+            "0); a PV domain is 32-bit iff d->arch.pv.is_32bit; an HVM domain without emulated "
+            "PIC (arch.emulation_flags bit 5, XEN_X86_EMU_PIC) is PVH",
+            "xen/include/xen/sched.h is_pv_domain(), is_pv_32bit_domain(); "
+            "xen/include/public/domctl.h:37; xen/include/public/arch-x86/xen.h:266-290",
+            "", _CHECKED),
+    XenFact("vcpu_pagetables", "a PV vCPU's v->arch.guest_table holds the MFN of its kernel "
+            "top-level table (the guest's CR3), guest_table_user the 64-bit guest's user L4; "
+            "v->arch.pv.ctrlreg[4] is the CR4 the guest sees; HVM: v->arch.hvm.guest_cr[3]/[4]",
+            f"{_ASM}/domain.h struct arch_vcpu, struct pv_vcpu, {_ASM}/hvm/vcpu.h",
+            "", _CHECKED),
+    XenFact("vcpu_state", "v->runstate.state: 0 running, 1 runnable, 2 blocked, 3 offline; "
+            "v->pause_flags bit 0 VPF_blocked, bit 1 VPF_down; v->pause_count and the domain's "
+            "pause_count / controller_pause_count > 0 mean paused; v->processor is the pCPU; "
+            "v->is_running says it runs there now",
+            "xen/include/public/vcpu.h:85-99; xen/include/xen/sched.h:174-263, 913-926",
+            "", _CHECKED),
+    XenFact("curr_vcpu", "per-pCPU variables live at symbol + __per_cpu_offset[cpu]; "
+            "per_cpu(curr_vcpu) is the vCPU whose state the pCPU holds (lazy switch)",
+            "xen/arch/x86/include/asm/percpu.h; xen/arch/x86/include/asm/current.h:210", "",
+            (3, 0, 0)),
+)}
+assert not set(_CRASH) & set(FACTS) and set(_CRASH) == set(CRASH_KEYS)
+FACTS.update(_CRASH)
 
 
 def cite(key: str) -> str:

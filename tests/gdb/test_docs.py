@@ -9,7 +9,8 @@ import pathlib
 from gdbrun import run_gdb
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "COMMANDS.md"
-COMMANDS = ("xen-pte-walk", "xen-pte-check", "xen-pte-decode", "xen-cr4")
+COMMANDS = ("xen-pte-walk", "xen-pte-check", "xen-pte-decode", "xen-cr4", "xen-domains",
+            "xen-pte-p2m")
 
 INTRO = """# Command reference
 

@@ -208,3 +208,27 @@ def test_entries_the_walk_cannot_follow(tmp_path):
     assert [r.get("kind") for r in recs[1:-1]] == ["page", "rsvd", "unreadable"]
     assert recs[2]["verdicts"]["user_read"] == "fault:RSVD" and recs[2]["pa"] is None
     assert recs[-1]["counts"]["bytes"] == 4096 and len(recs[-1]["unreadable"]) == 1
+
+
+@pytest.mark.parametrize("at", [1, 5])
+def test_a_source_error_mid_walk_ends_the_json_with_a_summary(image, at):
+    """Issue 19: a source that fails during the walk (a target gone, a file cut short) still
+    ends the --json stream with the header and a summary: on the top-level table the walk
+    cannot go on (the summary names the error, then the one error line); below it, the table
+    is an unreadable record and the walk goes on."""
+    res = run_gdb(f"xen-pte-walk --json {image}", pre=[
+        "from gdb_xenpte.sources import raw as R; from gdb_xenpte.errors import SourceError; "
+        "_r = R.RawSource.read; n = [0]",
+        f"exec('def _read(self, a, s):\\n n[0] += 1\\n if n[0] == {at}: raise SourceError("
+        f"\"guest.raw\", \"gone\")\\n return _r(self, a, s)'); R.RawSource.read = _read"])
+    assert "Traceback" not in res.stderr
+    errors = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    recs = res.json_lines()
+    assert recs[0]["type"] == "header" and recs[-1]["type"] == "summary"
+    _validate(recs)
+    if at == 1:
+        assert len(errors) == 1 and errors[0].endswith("gone"), errors
+        assert errors[0] == "xen-pte-walk: " + recs[-1]["error"]
+    else:
+        assert not errors and "error" not in recs[-1]
+        assert [u["reason"] for u in recs[-1]["unreadable"]] == ["guest.raw: gone"]

@@ -279,8 +279,15 @@ def test_live_walk_over_gdbstub_matches_the_cpu(oracle_runs, name, ac):
     mappings = [m for m in lines if m["type"] == "mapping"]
 
     def covering(va):
-        return next((m for m in mappings
-                     if int(m["va"], 16) <= va < int(m["va"], 16) + m["size"]), None)
+        # A record with "repeat" stands for copies at va + k * stride (issue 15).
+        for m in mappings:
+            off = va - int(m["va"], 16)
+            rep = m.get("repeat")
+            count, stride = (rep["count"], rep["stride"]) if rep else (1, 0)
+            k = min(off // stride, count - 1) if stride and off >= 0 else 0
+            if off >= 0 and off - k * stride < m["size"]:
+                return m
+        return None
 
     final = (run.header["final_cr0"], run.header["final_cr4"], run.header["final_efer"],
              run.header["final_pkru"])

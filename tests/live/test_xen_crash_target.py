@@ -317,3 +317,23 @@ def test_kdump_copy_is_makedumpfile_format_with_the_elf_notes(xen_crash):
         assert dump_level == 0
         f.seek(off_note)
         assert f.read(size_note) == blob
+
+
+def test_readme_steps_are_the_ones_this_target_takes():
+    """Issue 14: the README's crashed-host commands are the ones this target runs: its dom0 loads
+    the crash kernel with `kexec -p KERNEL --initrd=... --append=...`, and the host makes the
+    compressed copy with `makedumpfile -c -d 0 --xen-syms`. (They need a Xen host; the target
+    is where they run.)"""
+    from pathlib import Path
+
+    from readme_examples import shell_lines
+    lines = shell_lines("A crashed Xen host")
+    assert lines[0].startswith("kexec -p /boot/vmlinuz") and "--initrd=" in lines[0], lines
+    assert lines[1].startswith("--append="), lines
+    here = Path(__file__).resolve().parents[1] / "targets"
+    init = (here / "xencrash" / "dom0-init.sh").read_text()
+    assert "kexec -p /boot/vmlinuz --initrd=" in init and '--append="$CRASH_APPEND"' in init
+    readme = Path(__file__).resolve().parents[2].joinpath("README.md").read_text()
+    assert "makedumpfile -c -d 0 --xen-syms xen-syms" in readme
+    target = (here / "xen_crash.py").read_text()
+    assert all(f in target for f in ('"-c"', '"-d", "0"', '"--xen-syms"')), "flags drifted"

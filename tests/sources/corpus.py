@@ -109,17 +109,20 @@ def write_record_storm(path: pathlib.Path, records: int = STORM_RECORDS) -> Layo
 
 def write_bitmap_claim(path: pathlib.Path, half: int = 8 << 30) -> int:
     """A small flattened kdump whose header claims two ``half``-byte bitmaps (bitmap_blocks and
-    max_mapnr to match) but holds only the header, sub-header and notes.
+    max_mapnr to match) but holds only the header, sub-header and notes, and one record past the
+    claimed bitmaps (where the descriptors would start), so that the reassembled file "has room"
+    for them: everything in between is holes.
 
     :returns: the file size.
     """
-    _image, _layout, pieces = build_kdump(_small_pages(), VCPUS)
+    _image, layout, pieces = build_kdump(_small_pages(), VCPUS)
     head = bytearray(pieces[0][1])
     mapnr = half * 8
     struct.pack_into("<II", head, 436, 2 * half // PAGE, min(mapnr, 0xFFFFFFFF))
     sub = bytearray(pieces[1][1])
     struct.pack_into("<Q", sub, 96, mapnr)  # max_mapnr_64 (64-bit sub-header, offset 96)
-    return write_flattened(path, [(0, bytes(head)), (PAGE, bytes(sub)), pieces[2]]).size
+    tail = (layout.offsets["bitmap1"] + 2 * half, bytes(24))
+    return write_flattened(path, [(0, bytes(head)), (PAGE, bytes(sub)), pieces[2], tail]).size
 
 
 def write_sparse_note(path: pathlib.Path, claim: int = 8 << 30) -> int:

@@ -1,7 +1,8 @@
 """Hypothesis fuzzing of every dump parser: mutated images may only raise our own errors.
 
-Each format gets ``XENPTE_FUZZ_EXAMPLES`` examples (default 200, which keeps this file to a few
-seconds). For a long run, e.g. before a release::
+Each format gets ``XENPTE_FUZZ_EXAMPLES`` examples (default 200, which keeps this file to about
+15 s; the issue-19 classes below take a quarter or a tenth of that count). For a long run, e.g.
+before a release (benchmarks/RESULTS.md has the last one)::
 
     XENPTE_FUZZ_EXAMPLES=20000 python3 -m pytest -q tests/sources/test_fuzz.py
 

@@ -284,3 +284,13 @@ def test_target_gone_on_the_fast_path_is_named():
         child.wait()
     assert errors and all(isinstance(e, TargetGone) for e in errors)
     assert "the target disappeared" in str(errors[0])
+
+
+def test_target_gone_before_the_mode_switch_names_the_read():
+    stub = FakeStub()
+    src = QemuLiveSource(stub, fast=False)
+    stub.dead = True  # QEMU went away between opening the source and the first read
+    with pytest.raises(TargetGone, match="while physical address 0x40 was being read"):
+        src.read(0x40, 8)
+    src.close()  # nothing to restore, nothing raised
+    assert stub.packets == []

@@ -74,7 +74,7 @@ def test_forced_format_mismatch(tmp_path):
 
 
 def test_every_format_named():
-    assert set(FORMATS) == {"kdump", "xc-core", "qemu-elf", "raw"}
+    assert set(FORMATS) == {"kdump", "xc-core", "kexec-elf", "qemu-elf", "raw"}
 
 
 def test_vcpu_index_that_does_not_exist(tmp_path):

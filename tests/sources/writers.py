@@ -205,17 +205,20 @@ Pieces = List[Tuple[int, bytes]]
 
 def build_kdump(pages: Dict[int, bytes], vcpus: Sequence[dict], *, elf_class: int = 64,
                 compress: str = "zlib", lma: bool = True,
-                page_flags: Optional[Dict[int, Tuple[int, bytes]]] = None
-                ) -> Tuple[bytes, Layout, Pieces]:
+                page_flags: Optional[Dict[int, Tuple[int, bytes]]] = None,
+                notes: Optional[bytes] = None) -> Tuple[bytes, Layout, Pieces]:
     """Build a plain (seekable) kdump-compressed image in memory, QEMU-style (header version 6).
 
     :param page_flags: pfn -> (descriptor flags, stored bytes) overriding a page's compression,
         e.g. to store an undecompressable or lzo page.
+    :param notes: the ELF note stream for the sub-header (default: QEMU's, from ``vcpus``), e.g.
+        a kexec crash dump's notes as makedumpfile copies them.
     :returns: the image, its layout, and the ``(offset, bytes)`` pieces in the order a streaming
         writer would emit them (used for the flattened form).
     """
     block = PAGE
-    notes = qemu_notes(vcpus, lma=lma)
+    if notes is None:
+        notes = qemu_notes(vcpus, lma=lma)
     max_mapnr = (max(pages) // PAGE + 1) if pages else 1
     bitmap_len = -(-max_mapnr // 8)
     bitmap_blocks = -(-bitmap_len // block) * 2
