@@ -24,9 +24,10 @@ __all__ = ["ACCESS_KEYS", "CSV_COLUMNS", "FAULTING_CLASSES", "RecordError", "Tal
 # A mapping record's ``fault_class`` (the one vocabulary of gdb_xenpte): the classes that count
 # as "faulting" by default — a fault beyond the guest's own choices.
 FAULTING_CLASSES = frozenset(("invalid", "imposed"))
-CSV_COLUMNS = ("type", "target", "vcpu", "va", "size", "pa", "page_size", "level", "kind",
-               "rights", "pkey", "xen_bits", "flags") + ACCESS_KEYS + ("fault_class", "category",
-                                                                       "detail")
+# copies/stride: a repeat record's copies lie at va + k*stride (k < copies), size per copy.
+CSV_COLUMNS = ("type", "target", "vcpu", "va", "size", "copies", "stride", "pa", "page_size",
+               "level", "kind", "rights", "pkey", "xen_bits", "flags") + ACCESS_KEYS + (
+                   "fault_class", "category", "detail")
 
 
 class RecordError(ValueError):
@@ -93,6 +94,8 @@ def csv_row(rec: dict) -> Optional[dict]:
     kind = rec.get("type")
     row = {k: rec.get(k) for k in ("type", "target", "vcpu", "va", "size", "pa", "level")}
     if kind == "mapping":
+        repeat = rec.get("repeat") or {}
+        row.update(copies=repeat.get("count", 1), stride=repeat.get("stride"))
         row.update(page_size=rec.get("page_size"), kind=rec.get("kind", "page"),
                    rights=_rights(rec.get("effective", {})), pkey=rec.get("pkey"),
                    xen_bits=" ".join(rec.get("xen_bits", ())),
@@ -215,7 +218,9 @@ class Tally:
             self._add("record", str(kind), 1)
 
     def _mapping(self, rec: dict) -> None:
-        pages = int(rec.get("count", 1))
+        # A record with ``repeat`` stands for that many copies: counted once as a record (as the
+        # walk's own summary counts mappings) and for every copy's pages.
+        pages = int(rec.get("count", 1)) * int((rec.get("repeat") or {}).get("count", 1))
         self._add("mappings", "all", pages)
         verdicts = rec.get("verdicts", {})
         for key in ACCESS_KEYS:

@@ -26,6 +26,7 @@ the file and line) or a stream not compared.
 
 from __future__ import annotations
 
+import heapq
 import sys
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple, Union
@@ -138,10 +139,28 @@ def _text_lines(fh, path: str) -> Iterator[Tuple[int, str]]:
 def _ranges(path: str, key: StreamKey, span: Tuple[int, int], with_pa: bool) -> Iterator[Range]:
     """The mappings of one stream (lines ``span`` of the file), in VA order.
 
-    :raises UsageError: if they are not in ascending, non-overlapping VA order.
+    A record with ``repeat`` ({count, stride}) stands for ``count`` copies at ``va + k*stride``
+    (same PA and attributes); the copies are yielded where they fall among the other records,
+    from a heap holding one pending copy per repeat record (memory: the repeat records alive).
+
+    :raises UsageError: if the records are not in ascending VA order, or two ranges overlap.
     """
-    last_end, last_line = -1, 0
+    heap: List[tuple] = []  # (start, line, size, state, pa, copies left, stride)
+    last_end, last_line, last_start, start_line = -1, 0, -1, 0
     first, last = span
+
+    def emit(upto: Optional[int]) -> Iterator[Range]:
+        nonlocal last_end, last_line
+        while heap and (upto is None or heap[0][0] < upto):
+            begin, line, size, state, pa, left, stride = heapq.heappop(heap)
+            if begin < last_end:
+                raise UsageError(f"{path}:{line}: mappings overlap (a range at {begin:#x}, "
+                                 f"line {last_line}'s ended {last_end:#x})")
+            last_end, last_line = begin + size, line
+            if left > 1:
+                heapq.heappush(heap, (begin + stride, line, size, state, pa, left - 1, stride))
+            yield Range(begin, begin + size, state, pa)
+
     with open(path, "rb") as fh:
         for number, line in _text_lines(fh, path):
             if number < first:
@@ -152,16 +171,23 @@ def _ranges(path: str, key: StreamKey, span: Tuple[int, int], with_pa: bool) -> 
             if rec.get("type") != "mapping" or (rec.get("target"), rec.get("vcpu")) != key:
                 continue
             try:
-                start = int(rec["va"], 16)
-                end = start + int(rec["size"])
+                begin = int(rec["va"], 16)
+                size = int(rec["size"])
                 pa = None if rec.get("pa") is None else int(rec["pa"], 16)
-            except (KeyError, TypeError, ValueError):
-                raise UsageError(f"{path}:{number}: mapping without a valid va/size") from None
-            if start < last_end:
+                repeat = rec.get("repeat") or {}
+                copies, stride = int(repeat.get("count", 1)), int(repeat.get("stride", 0))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise UsageError(f"{path}:{number}: mapping without a valid va/size/repeat") \
+                    from None
+            if size <= 0 or copies < 1 or (copies > 1 and stride < size):
+                raise UsageError(f"{path}:{number}: mapping with an impossible size or repeat")
+            if begin < last_start:
                 raise UsageError(f"{path}:{number}: mappings out of VA order (this one starts "
-                                 f"{start:#x}, line {last_line} ended {last_end:#x})")
-            last_end, last_line = end, number
-            yield Range(start, end, _state(rec, with_pa), pa)
+                                 f"{begin:#x}, before line {start_line}'s {last_start:#x})")
+            last_start, start_line = begin, number
+            yield from emit(begin)
+            heapq.heappush(heap, (begin, number, size, _state(rec, with_pa), pa, copies, stride))
+    yield from emit(None)
 
 
 def _segments(a: Iterator[Range], b: Iterator[Range]):

@@ -47,3 +47,11 @@ def test_faulting_without_fault_class_is_any_verdict_not_ok():
 def test_deeply_nested_line_is_a_record_error():
     with pytest.raises(RecordError, match=r"^f.jsonl:3: .*nested too deeply"):
         parse_line("[" * 200_000, "f.jsonl", 3)
+
+
+def test_repeat_record_counts_once_with_every_copys_pages():
+    """As the walk's summary: mappings count records (a repeat record once), pages every copy."""
+    t = _tally({"type": "mapping", "count": 2, "repeat": {"count": 3, "stride": 1 << 21},
+                "verdicts": {"kernel_read": "fault:RO"}, "fault_class": "invalid"})
+    assert t.counts[("mappings", "all")] == [1, 6]
+    assert t.counts[("faulting", "any access")] == [1, 6]
