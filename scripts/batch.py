@@ -15,18 +15,21 @@ corrupt dump, a gdb that dies or a timeout becomes the ``error`` of the runs con
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import glob
 import os
 import shlex
+import threading
 import time
+import weakref
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from gdb_xenpte.errors import XenpteError
 
 from .cli import UsageError
-from .mi import CommandError, GdbFailure, GdbSession
+from .mi import CommandError, GdbFailure, GdbSession, GdbTimeout
 from .records import RecordError, Tally, parse_line, tag_line
 
 __all__ = ["Job", "Run", "Target", "TargetResult", "expand_targets", "init_worker",
@@ -77,6 +80,7 @@ class Run:
     error: Optional[str] = None
     tally: Optional[Tally] = None
     tagged: bool = False
+    data: Optional[bytes] = None  # the records, zlib-compressed, when they crossed a network
 
 
 @dataclass
@@ -210,34 +214,80 @@ def _command_line(job: Job, index: Optional[int]) -> str:
     return " ".join(shlex.quote(a) for a in argv)  # gdb's buildargv reads shell-style quoting
 
 
-def _connect(gdb: GdbSession, spec: str) -> None:
+# A gdbstub that accepts the connection but never answers (another gdb holds it: QEMU serves one
+# client and leaves the next in the listen queue) is given this long before the target fails.
+CONNECT_S = 4.0
+
+
+class ConnectFailure(GdbFailure):
+    """No connection to a gdbstub (nothing attached: no detach needed)."""
+
+
+def _connect(gdb: GdbSession, spec: str, connect_s: float = CONNECT_S) -> None:
+    """``target remote spec``, failing within ``connect_s`` seconds with a message that does
+    not repeat the target (records and stderr lines name it already).
+
+    :raises ConnectFailure: refused (at once: no auto-retry), or no answer in time.
+    """
     # A 32-bit guest must not make gdb reject QEMU's 64-bit register packet.
     gdb.mi("-gdb-set architecture i386:x86-64")
-    gdb.mi(f"-target-select remote {spec}", label=f"target remote {spec}")
+    # gdb retries a refused connection for `tcp connect-timeout` (15 s) unless told not to.
+    gdb.console("set tcp auto-retry off")
+    gdb.console("set remotetimeout 2")
+    saved = gdb.deadline
+    limit = time.monotonic() + connect_s
+    gdb.deadline = limit if saved is None else min(saved, limit)
+    try:
+        gdb.mi(f"-target-select remote {spec}", label=f"target remote {spec}")
+    except GdbTimeout:
+        if saved is not None and saved <= limit:
+            raise  # the user's --timeout came first: say that
+        raise ConnectFailure(f"the gdbstub does not answer within {connect_s:g} s "
+                             "(is another debugger attached to it?)") from None
+    except CommandError as err:
+        text = str(err)
+        if text.startswith(spec + ":"):
+            text = text[len(spec) + 1:].strip()
+        raise ConnectFailure(f"cannot connect: {text}") from None
+    finally:
+        gdb.deadline = saved
 
 
-# This process's gdb, kept from one dump to the next: starting gdb and loading the extension
+# This thread's gdb, kept from one dump to the next: starting gdb and loading the extension
 # costs more than a small walk (benchmarks/bench_batch.py). Dropped after any gdb failure and
-# after live targets (connection state), so a fresh gdb serves the next target then.
-_SESSION: Optional[GdbSession] = None
+# after live targets (connection state), so a fresh gdb serves the next target then. Per thread:
+# a Dask worker runs several tasks at once in threads of one process.
+_LOCAL = threading.local()
+_ALL: "weakref.WeakSet[GdbSession]" = weakref.WeakSet()
 
 
 def _session(job: Job, deadline: Optional[float]) -> GdbSession:
-    global _SESSION
-    if _SESSION is not None and (_SESSION.gdb != job.gdb or not _SESSION.alive()):
+    session = getattr(_LOCAL, "session", None)
+    if session is not None and (session.gdb != job.gdb or not session.alive()):
         release_session()
-    if _SESSION is None:
-        _SESSION = GdbSession(job.gdb, deadline)
-    _SESSION.deadline = deadline
-    return _SESSION
+        session = None
+    if session is None:
+        session = _LOCAL.session = GdbSession(job.gdb, deadline)
+        _ALL.add(session)
+    session.deadline = deadline
+    session.cancelled = None  # the last task's question is not this one's
+    return session
 
 
 def release_session(detach: bool = False) -> None:
-    """Close this process's kept gdb, if any (``detach``: let a live guest run on first)."""
-    global _SESSION
-    if _SESSION is not None:
-        _SESSION.abort(detach)
-        _SESSION = None
+    """Close this thread's kept gdb, if any (``detach``: let a live guest run on first)."""
+    session = getattr(_LOCAL, "session", None)
+    if session is not None:
+        _LOCAL.session = None
+        session.abort(detach)
+
+
+def _release_all() -> None:
+    for session in list(_ALL):
+        session.close()
+
+
+atexit.register(_release_all)  # a Dask worker process ending closes its threads' gdbs
 
 
 def init_worker() -> None:
@@ -246,8 +296,11 @@ def init_worker() -> None:
     util.Finalize(None, release_session, exitpriority=10)  # atexit does not run in workers
 
 
-def run_target(job: Job) -> TargetResult:
-    """Read one target; every failure is recorded in the runs, nothing raises."""
+def run_target(job: Job, cancelled: Optional[Callable[[], bool]] = None) -> TargetResult:
+    """Read one target; every failure is recorded in the runs, nothing raises.
+
+    :param cancelled: asked while gdb works; True stops the target (a live guest is detached).
+    """
     start = time.monotonic()
     deadline = start + job.deadline_s if job.deadline_s else None
     runs: List[Run] = []
@@ -255,10 +308,12 @@ def run_target(job: Job) -> TargetResult:
     skipped: List[Tuple[int, str]] = []
     finished = 0  # runs whose command has returned (with records or its own error)
     keep = False
+    connected = job.target.kind == "remote"  # a live target to detach from if we fail
     try:
         if job.target.kind != "remote":
             plan, skipped = _dump_plan(job.target, job.vcpu)
         gdb = _session(job, deadline)
+        gdb.cancelled = cancelled
         if job.target.kind == "remote":
             _connect(gdb, job.target.spec)
             plan, skipped = _remote_plan(gdb, job.vcpu)
@@ -273,6 +328,9 @@ def run_target(job: Job) -> TargetResult:
         if job.target.kind == "remote":
             gdb.mi("-target-detach")  # the guest runs on while we count
         keep = job.target.kind != "remote"
+    except ConnectFailure as err:
+        connected = False
+        _fail_rest(runs, plan, finished, str(err))
     except GdbFailure as err:
         _fail_rest(runs, plan, finished, str(err))
     except (XenpteError, OSError) as err:  # a dump the engine's reader refuses
@@ -283,7 +341,7 @@ def run_target(job: Job) -> TargetResult:
                                          f"{_one_line(err)}")
     finally:
         if not keep:
-            release_session(detach=job.target.kind == "remote")
+            release_session(detach=connected)
     for run in runs:
         if run.error is None:
             try:

@@ -12,9 +12,14 @@ import os
 import sys
 from typing import Callable, List, Optional
 
-__all__ = ["ArgumentParser", "EXIT_USAGE", "UsageError", "run_main"]
+__all__ = ["ArgumentParser", "EXIT_USAGE", "UsageError", "one_line", "run_main"]
 
 EXIT_USAGE = 2
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line: a newline (a file name may hold one) is shown as ``\\n``."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class UsageError(Exception):
@@ -38,7 +43,7 @@ def run_main(prog: str, body: Callable[[List[str]], int], argv: Optional[List[st
     try:
         return body(sys.argv[1:] if argv is None else argv)
     except UsageError as err:
-        print(f"{prog}: {err}", file=sys.stderr)
+        print(one_line(f"{prog}: {err}"), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

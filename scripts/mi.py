@@ -19,9 +19,10 @@ import shlex
 import shutil
 import signal
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
-__all__ = ["CommandError", "GdbFailure", "GdbSession", "GdbTimeout", "deps_dir", "loader_path"]
+__all__ = ["CommandError", "GdbCancelled", "GdbFailure", "GdbSession", "GdbTimeout", "deps_dir",
+           "loader_path"]
 
 
 class GdbFailure(Exception):
@@ -34,6 +35,10 @@ class CommandError(GdbFailure):
 
 class GdbTimeout(GdbFailure):
     """The deadline passed before gdb answered."""
+
+
+class GdbCancelled(GdbFailure):
+    """The session's ``cancelled()`` said stop (the cluster cancelled the task)."""
 
 
 def loader_path() -> str:
@@ -52,8 +57,12 @@ def deps_dir() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(tabulate.__file__)))
 
 
+_MI_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def _mi_quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """An MI c-string: a newline (a file name may hold one) must not end the MI command."""
+    return '"' + "".join(_MI_ESCAPES.get(c, c) for c in text) + '"'
 
 
 class GdbSession:
@@ -71,6 +80,8 @@ class GdbSession:
             raise GdbFailure(f"gdb not found: {gdb!r} (install Debian's 'gdb' or give --gdb PATH)")
         self.gdb = gdb
         self.deadline = deadline
+        # Asked about twice a second while gdb works; True ends the wait (GdbCancelled).
+        self.cancelled: Optional[Callable[[], bool]] = None
         self._token = 0
         self._pending: Optional[int] = None  # token of a command still running
         # A short grace period: pygdbmi otherwise waits 0.2 s after the last output per read.
@@ -125,6 +136,8 @@ class GdbSession:
             left = None if self.deadline is None else self.deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise GdbTimeout(f"timed out (--timeout) during: {_short(command)}")
+            if self.cancelled is not None and self.cancelled():
+                raise GdbCancelled(f"cancelled during: {_short(command)}")
             batch = self._ctl.get_gdb_response(timeout_sec=min(0.5, left or 0.5),
                                                raise_error_on_timeout=False)
             for rec in batch:
@@ -146,6 +159,7 @@ class GdbSession:
         """
         if detach and self.alive():
             self.deadline = time.monotonic() + grace
+            self.cancelled = None
             try:
                 if self._pending is not None:
                     # gdb turns SIGINT into an interrupted command (the glue restores

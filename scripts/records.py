@@ -7,7 +7,8 @@ for targets it could not read. Nothing here keeps more than one record: files ar
 line (:func:`parse_line`) and counted into a :class:`Tally`, whose size depends on the number of
 distinct verdicts, keys and bits, not on the number of mappings.
 
-Failure modes: :class:`RecordError` for a line that is not a JSON object (naming file and line).
+Failure modes: :class:`RecordError` for a line that is not a JSON object, or nested too deeply
+for the json module (naming file and line).
 """
 
 from __future__ import annotations
@@ -15,13 +16,18 @@ from __future__ import annotations
 import json
 from typing import Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["ACCESS_KEYS", "CSV_COLUMNS", "RecordError", "Tally", "csv_row", "dumps",
-           "error_record", "parse_line", "tag_line"]
+from gdb_xenpte.model import ACCESS_KEYS
 
-ACCESS_KEYS = ("kernel_read", "kernel_write", "kernel_exec", "user_read", "user_write",
-               "user_exec")
-CSV_COLUMNS = ("type", "target", "vcpu", "va", "size", "pa", "page_size", "level", "kind",
-               "rights", "pkey", "xen_bits", "flags") + ACCESS_KEYS + ("category", "detail")
+__all__ = ["ACCESS_KEYS", "CSV_COLUMNS", "FAULTING_CLASSES", "RecordError", "Tally", "csv_row",
+           "dumps", "error_record", "is_faulting", "is_pf_loop", "parse_line", "tag_line"]
+
+# A mapping record's ``fault_class`` (the one vocabulary of gdb_xenpte): the classes that count
+# as "faulting" by default — a fault beyond the guest's own choices.
+FAULTING_CLASSES = frozenset(("invalid", "imposed"))
+# copies/stride: a repeat record's copies lie at va + k*stride (k < copies), size per copy.
+CSV_COLUMNS = ("type", "target", "vcpu", "va", "size", "copies", "stride", "pa", "page_size",
+               "level", "kind", "rights", "pkey", "xen_bits", "flags") + ACCESS_KEYS + (
+                   "fault_class", "category", "detail")
 
 
 class RecordError(ValueError):
@@ -37,6 +43,8 @@ def parse_line(line: str, path: str, number: int) -> dict:
         rec = json.loads(line)
     except ValueError as err:
         raise RecordError(f"{path}:{number}: not JSON ({err})") from None
+    except RecursionError:  # e.g. 200,000 nested '[': json recurses once per level
+        raise RecordError(f"{path}:{number}: not a record (JSON nested too deeply)") from None
     if not isinstance(rec, dict):
         raise RecordError(f"{path}:{number}: not a JSON object")
     return rec
@@ -86,11 +94,14 @@ def csv_row(rec: dict) -> Optional[dict]:
     kind = rec.get("type")
     row = {k: rec.get(k) for k in ("type", "target", "vcpu", "va", "size", "pa", "level")}
     if kind == "mapping":
+        repeat = rec.get("repeat") or {}
+        row.update(copies=repeat.get("count", 1), stride=repeat.get("stride"))
         row.update(page_size=rec.get("page_size"), kind=rec.get("kind", "page"),
                    rights=_rights(rec.get("effective", {})), pkey=rec.get("pkey"),
                    xen_bits=" ".join(rec.get("xen_bits", ())),
                    flags=" ".join(rec.get("flags", ())))
         row.update({k: rec.get("verdicts", {}).get(k) for k in ACCESS_KEYS})
+        row["fault_class"] = rec.get("fault_class")
     elif kind == "anomaly":
         row.update(rights=rec.get("rights"), category=rec.get("category"),
                    detail=rec.get("detail"))
@@ -141,12 +152,32 @@ class _Disallow:
         return False
 
 
+def is_faulting(rec: dict) -> bool:
+    """Whether a mapping record counts as faulting: its ``fault_class`` is invalid or imposed
+    (the extension's own rule, carried in the record); a record from before ``fault_class``
+    existed faults when any access's verdict is not ``ok``."""
+    if "fault_class" in rec:
+        return rec["fault_class"] in FAULTING_CLASSES
+    return any(v != "ok" for v in rec.get("verdicts", {}).values())
+
+
+def is_pf_loop(rec: dict) -> bool:
+    """The #PF-loop pattern: a guest-kernel access faults under SMEP or SMAP — and, when the
+    record says whose choice its faults enforce (``fault_class``), one imposed on the guest
+    (a guest's own SMEP/SMAP on its user pages is the protection working, not a loop)."""
+    if "fault_class" in rec and rec["fault_class"] != "imposed":
+        return False
+    verdicts = rec.get("verdicts", {})
+    return any("SMEP" in verdicts.get(k, "") or "SMAP" in verdicts.get(k, "")
+               for k in ACCESS_KEYS if k.startswith("kernel_"))
+
+
 class Tally:
     """Counts over one stream of records: ``counts[(what, name)] = [records, pages]``.
 
     ``what`` is one of ``verdict`` (``kernel_read=fault:SMAP``), ``Xen bit``, ``pkey``, ``W+X``,
-    ``disallowed``, ``kernel SMEP/SMAP`` (a guest-kernel access faults under SMEP or SMAP: the
-    #PF-loop pattern), ``faulting`` (some access faults), ``anomaly`` (xen-pte-check categories),
+    ``disallowed``, ``kernel SMEP/SMAP`` (:func:`is_pf_loop`), ``faulting`` (:func:`is_faulting`), ``fault class`` (the record's
+    ``fault_class``), ``anomaly`` (xen-pte-check categories),
     ``what-if`` (``SCENARIO: changes|breaks|fixes``, from ``--what-if`` change records),
     ``mappings``, or ``record`` (record types other than the above).
     """
@@ -187,16 +218,19 @@ class Tally:
             self._add("record", str(kind), 1)
 
     def _mapping(self, rec: dict) -> None:
-        pages = int(rec.get("count", 1))
+        # A record with ``repeat`` stands for that many copies: counted once as a record (as the
+        # walk's own summary counts mappings) and for every copy's pages.
+        pages = int(rec.get("count", 1)) * int((rec.get("repeat") or {}).get("count", 1))
         self._add("mappings", "all", pages)
         verdicts = rec.get("verdicts", {})
         for key in ACCESS_KEYS:
             if key in verdicts:
                 self._add("verdict", f"{key}={verdicts[key]}", pages)
-        if any(v != "ok" for v in verdicts.values()):
+        if is_faulting(rec):
             self._add("faulting", "any access", pages)
-        if any(("SMEP" in verdicts.get(k, "") or "SMAP" in verdicts.get(k, ""))
-               for k in ACCESS_KEYS[:3]):
+        if rec.get("fault_class") is not None:
+            self._add("fault class", str(rec["fault_class"]), pages)
+        if is_pf_loop(rec):
             self._add("kernel SMEP/SMAP", "kernel access faults", pages)
         for bit in rec.get("xen_bits", ()):
             self._add("Xen bit", bit, pages)

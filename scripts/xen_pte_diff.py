@@ -2,10 +2,10 @@
 
 Reads two JSON Lines files written by ``xen-pte-dump`` or ``xen-pte-walk --json`` and compares
 their mappings VA by VA: ranges only in B were **added**, only in A **removed**, and ranges in
-both whose effective rights, verdicts, protection key or Xen bits differ **changed** (physical
-addresses are expected to differ between dumps and are not compared unless ``--pa``). Coalesced
-ranges need not line up: the comparison splits them where either side changes, and merges
-neighbouring differences that are alike again.
+both whose effective rights, verdicts, fault class, protection key or Xen bits differ **changed**
+(physical addresses are expected to differ between dumps and are not compared unless ``--pa``).
+Coalesced ranges need not line up: the comparison splits them where either side changes, and
+merges neighbouring differences that are alike again.
 
 Streams are paired by (target, vCPU); when each file holds exactly one stream, those two are
 compared whatever their names. Output: JSON Lines ``{"type": "added"|"removed"|"changed", "va",
@@ -17,13 +17,16 @@ where each stream's lines are), so only the current range of each side is held.
 A stream that xen-pte-dump could not read (an ``error`` record) is reported as ``not-compared``
 rather than as everything added or removed.
 
+The output (``-o``) is written through a temporary file and renamed at the end; it may not be
+one of the inputs.
+
 Exit status: 0 no differences, 1 differences, 2 bad usage, unreadable input (one line naming
 the file and line) or a stream not compared.
 """
 
 from __future__ import annotations
 
-import json
+import heapq
 import sys
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple, Union
@@ -31,6 +34,7 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 from tabulate import tabulate
 
 from .cli import EXIT_USAGE as EXIT_TROUBLE, ArgumentParser, UsageError, run_main
+from .output import AtomicFile, refuse_inputs
 from .records import ACCESS_KEYS, RecordError, dumps, parse_line
 
 __all__ = ["Range", "diff_streams", "main", "stream_index"]
@@ -56,7 +60,7 @@ def _state(rec: dict, with_pa: bool) -> tuple:
     verdicts = rec.get("verdicts", {})
     state = (rights, rec.get("pkey"), tuple(rec.get("xen_bits", ())),
              tuple(verdicts.get(k) for k in ACCESS_KEYS), rec.get("kind", "page"),
-             rec.get("page_size"))
+             rec.get("page_size"), rec.get("fault_class"))
     return state + ((rec.get("pa"),) if with_pa else ())
 
 
@@ -66,8 +70,10 @@ def _as_dict(state: Optional[tuple]) -> Optional[dict]:
     out = {"rights": state[0], "pkey": state[1], "xen_bits": list(state[2]),
            "verdicts": {k: v for k, v in zip(ACCESS_KEYS, state[3]) if v is not None},
            "kind": state[4], "page_size": state[5]}
-    if len(state) > 6:
-        out["pa"] = state[6]
+    if state[6] is not None:  # records from before fault_class have none
+        out["fault_class"] = state[6]
+    if len(state) > 7:
+        out["pa"] = state[7]
     return out
 
 
@@ -81,8 +87,8 @@ def stream_index(path: str) -> Dict[StreamKey, Union[List[Tuple[int, int]], str]
     """
     spans: Dict[StreamKey, Union[List[Tuple[int, int]], str]] = {}
     try:
-        with open(path, encoding="utf-8") as fh:
-            for number, line in enumerate(fh, 1):
+        with open(path, "rb") as fh:
+            for number, line in _text_lines(fh, path):
                 if not line.strip():
                     continue
                 rec = parse_line(line, path, number)
@@ -100,37 +106,88 @@ def stream_index(path: str) -> Dict[StreamKey, Union[List[Tuple[int, int]], str]
                 else:
                     runs.append((number, number))
     except OSError as err:
-        raise UsageError(f"{path}: {err.strerror}") from None
+        raise UsageError(f"{path}: {err.strerror or err}") from None
     return spans
+
+
+# No record of a walk comes near this; a binary file without newlines is refused past it.
+MAX_LINE = 64 << 20
+
+
+def _text_lines(fh, path: str) -> Iterator[Tuple[int, str]]:
+    """``(number, text)`` per line of a file opened in binary mode.
+
+    :raises RecordError: for a line that is not UTF-8 (a binary file: naming file and line), or
+        longer than :data:`MAX_LINE` (memory stays bounded whatever the file holds).
+    """
+    number = 0
+    while True:
+        raw = fh.readline(MAX_LINE + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) > MAX_LINE:
+            raise RecordError(f"{path}:{number}: a line longer than {MAX_LINE >> 20} MiB: "
+                              "not a JSON Lines walk")
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise RecordError(f"{path}:{number}: not UTF-8 text (byte {err.start} of the line "
+                              "is 0x%02x): not a JSON Lines walk" % raw[err.start]) from None
 
 
 def _ranges(path: str, key: StreamKey, span: Tuple[int, int], with_pa: bool) -> Iterator[Range]:
     """The mappings of one stream (lines ``span`` of the file), in VA order.
 
-    :raises UsageError: if they are not in ascending, non-overlapping VA order.
+    A record with ``repeat`` ({count, stride}) stands for ``count`` copies at ``va + k*stride``
+    (same PA and attributes); the copies are yielded where they fall among the other records,
+    from a heap holding one pending copy per repeat record (memory: the repeat records alive).
+
+    :raises UsageError: if the records are not in ascending VA order, or two ranges overlap.
     """
-    last_end, last_line = -1, 0
+    heap: List[tuple] = []  # (start, line, size, state, pa, copies left, stride)
+    last_end, last_line, last_start, start_line = -1, 0, -1, 0
     first, last = span
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
+
+    def emit(upto: Optional[int]) -> Iterator[Range]:
+        nonlocal last_end, last_line
+        while heap and (upto is None or heap[0][0] < upto):
+            begin, line, size, state, pa, left, stride = heapq.heappop(heap)
+            if begin < last_end:
+                raise UsageError(f"{path}:{line}: mappings overlap (a range at {begin:#x}, "
+                                 f"line {last_line}'s ended {last_end:#x})")
+            last_end, last_line = begin + size, line
+            if left > 1:
+                heapq.heappush(heap, (begin + stride, line, size, state, pa, left - 1, stride))
+            yield Range(begin, begin + size, state, pa)
+
+    with open(path, "rb") as fh:
+        for number, line in _text_lines(fh, path):
             if number < first:
                 continue
             if number > last:
                 break
-            rec = json.loads(line)
+            rec = parse_line(line, path, number)
             if rec.get("type") != "mapping" or (rec.get("target"), rec.get("vcpu")) != key:
                 continue
             try:
-                start = int(rec["va"], 16)
-                end = start + int(rec["size"])
+                begin = int(rec["va"], 16)
+                size = int(rec["size"])
                 pa = None if rec.get("pa") is None else int(rec["pa"], 16)
-            except (KeyError, TypeError, ValueError):
-                raise UsageError(f"{path}:{number}: mapping without a valid va/size") from None
-            if start < last_end:
+                repeat = rec.get("repeat") or {}
+                copies, stride = int(repeat.get("count", 1)), int(repeat.get("stride", 0))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise UsageError(f"{path}:{number}: mapping without a valid va/size/repeat") \
+                    from None
+            if size <= 0 or copies < 1 or (copies > 1 and stride < size):
+                raise UsageError(f"{path}:{number}: mapping with an impossible size or repeat")
+            if begin < last_start:
                 raise UsageError(f"{path}:{number}: mappings out of VA order (this one starts "
-                                 f"{start:#x}, line {last_line} ended {last_end:#x})")
-            last_end, last_line = end, number
-            yield Range(start, end, _state(rec, with_pa), pa)
+                                 f"{begin:#x}, before line {start_line}'s {last_start:#x})")
+            last_start, start_line = begin, number
+            yield from emit(begin)
+            heapq.heappush(heap, (begin, number, size, _state(rec, with_pa), pa, copies, stride))
+    yield from emit(None)
 
 
 def _segments(a: Iterator[Range], b: Iterator[Range]):
@@ -156,7 +213,7 @@ def _what(before: Optional[tuple], after: Optional[tuple]) -> List[str]:
     if after is None:
         return ["removed"]
     out = []
-    names = ("rights", "pkey", "Xen bits", None, "kind", "page size", "PA")
+    names = ("rights", "pkey", "Xen bits", None, "kind", "page size", "fault class", "PA")
     for i, name in enumerate(names[:len(before)]):
         if name and before[i] != after[i]:
             out.append(f"{name} {before[i]} -> {after[i]}")
@@ -250,14 +307,16 @@ def _run(argv: List[str]) -> int:
     sizes = dict(counts)
     table_rows: List[dict] = []  # --table only: a table is read by people, so it is short
     not_compared = 0
+    if args.output:  # before anything is read: the output must not be an input
+        refuse_inputs(args.output, (args.a, args.b))
     try:
         pairs = _pairs(args.a, args.b)  # the first pass validates both files
     except RecordError as err:
         raise UsageError(str(err)) from None
     try:
-        out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+        out = AtomicFile(args.output) if args.output else sys.stdout
     except OSError as err:
-        raise UsageError(f"{args.output}: {err.strerror}") from None
+        raise UsageError(f"{args.output}: {err.strerror or err}") from None
     try:
         for label, ka, kb in pairs:
             failed = [(name, msg) for name, msg in (("A", ka), ("B", kb)) if isinstance(msg, str)]
@@ -292,11 +351,18 @@ def _run(argv: List[str]) -> int:
             out.write("\n".join(lines) + "\n")
         else:
             out.write(dumps(summary) + "\n")
+        if out is not sys.stdout:
+            out.commit()  # a full disk says so here (ENOSPC at close)
     except RecordError as err:
         raise UsageError(str(err)) from None
+    except BrokenPipeError:
+        raise
+    except OSError as err:
+        raise UsageError(f"{err.filename or args.output or 'output'}: "
+                         f"{err.strerror or err}") from None
     finally:
         if out is not sys.stdout:
-            out.close()
+            out.discard()
     if not_compared:
         return EXIT_TROUBLE
     return 1 if any(counts.values()) else 0

@@ -17,9 +17,16 @@ Examples::
     xen-pte-dump --core 'dumps/*.elf' --vcpu all -o fleet.jsonl --summary
     xen-pte-dump --core dom1.xc --check --what-if pke --what-if xen=4.6
     xen-pte-dump --remote localhost:1234 --faults --format csv -o live.csv
+    xen-pte-dump --scheduler tcp://sched:8786 --core '/shared/*.elf' -o out/ --summary
 
 Memory stays flat however large a walk is: gdb writes each run's JSON Lines to a temporary file
 (through gdb's ``pipe`` command, not MI console records), which is counted and copied line by line.
+
+``--scheduler ADDRESS`` (or ``$DASK_SCHEDULER_ADDRESS``) runs each target as a task on a Dask
+cluster instead of the local pool (:mod:`scripts.cluster`); ``-o DIR/`` writes one file per
+target. Every output is written to a temporary file renamed at the end, and an output that is
+one of the inputs is refused (:mod:`scripts.output`). ``--summary`` / ``--summary-json`` add a
+triage: targets grouped by what they show (:mod:`scripts.summary`).
 """
 
 from __future__ import annotations
@@ -31,14 +38,16 @@ import os
 import shutil
 import sys
 import tempfile
+import zlib
 from typing import IO, Dict, Iterable, List, Optional
 
-from .batch import (Job, TargetResult, expand_targets, init_worker, release_session,
+from .batch import (Job, Target, TargetResult, expand_targets, init_worker, release_session,
                     run_target)
-from .cli import ArgumentParser, UsageError, run_main
+from .cli import ArgumentParser, UsageError, one_line, run_main
 from .mi import GdbFailure, GdbSession
+from .output import AtomicFile, refuse_inputs
 from .records import CSV_COLUMNS, csv_row, dumps, error_record, tag_line
-from .summary import render_summary
+from .summary import render_summary, summary_json
 
 __all__ = ["build_parser", "main"]
 
@@ -66,7 +75,8 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(PROG, description=__doc__.split("\n\n")[0], epilog=(
         "Options not listed here go to xen-pte-walk / xen-pte-check unchanged; a VA range\n"
         "(START END) goes before the targets or after --.\n"
-        "--summary without -o prints only the tables; with -o the records go to the file.\n"
+        "--summary (or --summary-json) without -o: only the summary; with -o the records go\n"
+        "to the file (or DIR/, one file per target).\n"
         "Exit status: 0 all targets read, 1 some target failed, 2 bad usage."))
     t = p.add_argument_group("targets (any mix, at least one)")
     t.add_argument("--core", metavar="FILE", nargs="+", action="extend", default=[],
@@ -84,16 +94,30 @@ def build_parser() -> ArgumentParser:
     w.add_argument("--what-if", metavar="SCENARIO", action="append", default=[],
                    help="pass --what-if SCENARIO to xen-pte-check (repeatable; implies --check)")
     o = p.add_argument_group("output")
-    o.add_argument("-o", "--output", metavar="FILE", help="write records here (default stdout)")
+    o.add_argument("-o", "--output", metavar="FILE|DIR/",
+                   help="write records here (default stdout); a directory (DIR/, made if "
+                        "missing): one file per target, NAME.jsonl or NAME.csv, each written "
+                        "whole or not at all")
     o.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
                    help="JSON Lines (default) or CSV (mapping/anomaly/error rows)")
     o.add_argument("--summary", action="store_true",
-                   help="print count tables per target and for the fleet")
+                   help="print count tables per target, the fleet, and the triage: targets "
+                        "grouped by what they show")
+    o.add_argument("--summary-json", metavar="FILE",
+                   help="write the summary (per-run counts, triage groups) as JSON to FILE")
     r = p.add_argument_group("running")
     r.add_argument("-j", "--jobs", metavar="N", type=int, default=os.cpu_count() or 1,
                    help="targets read in parallel (default: the CPU count)")
     r.add_argument("--timeout", metavar="S", type=_positive,
                    help="give up on a target after S seconds (an error record; the run goes on)")
+    r.add_argument("--scheduler", metavar="ADDRESS",
+                   default=os.environ.get("DASK_SCHEDULER_ADDRESS") or None,
+                   help="run each target as a task on this Dask cluster (tcp://HOST:8786; "
+                        "default: $DASK_SCHEDULER_ADDRESS, else a local process pool, -j; "
+                        "-j is then ignored: the cluster's worker threads set the parallelism; "
+                        "--scheduler '' : the local pool whatever the environment says)")
+    r.add_argument("--progress", action="store_true",
+                   help="a progress bar on stderr even when it is not a terminal")
     r.add_argument("--quiet", action="store_true",
                    help="no progress bar, and no line per failed target on stderr")
     r.add_argument("--gdb", metavar="PATH", default=os.environ.get("XEN_PTE_GDB", "gdb"),
@@ -122,32 +146,53 @@ def _preflight(gdb: str, command: str, options: List[str]) -> None:
 
 
 class _Writer:
-    """Writes finished targets' records, in target order, as JSON Lines or CSV."""
+    """Writes finished targets' records as JSON Lines or CSV: into one stream, in target order
+    (the caller's job), or ``per_target`` into a file each, written whole or not at all."""
 
-    def __init__(self, out: Optional[IO[str]], fmt: str):
+    def __init__(self, out: Optional[IO[str]], fmt: str,
+                 per_target: Optional[Dict[Target, str]] = None):
+        self.fmt = fmt
+        self.per_target = per_target
         self.out = out
-        self.csv = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore") \
-            if out is not None and fmt == "csv" else None
-        if self.csv is not None:
-            self.csv.writeheader()
+        self.csv = self._csv(out)
+
+    def _csv(self, out):
+        if out is None or self.fmt != "csv":
+            return None
+        writer = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        return writer
 
     def write(self, res: TargetResult) -> None:
+        if self.per_target is None:
+            self._runs(res)
+            return
+        with AtomicFile(self.per_target[res.target], newline="") as fh:
+            self.out, self.csv = fh, self._csv(fh)
+            try:
+                self._runs(res)
+            finally:
+                self.out, self.csv = None, None
+
+    def _runs(self, res: TargetResult) -> None:
         for run in res.runs:
             if self.out is not None:
                 if run.error:
                     self._line(dumps(error_record(res.target.label, run.vcpu, run.error)))
-                elif run.tagged and self.csv is None:
+                elif run.tagged and self.csv is None and run.data is None:
                     with open(run.path, encoding="utf-8") as fh:
                         shutil.copyfileobj(fh, self.out, 1 << 20)
+                elif run.tagged and self.csv is None:
+                    self.out.write(zlib.decompress(run.data).decode("utf-8"))
                 else:
-                    with open(run.path, encoding="utf-8") as fh:
-                        for line in fh:
-                            if line.strip():
-                                self._line(line if run.tagged else tag_line(
-                                    line, res.target.label, run.vcpu, run.vcpus))
+                    for line in _lines(run):
+                        if line.strip():
+                            self._line(line.rstrip("\n") if run.tagged else tag_line(
+                                line, res.target.label, run.vcpu, run.vcpus))
             if run.path:
                 os.unlink(run.path)
                 run.path = None
+            run.data = None
 
     def _line(self, line: str) -> None:
         if self.csv is None:
@@ -158,14 +203,23 @@ class _Writer:
             self.csv.writerow(row)
 
 
-def _progress(total: int, quiet: bool):
-    if quiet or not sys.stderr.isatty():
+def _lines(run) -> Iterable[str]:
+    if run.data is not None:
+        yield from zlib.decompress(run.data).decode("utf-8").splitlines()
+        return
+    with open(run.path, encoding="utf-8") as fh:
+        yield from fh
+
+
+def _progress(total: int, quiet: bool, force: bool):
+    if quiet or not (force or sys.stderr.isatty()):
         return None
     try:
         from tqdm import tqdm
     except ImportError:  # the bar is a nicety: run without it
         return None
-    return tqdm(total=total, unit="target", file=sys.stderr, leave=False)
+    return tqdm(total=total, unit="target", file=sys.stderr, leave=False,
+                disable=False, dynamic_ncols=True, mininterval=0.5)
 
 
 def _results(jobs: List[Job], workers: int) -> Iterable[TargetResult]:
@@ -188,6 +242,38 @@ def _results(jobs: List[Job], workers: int) -> Iterable[TargetResult]:
                 fut.cancel()
 
 
+def _spill(res: TargetResult, workdir: str) -> None:
+    """Move records that came back over the network (a cluster's result) into files."""
+    for n, run in enumerate(res.runs):
+        if run.data is not None:
+            run.path = os.path.join(workdir, f"spill-{id(res)}-{n}.jsonl")
+            with open(run.path, "wb") as fh:
+                fh.write(zlib.decompress(run.data))
+            run.data = None
+
+
+def _per_target_paths(directory: str, targets: List[Target], fmt: str) -> Dict[Target, str]:
+    """``-o DIR/``: one file per target, named after it (``NAME.jsonl``; ``NAME-2.jsonl`` ...
+    when two targets share a base name)."""
+    paths: Dict[Target, str] = {}
+    taken = set()
+    for t in targets:
+        base = os.path.basename(t.label.rstrip("/")) or "target"
+        base = "".join(c if c.isprintable() and c not in "/:\\" else "_" for c in base)
+        name, n = f"{base}.{fmt}", 1
+        while name in taken:
+            n += 1
+            name = f"{base}-{n}.{fmt}"
+        taken.add(name)
+        paths[t] = os.path.join(directory, name)
+    return paths
+
+
+def _inputs(targets: List[Target]) -> List[str]:
+    return [t.spec if t.kind == "core" else t.spec.rpartition("@")[0]
+            for t in targets if t.kind != "remote"]
+
+
 def _run(argv: List[str]) -> int:
     parser = build_parser()
     args, passthrough = parser.parse_known_args(argv)
@@ -204,50 +290,114 @@ def _run(argv: List[str]) -> int:
     options = list(passthrough)
     for scenario in args.what_if:
         options += ["--what-if", scenario]
-    _preflight(args.gdb, command, options)
+    inputs = _inputs(targets)
+    per_target = None
+    if args.output and (args.output.endswith("/") or os.path.isdir(args.output)):
+        if not os.path.isdir(args.output):
+            try:  # DIR/ names a directory to write into: made if its parent exists
+                os.mkdir(args.output)
+            except OSError as err:
+                raise UsageError(f"-o {args.output}: {err.strerror or err}") from None
+        per_target = _per_target_paths(args.output, targets, args.format)
+        for path in per_target.values():
+            refuse_inputs(path, inputs)
+    elif args.output:
+        refuse_inputs(args.output, inputs)
+    if args.summary_json:
+        refuse_inputs(args.summary_json, inputs, "--summary-json")
+        outputs = list(per_target.values()) if per_target else [args.output or ""]
+        if any(os.path.abspath(args.summary_json) == os.path.abspath(o) for o in outputs if o):
+            raise UsageError(f"--summary-json {args.summary_json}: the records go there too "
+                             "(-o); give another file")
+    client = None
+    if args.scheduler:
+        from .cluster import connect
+        client = connect(args.scheduler)
+    try:
+        return _run_targets(args, targets, command, options, per_target, client)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _run_targets(args, targets, command, options, per_target, client) -> int:
+    if client is None:
+        _preflight(args.gdb, command, options)
+    else:
+        from .cluster import preflight_task
+        try:
+            err = client.submit(preflight_task, args.gdb, command, options,
+                                pure=False).result()
+        except Exception as exc:  # noqa: BLE001 — a worker without the package, ...
+            err = f"on the cluster's worker: {type(exc).__name__}: {exc}"
+        if err:
+            raise UsageError(err)
 
     workdir = tempfile.mkdtemp(prefix="xen-pte-dump-")
-    out: Optional[IO[str]] = None
+    out = None
     bar = None
+    summary = args.summary or bool(args.summary_json)
     try:
-        if args.output:
-            out = open(args.output, "w", encoding="utf-8", newline="")
-        elif not args.summary:
+        if args.output and per_target is None:
+            out = AtomicFile(args.output, newline="")
+        elif not args.output and not summary:
             out = sys.stdout
-        writer = _Writer(out, args.format)
+        writer = _Writer(out if per_target is None else None, args.format, per_target)
         workers = min(args.jobs, len(targets))
+        writes = out is not None or per_target is not None
         jobs = [Job(t, command, tuple(options), args.vcpu, workdir, i, args.timeout, args.gdb,
-                    tally=args.summary, tag=workers > 1 and out is not None)
+                    tally=summary, tag=workers > 1 and writes)
                 for i, t in enumerate(targets)]
-        bar = _progress(len(jobs), args.quiet)
+        bar = _progress(len(jobs), args.quiet, args.progress)
+        if client is not None:
+            from .cluster import cluster_results
+            results = cluster_results(client, jobs, ordered=per_target is None)
+        else:
+            results = _results(jobs, workers)
         done: Dict[int, TargetResult] = {}
         ordered: List[TargetResult] = []
         index = {t: i for i, t in enumerate(targets)}
-        for res in _results(jobs, workers):
-            done[index[res.target]] = res
+        for res in results:
             if bar is not None:
                 bar.update(1)
                 for line in _failures(res):  # as they happen; the bar stays below
                     bar.write(line, file=sys.stderr)
+            if per_target is not None:  # a file each: written as each target completes
+                writer.write(res)
+            if index[res.target] != len(ordered):
+                _spill(res, workdir)  # waits for an earlier target: on disk, not in memory
+            done[index[res.target]] = res
             # Emit in target order as soon as every earlier target is out (files stay small).
             while len(ordered) in done:
                 nxt = done.pop(len(ordered))
-                writer.write(nxt)
+                if per_target is None:
+                    writer.write(nxt)
                 ordered.append(nxt)
         if bar is not None:
             bar.close()
+        if out is not None and out is not sys.stdout:
+            out.commit()
     except BrokenPipeError:
         raise
     except OSError as err:  # the output file, or the temporary directory
-        raise UsageError(f"{err.filename or 'output'}: {err.strerror or err}") from None
+        raise UsageError(f"{err.filename or args.output or 'output'}: "
+                         f"{err.strerror or err}") from None
     finally:
         if out is not None and out is not sys.stdout:
-            out.close()
+            out.discard()
         shutil.rmtree(workdir, ignore_errors=True)
     if out is sys.stdout:
         sys.stdout.flush()
     if args.summary:
         print("\n".join(render_summary(ordered)))
+    if args.summary_json:
+        try:
+            with AtomicFile(args.summary_json) as fh:
+                json.dump(summary_json(ordered), fh, indent=1)
+                fh.write("\n")
+        except OSError as err:
+            raise UsageError(f"--summary-json {args.summary_json}: "
+                             f"{err.strerror or err}") from None
     failed = [line for res in ordered for line in _failures(res)]
     if not args.quiet and bar is None:
         for line in failed:
@@ -257,8 +407,9 @@ def _run(argv: List[str]) -> int:
 
 def _failures(res: TargetResult) -> List[str]:
     """One stderr line per failed run of a target."""
-    return [f"{PROG}: {res.target.label}{'' if run.vcpu is None else f' vCPU {run.vcpu}'}: "
-            f"{run.error}" for run in res.runs if run.error]
+    return [one_line(f"{PROG}: {res.target.label}"
+                     f"{'' if run.vcpu is None else f' vCPU {run.vcpu}'}: {run.error}")
+            for run in res.runs if run.error]
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -23,6 +23,7 @@ CLAIMED = {
     "A QEMU dump": "tests/gdb/test_readme.py",
     "An `xl dump-core` file": "tests/gdb/test_readme.py",
     "Batch, many dumps": "tests/batch/test_readme_batch.py",
+    "A fleet on a Dask cluster": "tests/batch/test_readme_batch.py",
     "A crashed Xen host": "tests/live/test_xen_crash_target.py",
 }
 

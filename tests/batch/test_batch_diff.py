@@ -125,3 +125,59 @@ def test_failed_walk_is_not_compared(walks, tmp_path):
     assert recs[-1]["not_compared"] == 1 and recs[-1]["counts"]["removed"] == 0
     res = run_tool("xen_pte_diff", a, failed, "--table")
     assert "B: x.elf: truncated" in res.stdout and "1 not compared" in res.stdout
+
+
+def test_fault_class_change_is_a_change(walks, tmp_path):
+    """Records carrying fault_class (issue 14): the same verdicts, but a fault the guest chose in
+    A and one imposed on it in B, is a change; records without the field compare as before."""
+    a, _b = walks
+    lines = a.read_text().splitlines()
+    def with_class(cls):
+        out = []
+        for ln in lines:
+            rec = json.loads(ln)
+            if rec["type"] == "mapping":
+                rec["fault_class"] = cls if rec["va"] == "0x400000" else "none"
+            out.append(json.dumps(rec))
+        return "\n".join(out) + "\n"
+    before, after = tmp_path / "guest.jsonl", tmp_path / "imposed.jsonl"
+    before.write_text(with_class("guest"))
+    after.write_text(with_class("imposed"))
+    res = run_tool("xen_pte_diff", before, after)
+    assert res.returncode == 1, res.stderr
+    (change,) = [json.loads(ln) for ln in res.stdout.splitlines()][:-1]
+    assert change["type"] == "changed" and change["va"] == "0x400000"
+    assert change["what"] == ["fault class guest -> imposed"]
+    assert change["after"]["fault_class"] == "imposed"
+
+
+def test_repeat_records_are_their_copies(walks, tmp_path):
+    """A mapping with ``repeat`` {count, stride} stands for count copies at va + k*stride (the
+    walk's default for a subtree reached again): it equals the same copies written out one by
+    one (``--expand``), and a change in one copy is reported at that copy only."""
+    a, _b = walks
+    recs = [json.loads(ln) for ln in a.read_text().splitlines()]
+    head, maps, tail = recs[0], [r for r in recs if r["type"] == "mapping"], recs[-1]
+    base = next(r for r in maps if r["va"] == "0x7f0000000000")  # the key-5 page, alone there
+    others = [r for r in maps if r is not base]
+    stride = 0x100000
+    low = [r for r in others if int(r["va"], 16) < 0x7f0000000000]
+    high = [r for r in others if int(r["va"], 16) > 0x7f0000000000]
+    copies = [dict(base, va=hex(0x7f0000000000 + k * stride)) for k in range(3)]
+    expanded = low + copies + high
+    repeated = low + [dict(base, repeat={"count": 3, "stride": stride})] + high
+
+    def write(name, maps_):
+        path = tmp_path / name
+        path.write_text("\n".join(json.dumps(r) for r in [head, *maps_, tail]) + "\n")
+        return path
+    rep, exp = write("repeat.jsonl", repeated), write("expanded.jsonl", expanded)
+    res = run_tool("xen_pte_diff", rep, exp)
+    assert res.returncode == 0, res.stdout + res.stderr
+    changed = [dict(c) for c in copies]
+    changed[1] = dict(changed[1], pkey=6)
+    res = run_tool("xen_pte_diff", rep, write("changed.jsonl", low + changed + high))
+    assert res.returncode == 1, res.stderr
+    (diff,) = [json.loads(ln) for ln in res.stdout.splitlines()][:-1]
+    assert (diff["type"], diff["va"], diff["size"]) == ("changed", hex(0x7f0000100000), 4096)
+    assert diff["what"] == ["pkey 5 -> 6"]

@@ -74,14 +74,23 @@ def test_other_dumps_complete_and_validate(fleet_run):
     assert headers[("pv64.xc", 0)]["domain"] == "pv64"
 
 
+def _faulting(r) -> bool:
+    """The one definition of "faulting" (issue 14): fault_class invalid or imposed; records from
+    before fault_class: any access that does not say ok."""
+    if "fault_class" in r:
+        return r["fault_class"] in ("invalid", "imposed")
+    return any(v != "ok" for v in r["verdicts"].values())
+
+
 def _expected(recs):
     """Counts computed straight from one stream's JSONL (independently of scripts.records)."""
     maps = [r for r in recs if r["type"] == "mapping"]
-    smx = lambda r: any("SMEP" in r["verdicts"].get(k, "") or "SMAP" in r["verdicts"].get(k, "")
-                        for k in ACCESS[:3])  # noqa: E731
+    smx = lambda r: r.get("fault_class", "imposed") == "imposed" and any(  # noqa: E731
+        "SMEP" in r["verdicts"].get(k, "") or "SMAP" in r["verdicts"].get(k, "")
+        for k in ACCESS[:3])
     return {
         "mappings": len(maps),
-        "faulting": sum(any(v != "ok" for v in r["verdicts"].values()) for r in maps),
+        "faulting": sum(_faulting(r) for r in maps),
         "kernel SMEP/SMAP": sum(smx(r) for r in maps),
         "W+X": sum(r["effective"]["write"] and r["effective"]["exec"] for r in maps),
         "Xen bits": sum(len(r["xen_bits"]) for r in maps),
@@ -245,3 +254,59 @@ def test_gdb_crash_is_an_error_record_and_the_run_goes_on(fleet, tmp_path):
     assert "gdb exited" in recs[0]["message"]
     assert [r["type"] for r in recs[1:3]] == ["header", "mapping"]
     assert recs[-1]["type"] == "summary" and recs[-1]["target"].endswith("hvm-b.kdump")
+
+
+def test_one_target_summary_is_printed_once(fleet):
+    """Issue 14: one target's --summary showed its table twice (the target, then "fleet
+    total"): with one run the fleet is that run, so its table appears once."""
+    res = run_tool("xen_pte_dump", "--core", fleet["hvm-b.kdump"], "--summary")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert sum(1 for ln in lines if re.match(r"mappings\s+all\s", ln)) == 1
+    assert not any("fleet total" in ln for ln in lines)
+    (row,) = _table(lines, lines.index("== fleet") + 1)
+    assert row[0].endswith("hvm-b.kdump") and row[2] == "ok"
+
+
+def test_triage_groups_targets_by_what_they_show(fleet_run, fleet, tmp_path):
+    """The triage names, per finding, exactly the targets whose records show it."""
+    import json
+    res, records = fleet_run
+    lines = res.stdout.splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("== triage: 4 targets"))
+    rows = {r[0]: r for r in _table(lines, at + 1)}
+    by_target = collections.defaultdict(list)
+    for r in records:
+        by_target[os.path.basename(r["target"])].append(r)
+    def having(pred):
+        return sorted(t for t, recs in by_target.items()
+                      if any(r["type"] == "mapping" and pred(r) for r in recs))
+    wx = having(lambda r: r["effective"]["write"] and r["effective"]["exec"]
+                and r.get("kind", "page") == "page")
+    assert rows["W+X"][1] == f"{len(wx)}/4"
+    assert sorted(os.path.basename(n) for n in rows["W+X"][2].split(", ")) == wx
+    assert rows["FAILED"][1] == "1/4" and rows["FAILED"][2].endswith("corrupt.elf")
+    assert rows["disallowed"][2].endswith("pv64.xc")
+    # The same as JSON, every name listed.
+    out = tmp_path / "s.json"
+    res = run_tool("xen_pte_dump", "--core", f"{fleet['hvm-a.elf'].parent}/*", "--vcpu", "all",
+                   "--summary-json", out, "-j", "2", "--quiet")
+    doc = json.loads(out.read_text())
+    groups = {g["group"]: sorted(os.path.basename(t) for t in g["targets"])
+              for g in doc["triage"]}
+    assert groups["W+X"] == wx and groups["FAILED"] == ["corrupt.elf"]
+    assert doc["targets"] == 4 and doc["failed"] == 1
+    assert res.stdout == ""  # --summary-json alone prints no tables
+
+
+def test_progress_bar_only_when_asked_or_on_a_terminal(fleet, tmp_path):
+    """stderr here is a pipe: no bar unless --progress; the records are the same either way."""
+    args = ["--core", fleet["hvm-b.kdump"], fleet["pv64.xc"], "-j", "1"]
+    plain = run_tool("xen_pte_dump", *args, "-o", tmp_path / "a.jsonl")
+    bar = run_tool("xen_pte_dump", *args, "-o", tmp_path / "b.jsonl", "--progress")
+    assert plain.returncode == bar.returncode == 0
+    assert plain.stderr == ""
+    assert re.search(r"0/2 \[", bar.stderr) and "target/s" in bar.stderr, bar.stderr
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+    quiet = run_tool("xen_pte_dump", *args, "-o", tmp_path / "c.jsonl", "--progress", "--quiet")
+    assert quiet.stderr == ""

@@ -65,13 +65,39 @@ def test_remote_walk_equals_ram_image_walk(oracle, tmp_path):
 def test_unreachable_remote_is_an_error_record(tmp_path):
     from tests.targets.qemu import free_tcp_port
     out = tmp_path / "none.jsonl"
-    # gdb retries a refused connection for `tcp connect-timeout` (15 s): --timeout ends it.
-    res = run_tool("xen_pte_dump", "--remote", f"127.0.0.1:{free_tcp_port()}", "-o", out,
-                   "--timeout", "3")
+    # A refused connection fails at once (gdb's auto-retry, 15 s by default, is off).
+    res = run_tool("xen_pte_dump", "--remote", f"127.0.0.1:{free_tcp_port()}", "-o", out)
     assert res.returncode == 1
     (rec,) = read_jsonl(out)
     assert rec["type"] == "error" and rec["target"].startswith("127.0.0.1:")
-    assert rec["message"] == "timed out (--timeout) during: target remote " + rec["target"]
+    assert rec["message"].startswith("cannot connect: ") and rec["target"] not in rec["message"]
+
+
+def test_stub_held_by_another_gdb_is_one_line_within_seconds(tmp_path):
+    """QEMU's gdbstub serves one debugger: a second connection is accepted by the kernel's listen
+    queue and never answered (gdb alone waits 30 s, then 'Remote replied unexpectedly to
+    vMustReplyEmpty'). The tool gives it a few seconds and says what is likely."""
+    import time
+    from scripts.batch import CONNECT_S, _connect
+    from scripts.mi import GdbSession
+    from tests.targets.qemu import Qemu
+    with Qemu(["-S"], memory="16M", workdir=tmp_path / "busy") as vm:
+        holder = GdbSession()
+        try:
+            _connect(holder, f"127.0.0.1:{vm.gdb_port}")
+            out = tmp_path / "busy.jsonl"
+            start = time.monotonic()
+            res = run_tool("xen_pte_dump", "--remote", f"127.0.0.1:{vm.gdb_port}", "-o", out)
+            took = time.monotonic() - start
+        finally:
+            holder.abort(detach=True)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert took < CONNECT_S + 6, took  # gdb start-ups + the connect limit, not 30 s
+    (line,) = res.stderr.splitlines()
+    assert "does not answer" in line and "another debugger" in line
+    assert line.count(f"127.0.0.1:{vm.gdb_port}") == 1
+    (rec,) = read_jsonl(out)
+    assert rec["type"] == "error" and "does not answer" in rec["message"]
 
 
 def test_vcpu_all_live_skips_a_vcpu_without_paging(tmp_path):
