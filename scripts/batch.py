@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from gdb_xenpte.errors import XenpteError
+from gdb_xenpte.sources.filemap import check_regular_file
+from gdb_xenpte.sources.raw import parse_raw_spec
 
 from .cli import UsageError
 from .mi import CommandError, GdbFailure, GdbSession, GdbTimeout
@@ -97,6 +99,14 @@ class TargetResult:
         return any(r.error for r in self.runs)
 
 
+def _regular(what: str, path: str) -> None:
+    """The engine's one rule for input files (no FIFO, device or directory), as a usage error."""
+    try:
+        check_regular_file(path)
+    except XenpteError as err:
+        raise UsageError(f"{what}: {err}") from None
+
+
 def expand_targets(cores: Sequence[str], raws: Sequence[str],
                    remotes: Sequence[str]) -> List[Target]:
     """Targets in the order given; globs expanded (sorted), duplicates dropped.
@@ -110,14 +120,14 @@ def expand_targets(cores: Sequence[str], raws: Sequence[str],
         if not found:
             raise UsageError(f"--core {pattern}: no file matches")
         for path in found:
-            if not os.path.isfile(path):
-                why = "not a regular file" if os.path.exists(path) else "no such file"
-                raise UsageError(f"--core {path}: {why}")
+            _regular(f"--core {path}", path)
             out.append(Target("core", path))
     for spec in raws:
-        path, at, base = spec.rpartition("@")
-        if not at or not path or not os.path.isfile(path):
-            raise UsageError(f"--raw {spec}: expected FILE@BASE with an existing FILE")
+        try:  # the gdb commands' rule: BASE is required, a multiple of 4 KiB
+            path, _base = parse_raw_spec(spec)
+        except XenpteError as err:
+            raise UsageError(str(err)) from None
+        _regular(f"--raw {spec}", path)
         out.append(Target("raw", spec))
     for spec in remotes:
         host, colon, port = spec.rpartition(":")

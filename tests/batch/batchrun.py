@@ -9,8 +9,7 @@ import subprocess
 import sys
 from typing import List
 
-import jsonschema
-from referencing import Registry, Resource
+from tests.gdb.gdbrun import validators  # noqa: F401 (re-exported: the one schema loader)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DATA = ROOT / "gdb_xenpte" / "data"
@@ -25,14 +24,3 @@ def run_tool(module: str, *args, timeout: float = 300, env=None) -> subprocess.C
 
 def read_jsonl(path) -> List[dict]:
     return [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line]
-
-
-def validators():
-    """(walk, check) JSON Schema validators, the check schema resolving its $ref to the walk's."""
-    walk = json.loads((DATA / "xen-pte-walk.schema.json").read_text())
-    check = json.loads((DATA / "xen-pte-check.schema.json").read_text())
-    registry = Registry().with_resources([
-        ("gdb_xenpte/xen-pte-walk.schema.json", Resource.from_contents(walk)),
-        ("gdb_xenpte/xen-pte-check.schema.json", Resource.from_contents(check))])
-    return (jsonschema.Draft202012Validator(walk, registry=registry),
-            jsonschema.Draft202012Validator(check, registry=registry))
