@@ -764,13 +764,7 @@ class Walker:
                 idx, raws, rsv = dt.index[pos], dt.raw[pos], dt.rsvd[pos]
             starts = None
             if coalesce and n > 1:
-                # brk[i]: leaf i starts a run (differs from leaf i-1, or is not next to it).
-                brk = np.empty(n, dtype=bool)
-                brk[0] = True
-                keys = raws & np.uint64(keymask)
-                np.not_equal(keys[1:], keys[:-1], out=brk[1:])
-                brk[1:] |= rsv[1:] != rsv[:-1]
-                brk[1:] |= idx[1:] != idx[:-1] + 1
+                brk = _run_starts(raws, rsv, idx, keymask)
                 if phys and not translate:
                     frames = raws & np.uint64(rule.leaf_frame_mask)
                     brk[1:] |= frames[1:] != frames[:-1] + np.uint64(page)
@@ -791,12 +785,7 @@ class Walker:
                         contig = (~np.logical_or.reduceat(gap, starts)).tolist()
             elif self._batches and n > 1:
                 # Per-page records, made in bulk: leaves that differ only in frame and A/D.
-                brk = np.empty(n, dtype=bool)
-                brk[0] = True
-                keys = raws & np.uint64(keymask)
-                np.not_equal(keys[1:], keys[:-1], out=brk[1:])
-                brk[1:] |= rsv[1:] != rsv[:-1]
-                brk[1:] |= idx[1:] != idx[:-1] + 1
+                brk = _run_starts(raws, rsv, idx, keymask)
                 starts_l = np.flatnonzero(brk).tolist()
                 idx_l, raw_l = idx.tolist(), raws.tolist()
                 shift_ = rule.shift
@@ -947,3 +936,15 @@ def _count_below(leaf_pos, pos, start: int) -> int:
     while i < len(leaf_pos) and leaf_pos[i] < pos:
         i += 1
     return i
+
+
+def _run_starts(raws, rsv, idx, keymask: int):
+    """``brk[i]``: leaf i starts a run — its bits under ``keymask`` or its reserved-bit finding
+    differ from leaf i-1's, or it is not the next index (numpy arrays of one table's leaves)."""
+    brk = np.empty(len(raws), dtype=bool)
+    brk[0] = True
+    keys = raws & np.uint64(keymask)
+    np.not_equal(keys[1:], keys[:-1], out=brk[1:])
+    brk[1:] |= rsv[1:] != rsv[:-1]
+    brk[1:] |= idx[1:] != idx[:-1] + 1
+    return brk
