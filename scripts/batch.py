@@ -34,7 +34,7 @@ from .cli import UsageError
 from .mi import CommandError, GdbFailure, GdbSession, GdbTimeout
 from .records import RecordError, Tally, parse_line, tag_line
 
-__all__ = ["Job", "Run", "Target", "TargetResult", "expand_targets", "init_worker",
+__all__ = ["ConnectFailure", "Job", "Run", "Target", "TargetResult", "expand_targets", "init_worker",
            "release_session", "run_target"]
 
 

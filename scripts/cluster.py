@@ -36,7 +36,7 @@ from typing import Iterator, List, Optional
 from .batch import Job, Run, TargetResult, release_session, run_target
 from .cli import UsageError
 
-__all__ = ["ENV", "cluster_results", "connect", "run_task", "task_key"]
+__all__ = ["ENV", "cluster_results", "connect", "preflight_task", "run_task", "task_key"]
 
 ENV = "DASK_SCHEDULER_ADDRESS"
 
