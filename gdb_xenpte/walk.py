@@ -32,6 +32,7 @@ from .errors import OptionError, SourceError, UnreadableMemory, XenpteError
 from .model import Effective, EntryRef, Mapping, PageBatch, Step, Trace
 from .replay import (A_D, Block, Ctx, Dim, Run, SubtreeMemo, fold, fold_list, merge, new_run,
                      pse36_mask, rebase, shift)
+from .xenview import disallowed_texts
 
 __all__ = ["DEFAULT_ENTRY_BUDGET", "DEFAULT_TIME_BUDGET", "WalkStats", "Walker", "cr3_root"]
 
@@ -228,7 +229,8 @@ class Walker:
                 notes = notes + (label,)
                 owned = True
             else:
-                dis = dis + _disallowed_texts(self.xen_view, rule, index, raw)
+                dis = dis + disallowed_texts(rule.name, index,
+                                             self.xen_view.disallowed(raw, rule.name))
         return Ctx(user, write, nx, rs, ctx.path + (EntryRef(rule.name, index, table_pa, raw),),
                    notes, dis, owned)
 
@@ -291,7 +293,7 @@ class Walker:
             notes = notes + ("frame not in source",)
         disallowed = ctx.disallowed
         if dis:  # rare: skip building an empty tuple per record
-            disallowed = disallowed + tuple(f"{rule.name}[{index}]: bit {b} ({n})" for b, n in dis)
+            disallowed = disallowed + disallowed_texts(rule.name, index, dis)
         page = rule.page_size
         return Mapping(
             va=self.canonical(va_lin), pa=pa, size=count * page, page_size=page, level=rule.name,
@@ -921,11 +923,6 @@ def _leaf_blocks(runs: List[Run], table_pa: int):
         else:
             yield r
             i += 1
-
-
-def _disallowed_texts(domain, rule: LevelRule, index: int, raw: int) -> Tuple[str, ...]:
-    return tuple(f"{rule.name}[{index}]: bit {bit} ({name})"
-                 for bit, name in domain.disallowed(raw, rule.name))
 
 
 def _count_below(leaf_pos, pos, start: int) -> int:

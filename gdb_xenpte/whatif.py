@@ -28,7 +28,7 @@ from .arch import CR4
 from .errors import OptionError
 from .model import ACCESS_KEYS, Mapping, Verdict
 from .session import Options, Session, prepare
-from .xenview import XenView
+from .xenview import XenView, disallowed_texts
 
 __all__ = [
     "Change",
@@ -252,11 +252,9 @@ def _disallowed(after: Session, m: Mapping) -> List[str]:
     (Xen-owned entries and what lies below them are Xen's: no guest ABI applies)."""
     if after.xen_view is None or m.xen_owned:
         return []
-    out = []
-    for ref in m.entries:
-        for bit, name in after.xen_view.disallowed(ref.raw, ref.level):
-            out.append(f"{ref.level}[{ref.index}]: bit {bit} ({name})")
-    return out
+    return [t for ref in m.entries
+            for t in disallowed_texts(ref.level, ref.index,
+                                      after.xen_view.disallowed(ref.raw, ref.level))]
 
 
 def _describe(m: Mapping, before, after, session: Session) -> Tuple[str, ...]:

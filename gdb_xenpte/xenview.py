@@ -8,12 +8,12 @@ PV32 guest's compat L4 is Xen's own; 5-level tables) carry no Xen bits.
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 from . import xen
 from .errors import OptionError
 
-__all__ = ["XenView"]
+__all__ = ["XenView", "disallowed_texts"]
 
 
 class XenView:
@@ -77,3 +77,9 @@ class XenView:
         if not self.policy.is_pv:
             return None
         return self.slot_label(level, index) or xen.pv32_hypervisor_area(va, span, self.policy)
+
+
+def disallowed_texts(level: str, index: int, bits: Iterable[Tuple[int, str]]) -> Tuple[str, ...]:
+    """The one spelling of disallow-mask violations on a path: ``"pd[0]: bit 7 (PSE)"`` for each
+    ``(bit, name)`` of the entry at ``level[index]`` (records, what-if, check all show these)."""
+    return tuple(f"{level}[{index}]: bit {bit} ({name})" for bit, name in bits)
