@@ -354,9 +354,11 @@ def _effective_cr4(domain: str, policy: Optional[xen.XenPolicy], regs: VcpuRegs,
                 f"given with {origin.where}" if origin.kind == "given" else "unknown")
         reasons = {bit: f"{what} ({origin.where})" if origin.kind == "observed" else what
                    for bit in _bits(value)}
+        clear = {"observed": f"clear in the CPU's CR4 ({origin.where})",
+                 "given": f"clear in the CR4 given with {origin.where}"}.get(origin.kind,
+                                                                            "CR4 unknown")
         for bit in xen.PAGING_BITS:
-            reasons.setdefault(bit, f"clear in the CR4 {what.split(' (')[0]}"
-                               if origin.kind != "default" else "CR4 unknown")
+            reasons.setdefault(bit, clear)
         if policy is not None and opts.what_if is None and origin.kind != "default":
             _hvm_contradictions(value, policy, f"{origin.kind} {origin.where}", assumed,
                                 reasons, notes)

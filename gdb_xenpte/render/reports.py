@@ -34,8 +34,11 @@ def cr4_text(state: Any, style: Style = Style()) -> List[str]:
                                f"{policy.domain} domain ({o['domain']}), smep={sm(policy.smep)} "
                                f"smap={sm(policy.smap)}")]
     if state.cr4_read is not None:
-        what = ("guest CR4" if "cr4" in o and o["cr4"].kind == "given" or policy is None
-                or not policy.is_pv else "CPU CR4")
+        # Read from a CPU it is the CPU's (for PV: Xen's or the PV context's, the guest's view
+        # being derived); given, or a PV dump's ctrlreg[4], it is the guest's own.
+        what = ("CPU CR4" if o["cr4"].kind == "observed" and not (
+            policy is not None and policy.is_pv and state.guest_view is not None
+            and state.guest_view.value == state.cr4_read) else "guest CR4")
         lines.append(f"{what} {state.cr4_read:#x} ({o['cr4']})")
     who = {"kernel": "the guest kernel runs", "user": "guest user space runs",
            "xen": "Xen runs on the guest's behalf"}[state.context]

@@ -184,7 +184,7 @@ def test_cr3_is_an_mfn_and_cr4_the_guest_view(walked):
     # pv_fixup_guest_cr4: PAE|MCE|OSFXSR|OSXMMEXCPT (0x660) shown; PGE, SMEP, SMAP, PKE never.
     assert regs.cr4 & 0x660 == 0x660
     assert not regs.cr4 & (CR4.PGE | CR4.SMEP | CR4.SMAP | CR4.PKE)
-    assert walked.session.guest_cr4 == regs.cr4
+    assert walked.session.state.cr4_read == walked.session.state.guest_view.value == regs.cr4
     assert walked.session.domain == "pv64" and walked.session.judge.kernel_cpl == 3
 
 
@@ -338,7 +338,7 @@ def test_xen_l4_slots_labelled_and_not_in_dump(walked):
         assert m.kind == "not-in-dump", slot
         assert m.notes[0].startswith(f"Xen L4 slot {slot}:"), m.notes
     for slot in XEN_SLOTS:
-        assert walked.walker.domain.slot_label("pml4", slot), slot
+        assert walked.walker.xen_view.slot_label("pml4", slot), slot
 
 
 def test_linear_slot_is_the_l4_self_map(walked):
