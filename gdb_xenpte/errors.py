@@ -10,6 +10,7 @@ __all__ = [
     "DumpFormatError",
     "OptionError",
     "SourceError",
+    "SourceGone",
     "UnreadableMemory",
     "XenpteError",
 ]
@@ -34,6 +35,11 @@ class SourceError(XenpteError):
         self.what = what
         self.detail = detail
         super().__init__(f"{what}: {detail}")
+
+
+class SourceGone(SourceError):
+    """The whole source went away (a live target exited): no later read can succeed, so a walk
+    stops here rather than listing every remaining table as unreadable."""
 
 
 class DumpFormatError(SourceError):

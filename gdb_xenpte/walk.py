@@ -28,7 +28,7 @@ from .arch import CR4, MODES
 from .cpu import CpuState, paging_mode
 from .decode import (KIND_LEAF, KIND_RSVD_STOP, KIND_TABLE, DecodedTable, LevelRule, bits_text,
                      decode_table, explain_entry, level_rules, memory_type, np)
-from .errors import OptionError, SourceError, UnreadableMemory, XenpteError
+from .errors import OptionError, SourceError, SourceGone, UnreadableMemory, XenpteError
 from .model import Effective, EntryRef, Mapping, PageBatch, Step, Trace
 from .replay import (A_D, Block, Ctx, Dim, Run, SubtreeMemo, fold, fold_list, merge, new_run,
                      pse36_mask, rebase, shift)
@@ -201,6 +201,8 @@ class Walker:
                 if len(data) != size:
                     raise UnreadableMemory(self.source.name, table_pa,
                                            f"short read ({len(data)} of {size} bytes)")
+            except SourceGone:
+                raise  # nothing more can be read: stop, not one unreadable row per table
             except XenpteError as err:
                 data = err
                 self.stats.unreadable.append((table_pa, str(err)))

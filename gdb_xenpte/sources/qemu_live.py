@@ -24,7 +24,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, replace
 from typing import Iterator, List, Optional, Sequence, Tuple
 
-from ..errors import SourceError, UnreadableMemory
+from ..errors import SourceError, SourceGone, UnreadableMemory
 from .base import PhysSource, VcpuRegs
 from .procpeer import find_peer_pid
 
@@ -60,7 +60,7 @@ class RamBlock:
     hva: Optional[int] = None
 
 
-class TargetGone(SourceError):
+class TargetGone(SourceGone):
     """The live target went away during the walk (QEMU exited or the connection dropped).
 
     :param what: the source name.

@@ -43,3 +43,8 @@ def test_qemu_killed_mid_walk_is_named_and_json_ends_with_a_summary(tmp_path, fa
     assert "Packets can only be sent" not in text and "could not restore" not in text, text[-3000:]
     records = res.json_lines()
     assert records and records[-1]["type"] == "summary", res.stdout[-2000:]
+    # The walk stops at the first read that finds the target gone (errors.SourceGone): its
+    # summary names the error once, instead of one unreadable row per remaining table.
+    assert "the target disappeared" in records[-1].get("error", ""), records[-1]
+    assert len(records[-1]["unreadable"]) <= 1, records[-1]["unreadable"]
+    assert [ln for ln in res.stderr.splitlines() if "disappeared" in ln][:1], res.stderr[-2000:]
