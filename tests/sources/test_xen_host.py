@@ -7,7 +7,7 @@ vcpu_state, domain_kind, virt_to_maddr). Skipped when no Xen build with DWARF is
 tier builds one) or gdb is missing.
 """
 
-import glob
+import functools
 import re
 import shutil
 import struct
@@ -21,7 +21,6 @@ from gdb_xenpte.session import Options, prepare
 from gdb_xenpte.sources.open import open_dump
 from gdb_xenpte.xen_host import DomainVcpuSource, open_host, p2m_trace
 from gdb_xenpte.xen_syms import XenSyms
-from targets.cachedir import cache_root
 from writers import PAGE, write_qemu_elf
 from writers_kexec import (crash_info, nmi_rsp, primary_rsp, vmcoreinfo_xen, write_kexec_elf,
                            write_makedumpfile, xen_crash_notes)
@@ -37,16 +36,16 @@ FIELDS = {
 SYMBOLS = ("domain_list", "idle_pg_table", "__image_base__")
 
 
-def _xen_syms():
-    for path in sorted(glob.glob(str(cache_root("pv32") / "xen-*" / "xen-syms"))):
-        return path
-    return None
+@functools.lru_cache(maxsize=None)
+def xen_syms() -> str:
+    """The xen-syms (with DWARF) of the one Xen build the PV32 and crashed-host targets share:
+    built here when no run has built it yet (a fresh machine), never skipped."""
+    from tests.pv32.xen_pv32 import build_xen_syms
+    return str(build_xen_syms())
 
 
-XEN_SYMS = _xen_syms()
-pytestmark = pytest.mark.skipif(XEN_SYMS is None or shutil.which("gdb") is None,
-                                reason="no cached xen-syms with DWARF (tests/pv32 builds one) "
-                                       "or no gdb")
+pytestmark = pytest.mark.skipif(shutil.which("gdb") is None,
+                                reason="gdb is not installed (.ci/run installs it)")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +57,7 @@ def gdb_layout():
         cmds += [f"print/x (unsigned long)&((struct {st} *)0)->{f}" for f in fields]
     cmds += [f"print/x (unsigned long)&{s}" for s in SYMBOLS]
     out = subprocess.run(["gdb", "-nx", "-batch"] + [a for c in cmds for a in ("-ex", c)]
-                         + [XEN_SYMS], capture_output=True, text=True, timeout=120).stdout
+                         + [xen_syms()], capture_output=True, text=True, timeout=120).stdout
     values = [int(v, 0) for v in re.findall(r"^\$\d+ = (\S+)$", out, re.M)]
     assert len(values) == len(cmds), out
     it = iter(values)
@@ -216,7 +215,7 @@ def dump(tmp_path, gdb_layout, request):
 
 
 def test_dwarf_offsets_agree_with_gdb(gdb_layout):
-    syms = XenSyms(XEN_SYMS)
+    syms = XenSyms(xen_syms())
     for key, want in gdb_layout.items():
         st, _, path = key.partition(".")
         if key in SYMBOLS:
@@ -230,7 +229,7 @@ def test_dwarf_offsets_agree_with_gdb(gdb_layout):
 def test_domains_and_vcpus_as_xen_recorded_them(dump):
     path, host = dump
     with open_dump(path) as src:
-        xh = open_host(src, XEN_SYMS)
+        xh = open_host(src, xen_syms())
         doms = xh.domains()
         assert [(d.domid, d.kind) for d in doms] == [(0, "pv64"), (1, "pv64"), (2, "hvm")]
         d0, d1, d2 = doms
@@ -257,7 +256,7 @@ def test_domains_and_vcpus_as_xen_recorded_them(dump):
 def test_domid_walk_reaches_the_marker_page(dump):
     path, host = dump
     with open_dump(path) as src:
-        xh = open_host(src, XEN_SYMS)
+        xh = open_host(src, xen_syms())
         dom, v = xh.find(1, 0)
         view = DomainVcpuSource(xh, dom, v)
         s = prepare(view, Options(vcpu=0))
@@ -270,7 +269,7 @@ def test_domid_walk_reaches_the_marker_page(dump):
 def test_errors_name_what_exists(dump):
     path, _host = dump
     with open_dump(path) as src:
-        xh = open_host(src, XEN_SYMS)
+        xh = open_host(src, xen_syms())
         with pytest.raises(OptionError, match=r"no domain 7 .*domains: 0, 1, 2"):
             xh.find(7, 0)
         with pytest.raises(OptionError, match=r"no vCPU 5 \(vCPUs: 0, 1\)"):
@@ -294,7 +293,7 @@ def test_crashing_pcpu_from_xen_syms(tmp_path, gdb_layout):
     """kexec.c's static crashing_cpu (nm names it crashing_cpu.N) says which pCPU crashed."""
     if shutil.which("nm") is None:
         pytest.skip("no nm")
-    nm = subprocess.run(["nm", XEN_SYMS], capture_output=True, text=True, timeout=60).stdout
+    nm = subprocess.run(["nm", xen_syms()], capture_output=True, text=True, timeout=60).stdout
     (addr,) = [int(line.split()[0], 16) for line in nm.splitlines()
                if line.split()[-1].split(".")[0] == "crashing_cpu"]
     host = Host(gdb_layout)
@@ -305,7 +304,7 @@ def test_crashing_pcpu_from_xen_syms(tmp_path, gdb_layout):
     write_kexec_elf(path, {k: bytes(v) for k, v in host.mem.items()}, _notes(host, gdb_layout))
     with open_dump(str(path)) as src:
         assert src.host.crashing is None  # two pCPUs saved: the notes alone cannot tell
-        assert open_host(src, XEN_SYMS).crashing_pcpu() == (1, "Xen's crashing_cpu (xen-syms)")
+        assert open_host(src, xen_syms()).crashing_pcpu() == (1, "Xen's crashing_cpu (xen-syms)")
         assert open_host(src).crashing_pcpu() == (None, "")
 
 
@@ -319,7 +318,7 @@ def test_qemu_dump_of_a_xen_host(tmp_path, gdb_layout):
     write_qemu_elf(path, pages, [dict(cr3=idle_maddr, cr4=0x3526E0, cr0=0x80050033,
                                       cs_flags=1 << 21)])
     with open_dump(str(path)) as src:
-        xh = open_host(src, XEN_SYMS)
+        xh = open_host(src, xen_syms())
         assert xh.xen_phys_start == PHYS_START
         assert any("found by walking idle_pg_table" in n for n in xh.notes)
         assert [(d.domid, d.kind) for d in xh.domains()] == [(0, "pv64"), (1, "pv64"),
@@ -338,7 +337,7 @@ def test_hvm_walk_through_the_host_p2m(tmp_path, gdb_layout, eptp):
     path = tmp_path / "hvm.vmcore"
     write_kexec_elf(path, pages, _notes(host, gdb_layout))
     with open_dump(str(path)) as src:
-        xh = open_host(src, XEN_SYMS)
+        xh = open_host(src, xen_syms())
         dom, v = xh.find(2, 0)
         assert dom.p2m_format == ("ept" if eptp else "pt")
         assert xh.p2m_lookup(dom, 0x80) == 0x680 and xh.p2m_lookup(dom, 0x200) is None
@@ -354,7 +353,7 @@ def test_p2m_rights_and_type_beside_the_guests(tmp_path, gdb_layout, eptp):
     """xen-pte-p2m's engine: every guest table frame and the data frame through the host p2m,
     the p2m's rights ANDed with the guest's. The data page's p2m entry is made read-only and
     given Xen's p2m_ram_ro type (value from gdb: the enumerator in this xen-syms)."""
-    out = subprocess.run(["gdb", "-nx", "-batch", "-ex", "print/d p2m_ram_ro", XEN_SYMS],
+    out = subprocess.run(["gdb", "-nx", "-batch", "-ex", "print/d p2m_ram_ro", xen_syms()],
                          capture_output=True, text=True, timeout=60).stdout
     ram_ro = int(re.search(r"= (\d+)", out).group(1))
     host = Host(gdb_layout, eptp=eptp)
@@ -377,7 +376,7 @@ def test_p2m_rights_and_type_beside_the_guests(tmp_path, gdb_layout, eptp):
     path = tmp_path / "p2m.vmcore"
     write_kexec_elf(path, pages, _notes(host, gdb_layout))
     with open_dump(str(path)) as src:
-        xh = open_host(src, XEN_SYMS)
+        xh = open_host(src, xen_syms())
         dom, v = xh.find(2, 0)
         e = xh.p2m_entry(dom, 0x80)
         assert (e.mfn, e.level, e.rwx(), e.type_name) == (0x680, 1, "R-X", "p2m_ram_ro")
