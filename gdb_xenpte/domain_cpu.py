@@ -252,11 +252,9 @@ def _version(source: PhysSource, opts: Options, notes: List[str]) -> Tuple[str, 
 
 
 def _sm(value) -> Union[bool, str]:
-    if value is None:
-        return True  # Xen's default: on where the hardware has it
-    if isinstance(value, str) and value.lower() in ("on", "off"):
-        return value.lower() == "on"
-    return value
+    """``smep=``/``smap=``: Xen's default (on where the hardware has it) when not given; the
+    policy parses the rest (on/off/hvm, xen.policy)."""
+    return True if value is None else value
 
 
 # ---- CR4 --------------------------------------------------------------------------------------
@@ -469,6 +467,11 @@ def derive(source: PhysSource, regs: VcpuRegs, opts: Options = Options()) -> Dom
     domain, origins["domain"], sel = _domain(source, regs, opts, notes)
     policy = None
     assumed = ""
+    unused = [f"{opts.origin(n)} {_show(getattr(opts, n))}" for n in ("xen", "xen_debug", "smep",
+                                                                      "smap")
+              if getattr(opts, n) is not None]
+    if domain == "native" and unused:
+        notes.append(f"{', '.join(unused)} not applied: domain native has no Xen policy")
     if domain != "native":
         version, origins["xen"] = _version(source, opts, notes)
         assumed = f"Xen {version} ({origins['xen']})"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from . import __version__, xen
-from .arch import MODES
+from .arch import CR4, MODES
 from .cpu import CpuState, paging_mode
 from .domain_cpu import NEWEST_XEN, DomainCpu, Options, derive
 from .errors import OptionError
@@ -78,7 +78,7 @@ class Session:
         return [f"{name.upper()}: {p.why}" for name, p in self.state.protections.items()
                 if p.applies and p.chooser != "guest"
                 or not p.applies and self.state.policy is not None
-                and self.state.cpu.cr4 & _CR4_OF[name]]
+                and self.state.cpu.cr4 & getattr(CR4, name.upper())]
 
     def walker(self, **kw) -> Walker:
         """A :class:`~gdb_xenpte.walk.Walker` for this session (``kw``: budgets, root)."""
@@ -109,8 +109,6 @@ class Session:
             "notes": list(st.notes) + self.kernel_notes + list(choice.notes),
         }
 
-
-_CR4_OF = {"smep": 1 << 20, "smap": 1 << 21, "pke": 1 << 22, "pks": 1 << 24}
 
 
 def prepare(source: PhysSource, opts: Options = Options()) -> Session:

@@ -1,4 +1,5 @@
-"""Where the batch tools write: never over an input, never a half-written file.
+"""Where the batch tools write: never over an input, never a half-written file (the writing is
+the engine's, :mod:`gdb_xenpte.outfile`, which the gdb commands' ``-o`` uses too).
 
 :func:`refuse_inputs` stops a run whose output path is one of its inputs (the same path, a glob
 that matched it, a symlink or hard link: compared by device and inode), before anything is read
@@ -14,22 +15,13 @@ from :class:`AtomicFile` (the temporary file is removed and the target left as i
 from __future__ import annotations
 
 import os
-import stat
-import tempfile
-from typing import Iterable, Optional
+from typing import Iterable
+
+from gdb_xenpte.outfile import AtomicFile, same_file
 
 from .cli import UsageError
 
 __all__ = ["AtomicFile", "refuse_inputs", "same_file"]
-
-
-def same_file(a: str, b: str) -> bool:
-    """Both paths exist and are one file (device and inode equal)."""
-    try:
-        sa, sb = os.stat(a), os.stat(b)
-    except OSError:
-        return False
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def refuse_inputs(output: str, inputs: Iterable[str], option: str = "-o") -> None:
@@ -40,78 +32,3 @@ def refuse_inputs(output: str, inputs: Iterable[str], option: str = "-o") -> Non
         if same_file(output, path):
             also = "" if os.path.abspath(output) == os.path.abspath(path) else f" ({path})"
             raise UsageError(f"{option} {output}: is an input{also}; refusing to overwrite it")
-
-
-class AtomicFile:
-    """A text file written whole or not at all; a context manager (``commit`` on success).
-
-    :param path: the file to write; a regular file (or a new path) is written through a
-        temporary file in the same directory and renamed at :meth:`commit`.
-    """
-
-    def __init__(self, path: str, newline: Optional[str] = None):
-        self.path = path
-        self.tmp: Optional[str] = None
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            st = None
-        if st is not None and not stat.S_ISREG(st.st_mode):  # /dev/full, a FIFO, /dev/stdout
-            self.fh = open(path, "w", encoding="utf-8", newline=newline)
-            return
-        directory = os.path.dirname(os.path.abspath(path))
-        try:
-            fd, self.tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                                            suffix=".part")
-        except OSError as err:  # name the file asked for, not the temporary one
-            raise OSError(err.errno, err.strerror, path) from None
-        try:
-            os.fchmod(fd, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask())
-            self.fh = os.fdopen(fd, "w", encoding="utf-8", newline=newline)
-        except BaseException:
-            os.close(fd)
-            os.unlink(self.tmp)
-            raise
-
-    def write(self, text: str) -> int:
-        return self.fh.write(text)
-
-    def commit(self) -> None:
-        """Close (errors such as ENOSPC surface here) and put the file in place."""
-        try:
-            self.fh.close()
-        except BaseException:
-            self.discard()
-            raise
-        if self.tmp is not None:
-            os.replace(self.tmp, self.path)
-            self.tmp = None
-
-    def discard(self) -> None:
-        """Drop what was written (the path keeps its old content, if any)."""
-        try:
-            self.fh.close()
-        except OSError:
-            pass
-        if self.tmp is not None:
-            try:
-                os.unlink(self.tmp)
-            except OSError:
-                pass
-            self.tmp = None
-
-    def __enter__(self) -> "AtomicFile":
-        return self
-
-    def __exit__(self, exc_type, *rest) -> bool:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
-        return False
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

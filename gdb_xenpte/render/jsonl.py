@@ -38,8 +38,9 @@ SCHEMA_VERSION = 2
 _VERDICT_TEXTS = ByIdentity(lambda verdicts: _verdict_texts(verdicts))
 
 
-# A mapping's fault class (verdicts.fault_class), once per shared verdicts dict.
+# A mapping's fault class (verdicts.fault_class) and imposed reasons, once per shared verdicts dict.
 _FAULT_CLASS = ByIdentity(fault_class)
+_IMPOSED = ByIdentity(lambda verdicts: tuple(_imposed(verdicts)))
 
 # A mapping's flag names in FLAG_ORDER; records share the walker's flag sets.
 _FLAG_NAMES = ByIdentity(lambda flags: tuple(f for f in FLAG_ORDER if f in flags))
@@ -80,7 +81,7 @@ def mapping_record(m: Mapping) -> Dict[str, Any]:
         "memtype": m.memtype,
         "verdicts": _VERDICT_TEXTS(m.verdicts),
         "fault_class": _FAULT_CLASS(m.verdicts) if m.verdicts else None,
-        "imposed": _imposed(m.verdicts),
+        "imposed": list(_IMPOSED(m.verdicts)),
         "notes": list(m.notes),
     })
     return rec
