@@ -24,6 +24,7 @@ from .sources.base import PhysSource, VcpuRegs
 from .sources.open import pick_vcpu
 from .verdicts import Judge
 from .render.jsonl import SCHEMA_VERSION
+from .replay import SubtreeMemo
 from .walk import Walker
 from .xenview import XenView
 
@@ -45,6 +46,7 @@ class Session:
     state: DomainCpu
     judge: Judge
     xen_view: Optional[XenView]
+    memo: Optional[SubtreeMemo] = None  # subtrees earlier walks of this (unchanging) source saw
 
     # The walk's inputs under their short names (walkers, what-if and tests read these).
     @property
@@ -82,6 +84,7 @@ class Session:
 
     def walker(self, **kw) -> Walker:
         """A :class:`~gdb_xenpte.walk.Walker` for this session (``kw``: budgets, root)."""
+        kw.setdefault("memo", self.memo)
         return Walker(self.source, self.cpu, mode=self.mode, xen_view=self.xen_view,
                       judge=self.judge, **kw)
 

@@ -433,7 +433,8 @@ class Walker:
                          and not self._va_labels)
         if self.memo is not None:
             policy = getattr(self.xen_view, "policy", None)
-            self.memo.bind((self.source, self.rules, self.mode_key, policy,
+            # A dump opened again by the next command is the same source: bind by identity.
+            self.memo.bind((getattr(self.source, "identity", None) or self.source, self.rules, self.mode_key, policy,
                             getattr(self.xen_view, "root_is_xen_l4", None), self._expand,
                             coalesce, phys))
         t0 = time.monotonic()

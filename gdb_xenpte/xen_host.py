@@ -625,6 +625,12 @@ class DomainVcpuSource(PhysSource):
         self.current_vcpu = vcpu.vcpu
         self.name = f"domain {dom.domid} vCPU {vcpu.vcpu} of {self._src.name}"
 
+    @property
+    def identity(self) -> Optional[tuple]:
+        """The host's, per domain: an HVM/PVH domain's frames go through its own p2m."""
+        host = self._src.identity
+        return None if host is None else host + ("domain", self.host_domain.domid)
+
     def read(self, paddr: int, size: int) -> bytes:
         return self._src.read(paddr, size)
 

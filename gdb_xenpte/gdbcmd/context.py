@@ -10,10 +10,13 @@ option, then parameter, then what the source says, then the engine's default.
 from __future__ import annotations
 
 import argparse
+from typing import Optional, Tuple
+
 import gdb
 
 from ..domain_cpu import DOMAINS, Options, first_given
 from ..errors import OptionError
+from ..replay import SubtreeMemo
 from ..session import Session, prepare
 from ..sources.base import PhysSource
 from . import params
@@ -25,6 +28,7 @@ __all__ = [
     "add_cpu_options",
     "add_source_options",
     "add_xen_options",
+    "kept_memo",
     "open_source",
     "options",
     "setup",
@@ -140,8 +144,30 @@ def options(args: argparse.Namespace) -> Options:
 
 
 def setup(args: argparse.Namespace, source: PhysSource) -> Session:
-    """Combine options, parameters and the source's registers (:func:`session.prepare`).
+    """Combine options, parameters and the source's registers (:func:`session.prepare`);
+    walks of a dump share subtrees with earlier commands' walks of it (:func:`kept_memo`).
 
     :raises OptionError: if no CR3 is known, or a value is inconsistent.
     """
-    return prepare(source, options(args))
+    session = prepare(source, options(args))
+    session.memo = kept_memo(source)
+    return session
+
+
+# What walks of the last dump learnt about its subtrees, kept from one command to the next:
+# `xen-pte-dump --vcpu all` runs one command per CR3 in one gdb, and every CR3's kernel half is
+# the same tables. Keyed by the file's identity (device, inode, size, mtime: a dump replaced or
+# rewritten is walked afresh) and the memo binds to the walk's rules too. One file at a time,
+# and the memo is bounded, so what gdb keeps between commands stays small.
+_kept: Optional[Tuple[tuple, SubtreeMemo]] = None
+
+
+def kept_memo(source: PhysSource) -> Optional[SubtreeMemo]:
+    """The memo for walks of ``source``, or None for a source that can change (a live guest)."""
+    global _kept
+    identity = getattr(source, "identity", None)
+    if identity is None:
+        return None
+    if _kept is None or _kept[0] != identity:
+        _kept = (identity, SubtreeMemo())
+    return _kept[1]

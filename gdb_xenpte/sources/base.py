@@ -65,12 +65,15 @@ class PhysSource:
         xen_version: ``(major, minor)`` when the source carries it (xl dump-core), else ``None``.
         translate_frame: ``None`` when page-table frames are this source's physical frames;
             otherwise a function MFN -> PFN returning ``None`` for a frame not in the source.
+        identity: for a source that cannot change (a dump file), a value equal for every
+            opening of the same bytes read the same way; ``None`` for one that can (live).
     """
 
     name: str = "memory"
     domain: Optional[str] = None
     xen_version: Optional[Tuple[int, int]] = None
     translate_frame: Optional[Callable[[int], Optional[int]]] = None
+    identity: Optional[tuple] = None
 
     def read(self, paddr: int, size: int) -> bytes:
         """Return ``size`` bytes at physical address ``paddr`` (bytes, PFN space for PV dumps).
@@ -121,6 +124,10 @@ class FileSource(PhysSource):
 
     def _open(self) -> None:
         raise NotImplementedError
+
+    @property
+    def identity(self) -> tuple:
+        return (type(self).__name__,) + self._file.identity
 
     def close(self) -> None:
         self._file.close()

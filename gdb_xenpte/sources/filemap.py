@@ -114,6 +114,9 @@ class DumpFile(ByteView):
         self.fh = os.fdopen(fd, "rb")  # a stream for pyelftools; our own reads use pread
         self._fd = fd
         self.size = st.st_size
+        # Which file this is, in which state: two opens with the same identity read the same
+        # bytes (the tool never writes its inputs), so what one walk learnt serves the next.
+        self.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
     def _pread(self, offset: int, length: int, what: str) -> bytes:
         try:

@@ -83,6 +83,10 @@ class RawSource(PhysSource):
     def ranges(self) -> Sequence[Tuple[int, int]]:
         return self._runs.ranges()
 
+    @property
+    def identity(self) -> tuple:
+        return ("raw", self.base) + self._file.identity
+
     def describe(self) -> str:
         return f"{self.name}: {self._file.size:#x} bytes, no registers (give --cr3/--cr4)"
 
