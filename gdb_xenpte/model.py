@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Dict, FrozenSet, Optional, Tuple
 
-__all__ = ["ACCESS_KEYS", "ACCESS_SHORT", "Effective", "EntryRef", "Mapping", "PageBatch", "Step",
-           "Trace", "Verdict", "access_key"]
+__all__ = ["ACCESS_KEYS", "ACCESS_SHORT", "Effective", "EntryRef", "Mapping", "PageBatch",
+           "Stage2", "Step", "Trace", "Verdict", "access_key"]
 
 # Verdict keys, in output order: who (guest kernel / guest user) x access kind. One vocabulary:
 # JSON says kernel_read, the table kr, options accept all three spellings (access_key).
@@ -67,6 +67,25 @@ class Effective:
     def rwx(self) -> str:
         return "R" + ("W" if self.write else "-") + ("X" if self.exec else "-") + (
             " U" if self.user else " S")
+
+
+@dataclass(frozen=True)
+class Stage2:
+    """What the host's second-stage translation (Xen's p2m: EPT or NPT) allows for a guest
+    frame, beside the guest's own rights. A denied access exits to Xen (an EPT violation or
+    nested #PF), not a #PF the guest sees: it is shown, never folded into the verdicts.
+
+    :param type_name: Xen's p2m type (``p2m_ram_rw``, ``p2m_ram_logdirty`` ...), "" if unknown.
+    """
+
+    read: bool
+    write: bool
+    exec: bool
+    type_name: str = ""
+
+    def rwx(self) -> str:
+        return ("R" if self.read else "-") + ("W" if self.write else "-") + \
+            ("X" if self.exec else "-")
 
 
 @dataclass(frozen=True)
@@ -146,6 +165,7 @@ class Mapping:
     repeat: int = 1
     stride: int = 0
     pa_contiguous: bool = True
+    p2m: Optional[Stage2] = None  # HVM/PVH through a host p2m: its rights for these frames
 
     @property
     def end(self) -> int:

@@ -71,6 +71,9 @@ class Run(NamedTuple):
         pages whose frames are scattered).
     :param leaves: kind ``"pages"`` (a run of leaves to be given one record each, encoded in
         bulk): ``(indices, raws)`` of its leaves.
+    :param stage2: the host p2m's rights for the run's guest frames
+        (:class:`~gdb_xenpte.model.Stage2`; HVM/PVH through a host p2m), else None. Runs with
+        different p2m rights do not merge.
     """
 
     kind: str
@@ -87,16 +90,17 @@ class Run(NamedTuple):
     why: str = ""
     contig: bool = True
     leaves: Optional[tuple] = None
+    stage2: Optional[object] = None
 
 
 _tuple_new = tuple.__new__
 
 
 def new_run(kind, rule, ctx, va, index, table_pa, raw, rsvd, count, and_ad, pa, why="",
-            contig=True, leaves=None):
+            contig=True, leaves=None, stage2=None):
     """``Run(...)`` without NamedTuple's Python-level ``__new__`` (made once per run)."""
     return _tuple_new(Run, (kind, rule, ctx, va, index, table_pa, raw, rsvd, count, and_ad, pa,
-                            why, contig, leaves))
+                            why, contig, leaves, stage2))
 
 
 class Dim(NamedTuple):
@@ -200,7 +204,7 @@ def shift(runs: Sequence[Run], k: int, dims: Tuple[Dim, ...], stride: int) -> Li
             ctx = new
         out.append(_tuple_new(Run, (r.kind, r.rule, ctx, r.va + delta, r.index + index_delta,
                                     r.table_pa, r.raw, r.rsvd, r.count, r.and_ad, r.pa, r.why,
-                                    r.contig, r.leaves)))
+                                    r.contig, r.leaves, r.stage2)))
     return out
 
 
@@ -232,13 +236,14 @@ def merge(a: Run, b: Run, phys: bool) -> Optional[Run]:
                          or ca.disallowed != cb.disallowed):
         return None
     pa = a.pa
-    if (pa is None) != (b.pa is None):
+    if (pa is None) != (b.pa is None) or a.stage2 != b.stage2:
         return None
     contig = a.contig and b.contig and (pa is None or b.pa == pa + count * rule.page_size)
     if phys and not contig:
         return None
     return _tuple_new(Run, (a.kind, rule, ca, a.va, a.index, a.table_pa, a.raw, a.rsvd,
-                            count + b.count, a.and_ad & b.and_ad, pa, a.why, contig, None))
+                            count + b.count, a.and_ad & b.and_ad, pa, a.why, contig, None,
+                            a.stage2))
 
 
 def fold_list(runs: Iterable[Run], phys: bool) -> List[Run]:
@@ -358,7 +363,7 @@ class SubtreeMemo:
 
     Bounded: subtrees with at most ``max_items`` items each, ``max_total`` items in all.
 
-    :attr hits: subtrees replayed from the memo.
+    :attr hits: subtrees replayed from the memo; :attr tables: the tables below them.
     """
 
     def __init__(self, max_items: int = 4096, max_total: int = 1 << 20):
@@ -368,6 +373,7 @@ class SubtreeMemo:
         self.entries: dict = {}
         self.total = 0
         self.hits = 0
+        self.tables = 0
 
     def bind(self, owner: tuple) -> None:
         """Use the memo for walks described by ``owner`` (source, rules, Xen view, options);

@@ -67,6 +67,8 @@ class WalkStats:
     """What a walk did: counts for benchmarks and the summary record.
 
     :param tables_read: table reads issued to the source (each distinct table once).
+    :param tables_shared: tables below subtrees replayed from an earlier walk of the same dump
+        (:class:`~gdb_xenpte.replay.SubtreeMemo`): read by that walk, not again by this one.
     :param entries: present entries examined, counted against the entry budget.
     :param leaves: leaf entries (pages) produced.
     :param unreadable: ``(table address, reason)`` for each table that could not be read.
@@ -74,6 +76,7 @@ class WalkStats:
     """
 
     tables_read: int = 0
+    tables_shared: int = 0
     entries: int = 0
     leaves: int = 0
     unreadable: List[Tuple[int, str]] = field(default_factory=list)
@@ -136,6 +139,8 @@ class Walker:
         self._attr_cache: Dict[tuple, tuple] = {}
         self._ref_cache: Dict[tuple, EntryRef] = {}
         self._translate = getattr(source, "translate_frame", None)
+        # HVM/PVH through a host p2m: gfn -> the p2m's rights (model.Stage2), or None.
+        self._stage2 = getattr(source, "second_stage", None)
         self._va_mask = (1 << self.mode.va_bits) - 1
         # For canonical(), called once per record: the sign bit (0 where the mode has no canonical
         # form, e.g. 32-bit VAs) and the bits it extends into.
@@ -491,6 +496,8 @@ class Walker:
             m.repeat, m.stride = repeat, stride
         if not run.contig:
             m.pa_contiguous = False
+        if run.stage2 is not None:
+            m.p2m = run.stage2
         if keep is not None and (key is not None or run.kind != "page" or self._va_labels):
             ok = bool(keep(m))
             if key is not None:
@@ -661,8 +668,10 @@ class Walker:
         hit = self.memo.get((table_pa, ctx.key, ctx.rsvd, ctx.notes, ctx.disallowed))
         if hit is None:
             return None
-        base, items, leaves, _entries, unreadable = hit
+        base, items, leaves, _entries, unreadable, tables = hit
         stats = self.stats
+        stats.tables_shared += tables
+        self.memo.tables += tables
         stats.leaves += leaves
         stats.entries += len(items)
         stats.unreadable.extend(unreadable)
@@ -675,6 +684,8 @@ class Walker:
         key = (table_pa, ctx.key, ctx.rsvd, ctx.notes, ctx.disallowed)
         stats = self.stats
         leaves0, entries0, unreadable0 = stats.leaves, stats.entries, len(stats.unreadable)
+        # The subtree's own top table was read just before (by the caller): one of its tables.
+        tables0 = stats.tables_read + stats.tables_shared - 1
         items: Optional[List] = []
         for item in self._walk_table(table_pa, 1, va, ctx, lo, hi):
             if items is not None:
@@ -684,7 +695,8 @@ class Walker:
             yield item
         if items is not None:
             memo.put(key, (va, items, stats.leaves - leaves0, stats.entries - entries0,
-                           stats.unreadable[unreadable0:]), len(items))
+                           stats.unreadable[unreadable0:],
+                           stats.tables_read + stats.tables_shared - tables0), len(items))
 
     def _repeated(self, table_pa: int, depth: int, va: int, ctx: Ctx, lo: int, hi: int,
                   dim: Dim, span: int):
@@ -858,9 +870,12 @@ class Walker:
                                                      contig)]
         elif translate:
             # PV: frames are MFNs; a run stays one record only where PFNs are contiguous too
-            # (checked per page by the merge step).
+            # (checked per page by the merge step). HVM/PVH: guest frames through the host p2m,
+            # whose rights (of a large page: its first frame's) keep apart runs they differ in.
+            stage2 = self._stage2
             runs = [new_run("page", rule, ctx, base + (i << shift_), i, table_pa, r, s, 1, r & A_D,
-                            to_pa(rule.frame(r, True)))
+                            to_pa(rule.frame(r, True)), "", True, None,
+                            stage2(rule.frame(r, True) >> 12) if stage2 is not None else None)
                     for i, r, s in zip(idx_l, raw_l, rsv_l)]
         else:
             ends = starts_l[1:] + [n]
@@ -914,9 +929,10 @@ def _leaf_blocks(runs: List[Run], table_pa: int):
         if j < n:
             step = runs[j].index - r.index
             if step > r.count:
-                key = (r.raw, r.rsvd, r.count, r.and_ad)
+                key = (r.raw, r.rsvd, r.count, r.and_ad, r.stage2)
                 while (j < n and runs[j].index - runs[j - 1].index == step
-                       and (runs[j].raw, runs[j].rsvd, runs[j].count, runs[j].and_ad) == key):
+                       and (runs[j].raw, runs[j].rsvd, runs[j].count, runs[j].and_ad,
+                            runs[j].stage2) == key):
                     j += 1
         if j - i >= 2:
             rule = r.rule

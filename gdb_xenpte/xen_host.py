@@ -16,8 +16,8 @@ and the session derives the hardware value from Xen's policy.
 
 HVM/PVH vCPUs are walked from their own CR0/CR3/CR4/EFER (``arch.hvm.guest_cr``), every table
 frame translated guest frame -> machine frame through the domain's host p2m
-(``d->arch.p2m->phys_table``; EPT or long-mode format); the p2m's own permissions are not yet
-shown beside the guest's.
+(``d->arch.p2m->phys_table``; EPT or long-mode format); each mapping carries the p2m's own
+rights and type for its frames (``second_stage``), beside the guest's.
 
 Failure modes: :class:`~gdb_xenpte.errors.OptionError` for a domain or vCPU that does not exist,
 a layout without what is asked (names ``--xen-syms``), an HVM/PVH domain without a host p2m, or a
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .errors import OptionError, UnreadableMemory
+from .model import Stage2
 from .sources.base import PhysSource, VcpuRegs
 from .xen_syms import MissingLayout, VmcoreinfoLayout, XenSyms, first_symbol
 
@@ -581,7 +582,9 @@ class XenHost:
             f"CR0/CR3/CR4/EFER are the guest's own (v->arch.hvm.guest_cr[], guest_efer), state "
             f"{v.state}", "table frames are guest frames, each translated to a machine frame "
             "through the domain's host p2m; a large guest page is located by its first frame",
-            "the p2m's own rights and types for an address: xen-pte-p2m"]
+            "each mapping's p2m rights and type are its own (JSON 'p2m'; the table's rights "
+            "column says 'p2m R-X ...' where the p2m denies what the guest allows); one address "
+            "through every level of both: xen-pte-p2m"]
         return VcpuRegs(index=v.vcpu, cr0=v.cr0, cr3=v.cr3, cr4=v.cr4, efer=v.efer,
                         long_mode=long_mode, notes=tuple(notes), origin=where)
 
@@ -607,6 +610,8 @@ class DomainVcpuSource(PhysSource):
     :param dom: the domain; :param vcpu: its vCPU.
     """
 
+    second_stage = None  # HVM/PVH: gfn -> the host p2m's rights (walk.Walker shows them)
+
     def __init__(self, host: XenHost, dom: HostDomain, vcpu: HostVcpu):
         self._host = host
         self.host_view = host  # the XenHost (p2m lookups for HVM/PVH)
@@ -622,6 +627,7 @@ class DomainVcpuSource(PhysSource):
                                   "guest-physical tables cannot be walked")
             self.domain = "hvm"  # PVH is an HVM container: the guest's own CR4 governs
             self.translate_frame = lambda gfn: host.p2m_lookup(dom, gfn)
+            self.second_stage = lambda gfn: _stage2(host.p2m_entry(dom, gfn))
         self.current_vcpu = vcpu.vcpu
         self.name = f"domain {dom.domid} vCPU {vcpu.vcpu} of {self._src.name}"
 
@@ -648,6 +654,13 @@ class DomainVcpuSource(PhysSource):
         """Close the host source and the xen-syms file."""
         self._host.layout.close()
         self._src.close()
+
+
+def _stage2(entry: P2mEntry) -> Optional[Stage2]:
+    """A p2m entry's rights and type as a mapping carries them (None: the frame is unmapped)."""
+    if entry.mfn is None:
+        return None
+    return Stage2(entry.read, entry.write, entry.exec, entry.type_name)
 
 
 def open_host(source: PhysSource, xen_syms: Optional[str] = None) -> XenHost:

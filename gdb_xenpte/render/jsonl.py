@@ -84,6 +84,8 @@ def mapping_record(m: Mapping) -> Dict[str, Any]:
         "imposed": list(_IMPOSED(m.verdicts)),
         "notes": list(m.notes),
     })
+    if getattr(m, "p2m", None) is not None:
+        rec["p2m"] = {"rights": m.p2m.rwx(), "type": m.p2m.type_name or None}
     return rec
 
 
@@ -107,6 +109,8 @@ def mapping_json(m: Mapping) -> str:
     is shared with its neighbours (the walker hands equal mappings the same flags, rights, verdicts,
     Xen bits and path entries), so those parts are encoded once.
     """
+    if getattr(m, "p2m", None) is not None:  # HVM/PVH through a host p2m: not the hot path
+        return dumps(mapping_record(m))
     entries = ",".join([_entry_json(e) for e in m.entries])
     extra = ""
     if getattr(m, "repeat", 1) > 1 or not getattr(m, "pa_contiguous", True):

@@ -35,6 +35,17 @@ def _rights(effective: Effective, style: Style) -> str:
 
 
 
+def _p2m_text(m: Mapping) -> str:
+    """`` p2m R-X`` when a host p2m's rights are known and it denies what the guest allows."""
+    p2m = getattr(m, "p2m", None)
+    if p2m is None:
+        return ""
+    eff = m.effective
+    if p2m.read and (p2m.write or not eff.write) and (p2m.exec or not eff.exec):
+        return ""  # nothing more than the guest's own rights: no noise
+    return f" p2m {p2m.rwx()}" + (f" {p2m.type_name}" if p2m.type_name else "")
+
+
 def va_range(m: Mapping) -> str:
     """``0x...-0x...``: the first and last byte of a mapping's VA range, 16 hex digits each."""
     return "%#018x-%#018x" % (m.va, m.va + m.size - 1)  # %: faster than an f-string, per row
@@ -132,7 +143,7 @@ def _row_maker(style: Style):
             va_range(m), _pa_range(m),
             human_size(m.size) + (" " + repeat_text(m) if getattr(m, "repeat", 1) > 1 else ""),
             human_size(m.page_size) if getattr(m, "kind", "page") == "page" else "-",
-            rights(m.effective), "-" if m.pkey is None else m.pkey,
+            rights(m.effective) + _p2m_text(m), "-" if m.pkey is None else m.pkey,
             style("warn", xen) if m.xen_bits else xen, verdict_cells(m.verdicts),
         ]
     return cells

@@ -8,6 +8,7 @@ tier builds one) or gdb is missing.
 """
 
 import functools
+import json
 import re
 import shutil
 import struct
@@ -16,6 +17,7 @@ import subprocess
 import pytest
 
 from builder import P, PS, RW, US, Builder
+from gdb_xenpte import render
 from gdb_xenpte.errors import OptionError
 from gdb_xenpte.session import Options, prepare
 from gdb_xenpte.sources.open import open_dump
@@ -348,6 +350,67 @@ def test_hvm_walk_through_the_host_p2m(tmp_path, gdb_layout, eptp):
         assert src.read(m.pa, 12) == MARKER[:12]
 
 
+def _p2m_type(name: str) -> int:
+    """The value of Xen's p2m type ``name`` in this xen-syms (gdb reads the enumerator)."""
+    out = subprocess.run(["gdb", "-nx", "-batch", "-ex", f"print/d {name}", xen_syms()],
+                         capture_output=True, text=True, timeout=60).stdout
+    return int(re.search(r"= (\d+)", out).group(1))
+
+
+def _gfn_0x80_read_only(pages: dict) -> dict:
+    """The host's pages with the HVM domain's p2m 2 MiB entry split: an L1 table whose entry for
+    gfn 0x80 is read-only and typed p2m_ram_ro, the others p2m_ram_rw (EPT: sa_p2mt, bits 57:52
+    per vmx.h; NPT: bits 58:52 per p2m_flags_to_type)."""
+    ram_ro, ram_rw = _p2m_type("p2m_ram_ro"), _p2m_type("p2m_ram_rw")
+    l2 = 0x700000 + 0x2000  # Builder: root, L3, L2 at 0x700000.. (one table each)
+    l1 = bytearray(PAGE)
+    for i in range(512):
+        flags = P | US if i == 0x80 else P | RW | US
+        struct.pack_into("<Q", l1, 8 * i, (0x600000 + i * PAGE) | flags
+                         | (ram_ro if i == 0x80 else ram_rw) << 52)
+    pages = dict(pages)
+    pages[0x780000] = bytes(l1)
+    l2page = bytearray(pages[l2])
+    struct.pack_into("<Q", l2page, 0, 0x780000 | P | RW | US)
+    pages[l2] = bytes(l2page)
+    return pages
+
+
+@pytest.mark.parametrize("eptp", [0, 0x70001E], ids=["npt", "ept"])
+def test_whole_walk_shows_the_p2m_rights_of_each_mapping(tmp_path, gdb_layout, eptp):
+    """A whole walk of an HVM vCPU (issue 16): the guest maps gfns 0x80-0x82 alike (one run of
+    contiguous frames), but the host p2m makes 0x80 read-only (p2m_ram_ro): two records, each
+    with the p2m's own rights and type; the guest's rights and verdicts stay the guest's."""
+    host = Host(gdb_layout, eptp=eptp)
+    pages = _gfn_0x80_read_only(host.build())
+    pt = 0x604000  # the guest's PT (machine address; Builder at 0x601000: root, PDPT, PD, PT)
+    leaf = struct.unpack_from("<Q", pages[pt], 0)[0]
+    assert leaf >> 12 & 0xFFFFFFFFFF == 0x80
+    table = bytearray(pages[pt])
+    for k in (1, 2):
+        struct.pack_into("<Q", table, 8 * k, leaf + k * PAGE)
+    pages[pt] = bytes(table)
+    path = tmp_path / "walk.vmcore"
+    write_kexec_elf(path, pages, _notes(host, gdb_layout))
+    with open_dump(str(path)) as src:
+        xh = open_host(src, xen_syms())
+        dom, v = xh.find(2, 0)
+        s = prepare(DomainVcpuSource(xh, dom, v), Options(vcpu=0))
+        found = list(s.walker().iter_mappings())
+    maps = [(m.va, m.pa, m.size, m.effective.rwx(), m.p2m.rwx(), m.p2m.type_name)
+            for m in found]
+    assert maps == [(0x400000, 0x680000, PAGE, "RWX U", "R-X", "p2m_ram_ro"),
+                    (0x401000, 0x681000, 2 * PAGE, "RWX U", "RWX", "p2m_ram_rw")]
+    # JSON carries it (mapping_json, the --json path, and mapping_record agree); the table names
+    # what the p2m denies beyond the guest's own rights, and only that.
+    recs = [json.loads(render.mapping_json(m)) for m in found]
+    assert recs == [render.mapping_record(m) for m in found]
+    assert [r["p2m"] for r in recs] == [{"rights": "R-X", "type": "p2m_ram_ro"},
+                                        {"rights": "RWX", "type": "p2m_ram_rw"}]
+    rows = render.mapping_table(found)[2:]
+    assert "RWX U p2m R-X p2m_ram_ro" in rows[0] and "p2m" not in rows[1], rows
+
+
 @pytest.mark.parametrize("eptp", [0, 0x70001E], ids=["npt", "ept"])
 def test_p2m_rights_and_type_beside_the_guests(tmp_path, gdb_layout, eptp):
     """xen-pte-p2m's engine: every guest table frame and the data frame through the host p2m,
@@ -355,24 +418,8 @@ def test_p2m_rights_and_type_beside_the_guests(tmp_path, gdb_layout, eptp):
     given Xen's p2m_ram_ro type (value from gdb: the enumerator in this xen-syms)."""
     out = subprocess.run(["gdb", "-nx", "-batch", "-ex", "print/d p2m_ram_ro", xen_syms()],
                          capture_output=True, text=True, timeout=60).stdout
-    ram_ro = int(re.search(r"= (\d+)", out).group(1))
     host = Host(gdb_layout, eptp=eptp)
-    pages = host.build()
-    # Split the p2m's 2 MiB entry: an L1 table whose entry for gfn 0x80 is read-only, typed
-    # p2m_ram_ro (EPT: sa_p2mt, bits 57:52 per vmx.h; NPT: bits 58:52 per p2m_flags_to_type).
-    l2 = 0x700000 + 0x2000  # Builder: root, L3, L2 at 0x700000.. (one table each)
-    l1 = bytearray(PAGE)
-    for i in range(512):
-        flags = P | RW | US
-        if i == 0x80:
-            flags = P | US
-        struct.pack_into("<Q", l1, 8 * i, (0x600000 + i * PAGE) | flags | ram_ro << 52
-                         if i == 0x80 else (0x600000 + i * PAGE) | flags)
-    pages = dict(pages)
-    pages[0x780000] = bytes(l1)
-    l2page = bytearray(pages[l2])
-    struct.pack_into("<Q", l2page, 0, 0x780000 | P | RW | US)
-    pages[l2] = bytes(l2page)
+    pages = _gfn_0x80_read_only(host.build())
     path = tmp_path / "p2m.vmcore"
     write_kexec_elf(path, pages, _notes(host, gdb_layout))
     with open_dump(str(path)) as src:
