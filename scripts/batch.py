@@ -24,7 +24,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 from gdb_xenpte.errors import XenpteError
 from gdb_xenpte.sources.filemap import check_regular_file
@@ -57,6 +57,9 @@ class Job:
 
     :param vcpu: ``None`` (the source's default vCPU), ``"all"``, or a number as text.
     :param options: options passed through to the gdb command unchanged.
+    :param domid: a Xen host dump's domain whose vCPU(s) to walk instead of the pCPUs.
+    :param xen_syms: the host's xen-syms: with ``vcpu="all"``, every domain's vCPUs are walked
+        too (each distinct page-table root once).
     :param deadline_s: seconds the whole target may take (None: no limit).
     """
 
@@ -70,11 +73,14 @@ class Job:
     gdb: str = "gdb"
     tally: bool = True
     tag: bool = True  # tag records here (parallel workers); else the parent tags as it copies
+    domid: Optional[int] = None
+    xen_syms: Optional[str] = None
 
 
 @dataclass
 class Run:
-    """One command run: a vCPU (plus the vCPUs sharing its page tables) and its records."""
+    """One command run: a vCPU (plus the vCPUs sharing its page tables) and its records;
+    ``domid``: a vCPU of that domain of a Xen host dump (else the source's own vCPU/pCPU)."""
 
     vcpu: Optional[int]
     vcpus: List[int] = field(default_factory=list)
@@ -83,6 +89,7 @@ class Run:
     tally: Optional[Tally] = None
     tagged: bool = False
     data: Optional[bytes] = None  # the records, zlib-compressed, when they crossed a network
+    domid: Optional[int] = None
 
 
 @dataclass
@@ -92,7 +99,7 @@ class TargetResult:
     target: Target
     runs: List[Run]
     seconds: float
-    skipped: List[Tuple[int, str]] = field(default_factory=list)
+    skipped: List["Skipped"] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -144,11 +151,32 @@ def expand_targets(cores: Sequence[str], raws: Sequence[str],
 
 # ---- vCPU plans --------------------------------------------------------------------------------
 
-Plan = List[Tuple[Optional[int], List[int]]]  # (vCPU to walk, every vCPU it stands for)
+class Planned(NamedTuple):
+    """One run to make: the vCPU to walk, every vCPU it stands for, and (a Xen host dump) the
+    domain they belong to (None: the source's own vCPUs, a host dump's pCPUs)."""
+
+    vcpu: Optional[int]
+    members: List[int]
+    domid: Optional[int] = None
+
+
+class Skipped(NamedTuple):
+    """A vCPU ``--vcpu all`` did not walk, and why (``domid`` as in :class:`Planned`)."""
+
+    vcpu: int
+    why: str
+    domid: Optional[int] = None
+
+    @property
+    def label(self) -> str:
+        return f"vCPU {self.vcpu}" if self.domid is None else f"d{self.domid}v{self.vcpu}"
+
+
+Plan = List[Planned]
 CR0_PG = 1 << 31
 
 
-def _plan_all(vcpus: Sequence[tuple]) -> Tuple[Plan, List[Tuple[int, str]]]:
+def _plan_all(vcpus: Sequence[tuple], domid: Optional[int] = None) -> Tuple[Plan, List[Skipped]]:
     """``--vcpu all``: one run per distinct (CR3, CR0, CR4, EFER), and the vCPUs left out.
 
     vCPUs sharing page tables walk identically unless their control registers differ (then the
@@ -159,47 +187,115 @@ def _plan_all(vcpus: Sequence[tuple]) -> Tuple[Plan, List[Tuple[int, str]]]:
     :param vcpus: ``(index, cr3, cr0, cr4, efer, online)`` per vCPU.
     """
     groups: dict = {}
-    skipped: List[Tuple[int, str]] = []
+    skipped: List[Skipped] = []
     for index, cr3, cr0, cr4, efer, online in vcpus:
         if not online:
-            skipped.append((index, "offline"))
+            skipped.append(Skipped(index, "offline", domid))
         elif cr3 is None:
-            skipped.append((index, "no CR3"))
+            skipped.append(Skipped(index, "no CR3", domid))
         elif cr0 is not None and not cr0 & CR0_PG:
-            skipped.append((index, "paging off"))
+            skipped.append(Skipped(index, "paging off", domid))
         else:
             groups.setdefault((cr3, cr0, cr4, efer), []).append(index)
-    plan: Plan = [(members[0], members) for members in groups.values()]
+    plan: Plan = [Planned(members[0], members, domid) for members in groups.values()]
     if not plan and vcpus:
-        return [(vcpus[0][0], [vcpus[0][0]])], []
+        return [Planned(vcpus[0][0], [vcpus[0][0]], domid)], []
     return plan, skipped
 
 
-def _dump_plan(target: Target, vcpu: Optional[str]) -> Tuple[Plan, List[Tuple[int, str]]]:
-    """The vCPU runs for a dump, from the engine's reader (registers only, no page read)."""
+def _dump_plan(job: Job) -> Tuple[Plan, List[Skipped]]:
+    """The runs for a dump, from the engine's reader (registers only, no page read)."""
+    target, vcpu = job.target, job.vcpu
     if target.kind == "raw":
-        return [(None, [])], []  # a raw image has no registers: --cr3 etc. come from options
+        return [Planned(None, [])], []  # a raw image has no registers: --cr3 etc. come from options
     from gdb_xenpte.sources.open import open_dump
     with open_dump(target.spec) as src:
+        if job.domid is not None or (job.xen_syms and vcpu == "all"):
+            return _host_plan(src, job)
         regs = src.vcpus()
         if vcpu == "all" and regs:
             return _plan_all([(r.index, r.cr3, r.cr0, r.cr4, r.efer, r.online) for r in regs])
         if vcpu not in (None, "all"):
-            return [(int(vcpu), [int(vcpu)])], []
+            return [Planned(int(vcpu), [int(vcpu)])], []
         default = getattr(src, "current_vcpu", None)
         if default is None and regs:
             default = regs[0].index
-        return [(default, [default] if default is not None else [])], []
+        return [Planned(default, [default] if default is not None else [])], []
 
 
-def _remote_plan(gdb: GdbSession, vcpu: Optional[str]) -> Tuple[Plan, List[Tuple[int, str]]]:
-    """The vCPU runs for a live target: QEMU shows one gdb thread per vCPU (vCPU = id - 1)."""
+def _host_plan(src, job: Job) -> Tuple[Plan, List[Skipped]]:
+    """A Xen host dump: ``--domid N`` (its vCPU ``--vcpu M``, default 0, or all of them), or
+    with ``--vcpu all --xen-syms``, every pCPU and then every domain's every vCPU.
+
+    Within a domain, vCPUs with the same recorded CR3/CR4 are one run. A pCPU whose CR3 is the
+    kernel L4 of a PV vCPU it was running is walked as that vCPU (the view with what Xen recorded
+    for it), not twice; a pCPU in guest user mode or in Xen's idle tables has tables of its own.
+    """
+    from gdb_xenpte.xen_host import open_host
+    host = open_host(src, job.xen_syms)
+    try:
+        domains = host.domains()
+        if job.domid is not None:
+            dom = next((d for d in domains if d.domid == job.domid), None)
+            if dom is None or job.vcpu != "all":
+                host.find(job.domid, int(job.vcpu or 0))  # the engine's error if none
+                return [Planned(int(job.vcpu or 0), [int(job.vcpu or 0)], job.domid)], []
+            return _domain_plan(dom)
+        plan: Plan = []
+        skipped: List[Skipped] = []
+        kernel_l4 = {v.cr3 & _FRAME: f"d{v.domid}v{v.vcpu}" for d in domains for v in d.vcpus
+                     if d.kind in ("pv64", "pv32") and v.running and v.cr3 is not None}
+        cpus = []
+        for r in src.vcpus():
+            as_vcpu = kernel_l4.get((r.cr3 or 0) & _FRAME) if r.online else None
+            if as_vcpu is not None:
+                skipped.append(Skipped(r.index, f"its CR3 is {as_vcpu}'s kernel L4: walked as "
+                                                f"{as_vcpu}"))
+            else:
+                cpus.append((r.index, r.cr3, r.cr0, r.cr4, r.efer, r.online))
+        if cpus:
+            plan, skipped_cpus = _plan_all(cpus)
+            skipped = skipped_cpus + skipped
+        for dom in domains:
+            more, left = _domain_plan(dom)
+            plan += more
+            skipped += left
+        return plan, skipped
+    finally:
+        host.layout.close()
+
+
+_FRAME = 0x000FFFFFFFFFF000
+
+
+def _domain_plan(dom) -> Tuple[Plan, List[Skipped]]:
+    """Every vCPU of one domain, as Xen recorded it: one run per distinct recorded CR3/CR4."""
+    groups: dict = {}
+    skipped: List[Skipped] = []
+    for v in dom.vcpus:
+        if v.cr3 is None:
+            skipped.append(Skipped(v.vcpu, f"no page tables recorded (state {v.state})",
+                                   dom.domid))
+        else:
+            groups.setdefault((v.cr3, v.cr4, v.hw_cr4, v.cr0, v.efer), []).append(v.vcpu)
+    if not dom.vcpus:
+        skipped.append(Skipped(0, "no vCPU state (the layout lacks struct vcpu: give "
+                                  "--xen-syms FILE)", dom.domid))
+    return [Planned(m[0], m, dom.domid) for m in groups.values()], skipped
+
+
+def _remote_plan(gdb: GdbSession, vcpu: Optional[str],
+                 domid: Optional[int] = None) -> Tuple[Plan, List[Skipped]]:
+    """The vCPU runs for a live target: QEMU shows one gdb thread per vCPU (vCPU = id - 1);
+    with ``domid``, that domain's vCPU of a live Xen host."""
+    if domid is not None:
+        return [Planned(int(vcpu or 0), [int(vcpu or 0)], domid)], []
     if vcpu not in (None, "all"):
-        return [(int(vcpu), [int(vcpu)])], []
+        return [Planned(int(vcpu), [int(vcpu)])], []
     info = gdb.mi("-thread-info")[-1]["payload"]
     if vcpu is None:
         current = int(info.get("current-thread-id", "1")) - 1
-        return [(current, [current])], []
+        return [Planned(current, [current])], []
     regs = []
     for th in info.get("threads", []):
         tid = int(th["id"])
@@ -211,16 +307,18 @@ def _remote_plan(gdb: GdbSession, vcpu: Optional[str]) -> Tuple[Plan, List[Tuple
 
 # ---- the worker --------------------------------------------------------------------------------
 
-def _source_options(target: Target, index: Optional[int]) -> List[str]:
+def _source_options(job: Job, run: Planned) -> List[str]:
+    target = job.target
     opts = {"core": ["--core", target.spec], "raw": ["--raw", target.spec]}.get(target.kind, [])
-    return opts + (["--vcpu", str(index)] if index is not None else [])
+    opts += ["--vcpu", str(run.vcpu)] if run.vcpu is not None else []
+    opts += ["--domid", str(run.domid)] if run.domid is not None else []
+    return opts + (["--xen-syms", job.xen_syms] if job.xen_syms else [])
 
 
-def _command_line(job: Job, index: Optional[int]) -> str:
-    # --expand: one record per copy of a repeated subtree (issue 15), what the tally, CSV and
-    # xen-pte-diff count today; drop it once they count a record's "repeat": {"count", "stride"}.
-    expand = ["--expand"] if job.command == "xen-pte-walk" else []
-    argv = [job.command, "--json", *expand, *_source_options(job.target, index), *job.options]
+def _command_line(job: Job, run: Planned) -> str:
+    # The walk's own default: a repeated subtree is one record with "repeat" {count, stride},
+    # which the tally, CSV and xen-pte-diff count per copy (--expand passes through if given).
+    argv = [job.command, "--json", *_source_options(job, run), *job.options]
     return " ".join(shlex.quote(a) for a in argv)  # gdb's buildargv reads shell-style quoting
 
 
@@ -315,23 +413,24 @@ def run_target(job: Job, cancelled: Optional[Callable[[], bool]] = None) -> Targ
     deadline = start + job.deadline_s if job.deadline_s else None
     runs: List[Run] = []
     plan: Plan = []
-    skipped: List[Tuple[int, str]] = []
+    skipped: List[Skipped] = []
     finished = 0  # runs whose command has returned (with records or its own error)
     keep = False
     connected = job.target.kind == "remote"  # a live target to detach from if we fail
     try:
         if job.target.kind != "remote":
-            plan, skipped = _dump_plan(job.target, job.vcpu)
+            plan, skipped = _dump_plan(job)
         gdb = _session(job, deadline)
         gdb.cancelled = cancelled
         if job.target.kind == "remote":
             _connect(gdb, job.target.spec)
-            plan, skipped = _remote_plan(gdb, job.vcpu)
-        for n, (index, members) in enumerate(plan):
-            run = Run(index, members, os.path.join(job.workdir, f"t{job.index}-{n}.jsonl"))
+            plan, skipped = _remote_plan(gdb, job.vcpu, job.domid)
+        for n, planned in enumerate(plan):
+            run = Run(planned.vcpu, planned.members,
+                      os.path.join(job.workdir, f"t{job.index}-{n}.jsonl"), domid=planned.domid)
             runs.append(run)
             try:
-                gdb.to_file(_command_line(job, index), run.path)
+                gdb.to_file(_command_line(job, planned), run.path)
             except CommandError as err:
                 run.error = str(err)
             finished += 1
@@ -384,7 +483,8 @@ def _tag_and_count(run: Run, job: Job) -> None:
             if tally is not None:
                 tally.add(parse_line(line, run.path, number))
             if job.tag:
-                dst.write(tag_line(line, job.target.label, run.vcpu, run.vcpus) + "\n")
+                dst.write(tag_line(line, job.target.label, run.vcpu, run.vcpus, run.domid)
+                          + "\n")
     if job.tag:
         os.replace(tagged, run.path)
         run.tagged = True
@@ -395,8 +495,8 @@ def _fail_rest(runs: List[Run], plan, finished: int, message: str) -> None:
     """Fail the run in progress and every planned run not started, with ``message``."""
     for run in runs[finished:]:
         run.error = message
-    for index, members in plan[len(runs):]:
-        runs.append(Run(index, members, None, message))
+    for planned in plan[len(runs):]:
+        runs.append(Run(planned.vcpu, planned.members, None, message, domid=planned.domid))
     if not runs:
         runs.append(Run(None, [], None, message))
 

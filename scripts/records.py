@@ -27,7 +27,7 @@ FAULTING_CLASSES = frozenset(("invalid", "imposed"))
 # copies/stride: a repeat record's copies lie at va + k*stride (k < copies), size per copy.
 CSV_COLUMNS = ("type", "target", "vcpu", "va", "size", "copies", "stride", "pa", "page_size",
                "level", "kind", "rights", "pkey", "xen_bits", "flags") + ACCESS_KEYS + (
-                   "fault_class", "category", "detail")
+                   "fault_class", "category", "detail", "domid")  # domid last: older readers
 
 
 class RecordError(ValueError):
@@ -50,17 +50,22 @@ def parse_line(line: str, path: str, number: int) -> dict:
     return rec
 
 
-def tag_line(line: str, target: str, vcpu: Optional[int], vcpus: Sequence[int] = ()) -> str:
-    """Put ``target``/``vcpu`` (and ``vcpus``) first in one JSON Lines line.
+def tag_line(line: str, target: str, vcpu: Optional[int], vcpus: Sequence[int] = (),
+             domid: Optional[int] = None) -> str:
+    """Put ``target``/``vcpu`` (and ``vcpus``; ``domid`` for a Xen host dump's domain) first in
+    one JSON Lines line.
 
     Splicing the text keeps the record as gdb wrote it and costs no JSON parse; only a record
-    that already names a vCPU or target (the header may) is parsed, so no key appears twice.
+    that already names a vCPU, domain or target (the header may) is parsed, so no key appears
+    twice.
     """
     body = line.strip()
     tags = {"target": target, "vcpu": vcpu}
+    if domid is not None:
+        tags = {"target": target, "domid": domid, "vcpu": vcpu}
     if len(vcpus) > 1:
         tags["vcpus"] = list(vcpus)
-    if '"vcpu' in body or '"target"' in body:
+    if '"vcpu' in body or '"target"' in body or '"domid"' in body:
         rec = json.loads(body)
         return _compact({**tags, **{k: v for k, v in rec.items() if k not in tags}})
     head = _compact(tags)[:-1]
@@ -76,9 +81,11 @@ def dumps(record: dict) -> str:
     return _compact(record)
 
 
-def error_record(target: str, vcpu: Optional[int], message: str) -> dict:
+def error_record(target: str, vcpu: Optional[int], message: str,
+                 domid: Optional[int] = None) -> dict:
     """The record written for a target (or one vCPU of it) that could not be read."""
-    return {"type": "error", "target": target, "vcpu": vcpu, "message": message}
+    where = {"target": target} if domid is None else {"target": target, "domid": domid}
+    return {"type": "error", **where, "vcpu": vcpu, "message": message}
 
 
 def _rights(eff: dict) -> str:
@@ -92,7 +99,8 @@ def csv_row(rec: dict) -> Optional[dict]:
     For a change, the verdict columns hold the verdicts *after* the scenario.
     """
     kind = rec.get("type")
-    row = {k: rec.get(k) for k in ("type", "target", "vcpu", "va", "size", "pa", "level")}
+    row = {k: rec.get(k) for k in ("type", "target", "domid", "vcpu", "va", "size", "pa",
+                                   "level")}
     if kind == "mapping":
         repeat = rec.get("repeat") or {}
         row.update(copies=repeat.get("count", 1), stride=repeat.get("stride"))

@@ -40,7 +40,8 @@ def _vcpu_text(run) -> str:
     if run.vcpu is None:
         return "-"
     shared = [v for v in run.vcpus if v != run.vcpu]
-    return str(run.vcpu) + (f" (+{','.join(map(str, shared))})" if shared else "")
+    name = str(run.vcpu) if run.domid is None else f"d{run.domid}v{run.vcpu}"
+    return name + (f" (+{','.join(map(str, shared))})" if shared else "")
 
 
 def _overview_counts(tally: Tally) -> List[int]:
@@ -125,7 +126,8 @@ def render_summary(results: Sequence) -> List[str]:
     details = runs <= DETAIL_MAX
     for res in results:
         for run in res.runs:
-            title = one_line(f"{res.target.label} vCPU {_vcpu_text(run)}")
+            title = one_line(f"{res.target.label} "
+                             f"{'vCPU ' if run.domid is None else ''}{_vcpu_text(run)}")
             if run.error:
                 if details:
                     lines += [one_line(f"== {title}: FAILED: {run.error}"), ""]
@@ -140,7 +142,7 @@ def render_summary(results: Sequence) -> List[str]:
                             + _overview_counts(tally))
         if res.skipped:
             lines += [one_line(f"== {res.target.label}: not walked: ") + ", ".join(
-                f"vCPU {index} ({why})" for index, why in res.skipped), ""]
+                f"{skip.label} ({skip.why})" for skip in res.skipped), ""]
     if not details:
         lines += [f"(per-run tables left out: {runs} runs; --summary-json FILE has every "
                   "run's counts)", ""]
@@ -177,6 +179,8 @@ def summary_json(results: Sequence) -> dict:
     for res in results:
         for run in res.runs:
             entry = {"target": res.target.label, "vcpu": run.vcpu, "vcpus": list(run.vcpus)}
+            if run.domid is not None:
+                entry["domid"] = run.domid
             if run.error:
                 entry["error"] = run.error
             else:
@@ -187,8 +191,9 @@ def summary_json(results: Sequence) -> dict:
                              counts=_counts(tally), unreadable=tally.unreadable,
                              budget_hit=tally.budget_hit)
             runs.append(entry)
-        for index, why in res.skipped:
-            runs.append({"target": res.target.label, "vcpu": index, "skipped": why})
+        for skip in res.skipped:
+            runs.append({"target": res.target.label, "vcpu": skip.vcpu, "skipped": skip.why,
+                         **({} if skip.domid is None else {"domid": skip.domid})})
     return {"type": "xen-pte-dump-summary", "targets": len(results),
             "failed": sum(1 for res in results if res.failed),
             "fleet": {"overview": dict(zip((h for h, *_r in OVERVIEW),

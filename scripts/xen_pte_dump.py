@@ -60,6 +60,21 @@ def _vcpu(text: str) -> str:
     raise UsageError(f"--vcpu {text}: expected a vCPU number or 'all'")
 
 
+def _regular_file(what: str, path: str) -> None:
+    from gdb_xenpte.errors import XenpteError
+    from gdb_xenpte.sources.filemap import check_regular_file
+    try:
+        check_regular_file(os.path.expanduser(path))
+    except XenpteError as err:
+        raise UsageError(f"{what}: {err}") from None
+
+
+def _domid(text: str) -> int:
+    if text.isdigit() and int(text) < 0x7FF0:
+        return int(text)
+    raise UsageError(f"--domid {text}: expected a domain id (0-32751)")
+
+
 def _positive(text: str) -> float:
     try:
         value = float(text)
@@ -87,7 +102,14 @@ def build_parser() -> ArgumentParser:
                    help="a live QEMU gdbstub; the guest is stopped only while it is read")
     t.add_argument("--vcpu", metavar="N|all", type=_vcpu,
                    help="vCPU to walk (default: the source's own), or every vCPU, walking "
-                        "each distinct CR3 (with CR0/CR4/EFER) once")
+                        "each distinct CR3 (with CR0/CR4/EFER) once; a Xen host dump's vCPUs "
+                        "are its pCPUs, and with --xen-syms every domain's vCPUs too")
+    t.add_argument("--domid", metavar="N", type=_domid,
+                   help="a Xen host dump: walk domain N's vCPU (--vcpu M, default 0; --vcpu "
+                        "all: each of them) as Xen recorded it, instead of the pCPUs")
+    t.add_argument("--xen-syms", metavar="FILE",
+                   help="the crashed Xen's xen-syms (with DWARF): every domain's vCPU state; "
+                        "passed to each walk")
     w = p.add_argument_group("what to run")
     w.add_argument("--check", action="store_true",
                    help="run xen-pte-check (anomalies) instead of xen-pte-walk")
@@ -178,7 +200,8 @@ class _Writer:
         for run in res.runs:
             if self.out is not None:
                 if run.error:
-                    self._line(dumps(error_record(res.target.label, run.vcpu, run.error)))
+                    self._line(dumps(error_record(res.target.label, run.vcpu, run.error,
+                                                  run.domid)))
                 elif run.tagged and self.csv is None and run.data is None:
                     with open(run.path, encoding="utf-8") as fh:
                         shutil.copyfileobj(fh, self.out, 1 << 20)
@@ -188,7 +211,7 @@ class _Writer:
                     for line in _lines(run):
                         if line.strip():
                             self._line(line.rstrip("\n") if run.tagged else tag_line(
-                                line, res.target.label, run.vcpu, run.vcpus))
+                                line, res.target.label, run.vcpu, run.vcpus, run.domid))
             if run.path:
                 os.unlink(run.path)
                 run.path = None
@@ -279,9 +302,15 @@ def _run(argv: List[str]) -> int:
     args, passthrough = parser.parse_known_args(argv)
     if args.jobs < 1:
         raise UsageError(f"-j {args.jobs}: need at least 1")
-    for bad in ("--json", "--raw", "--core", "--vcpu"):
+    for bad in ("--json", "--raw", "--core", "--vcpu", "--domid", "--xen-syms"):
         if bad in passthrough:
             raise UsageError(f"{bad} given twice or in the wrong place")
+    if args.domid is not None and args.vcpu == "all" and args.remote:
+        raise UsageError("--domid N --vcpu all reads a dump's domain list; for a live host give "
+                         "--vcpu M")
+    if args.xen_syms:
+        _regular_file("--xen-syms", args.xen_syms)
+        args.xen_syms = os.path.abspath(os.path.expanduser(args.xen_syms))
     targets = expand_targets(args.core, args.raw, args.remote)
     if not targets:
         raise UsageError("no targets: give --core FILE..., --raw FILE@BASE or --remote HOST:PORT")
@@ -346,7 +375,8 @@ def _run_targets(args, targets, command, options, per_target, client) -> int:
         workers = min(args.jobs, len(targets))
         writes = out is not None or per_target is not None
         jobs = [Job(t, command, tuple(options), args.vcpu, workdir, i, args.timeout, args.gdb,
-                    tally=summary, tag=workers > 1 and writes)
+                    tally=summary, tag=workers > 1 and writes, domid=args.domid,
+                    xen_syms=args.xen_syms)
                 for i, t in enumerate(targets)]
         bar = _progress(len(jobs), args.quiet, args.progress)
         if client is not None:
@@ -407,9 +437,14 @@ def _run_targets(args, targets, command, options, per_target, client) -> int:
 
 def _failures(res: TargetResult) -> List[str]:
     """One stderr line per failed run of a target."""
-    return [one_line(f"{PROG}: {res.target.label}"
-                     f"{'' if run.vcpu is None else f' vCPU {run.vcpu}'}: {run.error}")
+    return [one_line(f"{PROG}: {res.target.label}{_where(run)}: {run.error}")
             for run in res.runs if run.error]
+
+
+def _where(run) -> str:
+    if run.vcpu is None:
+        return ""
+    return f" vCPU {run.vcpu}" if run.domid is None else f" d{run.domid}v{run.vcpu}"
 
 
 def main(argv: Optional[List[str]] = None) -> int:

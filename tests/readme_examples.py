@@ -25,6 +25,7 @@ CLAIMED = {
     "Batch, many dumps": "tests/batch/test_readme_batch.py",
     "A fleet on a Dask cluster": "tests/batch/test_readme_batch.py",
     "A crashed Xen host": "tests/live/test_xen_crash_target.py",
+    "Reading a host dump": "tests/live/test_xen_crash_reader.py",
 }
 
 

@@ -162,6 +162,12 @@ def setup(args: argparse.Namespace, source: PhysSource) -> Session:
 _kept: Optional[Tuple[tuple, SubtreeMemo]] = None
 
 
+def kept_memo_stats() -> dict:
+    """What the kept memo has served so far (for tests and curious users)."""
+    memo = _kept[1] if _kept is not None else None
+    return {"subtrees": memo.hits if memo else 0, "tables": memo.tables if memo else 0}
+
+
 def kept_memo(source: PhysSource) -> Optional[SubtreeMemo]:
     """The memo for walks of ``source``, or None for a source that can change (a live guest)."""
     global _kept

@@ -208,7 +208,7 @@ def test_bundled_real_sample(tmp_path):
     lines = res.stdout.splitlines()
     row = _table(lines, lines.index("== fleet") + 1)[0]
     want = _expected(recs)
-    assert want["Xen bits"] > 10_000
+    assert want["Xen bits"] > 100  # records: the espfix area is one record x65536 (issue 15)
     cols = ["mappings", "faulting", "kernel SMEP/SMAP", "W+X", "Xen bits", "pkeys", "disallowed"]
     want["disallowed"] = sum(bool(r.get("disallowed")) for r in recs if r["type"] == "mapping")
     assert dict(zip(cols, map(int, row[3:3 + len(cols)]))) == want

@@ -16,6 +16,8 @@ crash (the ``xen_crash`` fixture's manifest, tests/targets/xen_crash.py):
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -145,6 +147,83 @@ def test_xen_pte_dump_vcpu_all_walks_every_pcpu(xen_crash, dump, tmp_path):
     assert all(walked[i] == expected[i] for i in walked)
 
 
+def test_xen_pte_dump_with_xen_syms_walks_every_domain_vcpu(xen_crash, dump, tmp_path):
+    """``xen-pte-dump --vcpu all --xen-syms``: the pCPUs, then every domain's every vCPU as Xen
+    recorded it (one run per distinct recorded CR3/CR4); a pCPU holding a PV vCPU's kernel L4 is
+    walked once, as that vCPU. Each domU run starts from xenctx's CR3 and maps its marker at
+    the machine frame its p2m gives."""
+    from tests.batch.batchrun import read_jsonl, run_tool
+    out, summary = tmp_path / "host.jsonl", tmp_path / "summary.json"
+    res = run_tool("xen_pte_dump", "--core", dump, "--vcpu", "all", "--xen-syms",
+                   xen_crash["xen_syms"], "-o", out, "--summary-json", summary, timeout=900)
+    assert res.returncode == 0, res.stderr
+    records = read_jsonl(out)
+    runs = json.loads(summary.read_text())["runs"]
+    walked = {(r.get("domid"), v) for r in runs if "skipped" not in r
+              for v in (r["vcpus"] or [r["vcpu"]])}
+    skipped = {(r.get("domid"), r["vcpu"]): r["skipped"] for r in runs if "skipped" in r}
+    for dom in xen_crash["domains"]:  # every vCPU of every domain is accounted for
+        for v in dom["vcpus"]:
+            assert (dom["domid"], v["vcpu"]) in walked or (dom["domid"], v["vcpu"]) in skipped
+    with open_dump(dump) as src:
+        for p in src.vcpus():  # every pCPU: walked, or walked as the vCPU it was running
+            why = skipped.get((None, p.index))
+            if why is not None:
+                d, v = re.fullmatch(r".*walked as d(\d+)v(\d+)", why).groups()
+                assert (int(d), int(v)) in walked, why
+            else:
+                assert (None, p.index) in walked
+    headers = {(r.get("domid"), r["vcpu"]): r for r in records if r["type"] == "header"}
+    for dom in _domus(xen_crash):
+        head = headers[(dom["domid"], 0)]
+        assert head["domain"] == _walk_domain(dom)
+        if "cr3" in dom["vcpus"][0]:  # xenctx -a, before the crash
+            assert int(head["cr3"], 16) == dom["vcpus"][0]["cr3"]
+    # Each domU's marker page, one record per page (its coalesced run may be "scattered").
+    pages = tmp_path / "markers.jsonl"
+    for dom in _domus(xen_crash):
+        va = dom["marker"]["va"]
+        res = run_tool("xen_pte_dump", "--core", dump, "--vcpu", "all", "--xen-syms",
+                       xen_crash["xen_syms"], "--no-coalesce", "-o", pages, "--", hex(va),
+                       hex(va + 4096), timeout=900)
+        assert res.returncode == 0, res.stderr
+        hits = [r for r in read_jsonl(pages) if r["type"] == "mapping"
+                and r.get("domid") == dom["domid"] and r["vcpu"] == 0]
+        assert [(int(r["va"], 16), int(r["pa"], 16)) for r in hits] == \
+            [(va, dom["marker"]["maddr"])]
+
+
+def test_readme_reading_a_host_dump(xen_crash, tmp_path):
+    """README's "Reading a host dump" block as written, in a directory holding ``vmcore`` and
+    ``xen-syms`` (domain 1 is a domU of this dump)."""
+    import os
+    import subprocess
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from readme_examples import gdb_lines, shell_lines
+    (tmp_path / "vmcore").symlink_to(xen_crash["vmcore_elf"])
+    (tmp_path / "xen-syms").symlink_to(xen_crash["xen_syms"])
+    assert 1 in {d["domid"] for d in _domus(xen_crash)}
+    res = run_gdb(f"cd {tmp_path}", *gdb_lines("Reading a host dump"), timeout=300).ok()
+    assert "d1v0" in res.stdout or "   1 " in res.stdout, res.stdout
+    assert "domain 1 vCPU 0 of" in res.stdout, res.stdout
+    root = Path(__file__).resolve().parents[2]
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "xen-pte-dump").write_text(f'#!/bin/sh\nexec {sys.executable} -m scripts.xen_pte_dump '
+                                       '"$@"\n')
+    (shim / "xen-pte-dump").chmod(0o755)
+    env = dict(os.environ, PATH=f"{shim}:{os.environ['PATH']}", PYTHONPATH=str(root))
+    for line in shell_lines("Reading a host dump"):
+        done = subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, text=True,
+                              capture_output=True, timeout=900, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        assert "d1v0" in done.stdout  # the summary names the domain's run
+    heads = [json.loads(ln) for ln in (tmp_path / "host.jsonl").read_text().splitlines()
+             if '"header"' in ln]
+    assert {h.get("domid") for h in heads} >= {None} | {d["domid"] for d in xen_crash["domains"]}
+
+
 def test_gdb_symbol_file_stands_in_for_xen_syms(xen_crash):
     """With the crashed Xen's xen-syms loaded in gdb (``file xen-syms``), --xen-syms may go."""
     dump = xen_crash["vmcore_elf"]
@@ -177,6 +256,13 @@ def test_pvh_marker_through_the_host_p2m(xen_crash, dump):
                                                  "pt table"]
         assert all(r["mfn"] is not None for r in p2m)
         assert records[-1]["type"] == "p2m_combined" and records[-1]["rights"].startswith("RW")
+        # A walk of the marker's page carries the same p2m rights and type (issue 16).
+        walk = run_gdb(f"xen-pte-walk --core {dump} --xen-syms {xen_crash['xen_syms']} "
+                       f"--domid {dom['domid']} --json {marker['va']:#x} "
+                       f"{marker['va'] + 4096:#x}", timeout=300).json_lines()
+        pages = [r for r in walk if r["type"] == "mapping"]
+        assert [r["p2m"] for r in pages] == [{"rights": data["rights"],
+                                              "type": data["p2m_type"]}]
 
 
 def test_p2m_trace_of_a_pv_domain_is_one_line(xen_crash):
