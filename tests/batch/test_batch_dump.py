@@ -220,10 +220,25 @@ def test_bad_options_are_one_line(fleet):
                        (["--core", "/nonexistent/*.elf"], "no file matches"),
                        (["--remote", "nohostport"], "expected HOST:PORT"),
                        (["--core", fleet["pv64.xc"], "--vcpu", "x"], "--vcpu x"),
+                       (["--core", fleet["pv64.xc"], "--domid", "x"], "--domid x"),
+                       (["--core", fleet["pv64.xc"], "--xen-syms", "/nonexistent/xen-syms"],
+                        "--xen-syms: "),
+                       (["--remote", "localhost:1", "--domid", "1", "--vcpu", "all"],
+                        "for a live host give --vcpu M"),
                        ([], "no targets")):
         res = run_tool("xen_pte_dump", *args)
         assert res.returncode == 2 and len(res.stderr.splitlines()) == 1, (args, res.stderr)
         assert res.stderr.startswith("xen-pte-dump: ") and text in res.stderr
+
+
+def test_domid_on_a_dump_that_is_no_xen_host_is_an_error_record(fleet, tmp_path):
+    """--domid on a guest's own dump: one error record naming the dump, no traceback."""
+    out = tmp_path / "d.jsonl"
+    res = run_tool("xen_pte_dump", "--core", fleet["hvm-a.elf"], "--domid", "1", "-o", out)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    records = read_jsonl(out)
+    assert [r["type"] for r in records] == ["error"]
+    assert "hvm-a.elf" in records[0]["message"] and "--xen-syms" in records[0]["message"]
 
 
 def test_timeout_is_an_error_record(fleet, tmp_path):
