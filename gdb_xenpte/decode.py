@@ -293,21 +293,27 @@ def _decode_numpy(data: bytes, rule: LevelRule) -> DecodedTable:
     return DecodedTable(idx, raw, kind, rsvd, arr)
 
 
+_P_OF_BYTE = bytes(b & 1 for b in range(256))
+
+
 def _decode_python(data: bytes, rule: LevelRule) -> DecodedTable:
     count = len(data) // rule.entry_size
     arr = struct.unpack("<%d%s" % (count, "Q" if rule.entry_size == 8 else "I"), data)
-    index, raws, kinds, rsvds = [], [], [], []
-    for i, e in enumerate(arr):
-        if not e & 1:
-            continue
-        if rule.last:
-            k = KIND_LEAF
-        elif (rule.can_leaf or rule.ps_reserved) and e & 0x80:
-            k = KIND_RSVD_STOP if rule.ps_reserved else KIND_LEAF
-        else:
-            k = KIND_TABLE
-        index.append(i)
-        raws.append(e)
-        kinds.append(k)
-        rsvds.append(e & (rule.leaf_rsvd if k == KIND_LEAF else rule.table_rsvd))
+    # Comprehensions over the whole table (no per-entry loop body): most of the pure path's time.
+    low = data[::rule.entry_size]  # each entry's low byte, P in bit 0 (a C-level slice)
+    present = low.translate(_P_OF_BYTE).count(1)
+    index = list(range(count)) if present == count else [] if present == 0 else \
+        [i for i, b in enumerate(low) if b & 1]
+    raws = [arr[i] for i in index] if len(index) < count else list(arr)
+    if rule.last:
+        leaf_rsvd = rule.leaf_rsvd
+        return DecodedTable(index, raws, [KIND_LEAF] * len(raws), [e & leaf_rsvd for e in raws],
+                            arr)
+    big = KIND_RSVD_STOP if rule.ps_reserved else KIND_LEAF
+    if rule.can_leaf or rule.ps_reserved:
+        kinds = [big if e & 0x80 else KIND_TABLE for e in raws]
+    else:
+        kinds = [KIND_TABLE] * len(raws)
+    leaf_rsvd, table_rsvd = rule.leaf_rsvd, rule.table_rsvd
+    rsvds = [e & (leaf_rsvd if k == KIND_LEAF else table_rsvd) for e, k in zip(raws, kinds)]
     return DecodedTable(index, raws, kinds, rsvds, arr)

@@ -19,6 +19,7 @@ bad root (CR3 unreadable) is an error, raised as :class:`~gdb_xenpte.errors.Sour
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -586,10 +587,18 @@ class Walker:
                 leaf_pos = sel[kinds == KIND_LEAF]
                 other_pos = sel[kinds != KIND_LEAF].tolist()
         else:
-            sel = [i for i, x in enumerate(dt.index) if first <= x <= last]
+            n_all = len(dt.index)
+            if first == 0 and last == (1 << rule.index_bits) - 1:
+                sel = range(n_all)
+            else:
+                sel = [i for i, x in enumerate(dt.index) if first <= x <= last]
             self.stats.entries += len(sel)
-            leaf_pos = [i for i in sel if dt.kind[i] == KIND_LEAF]
-            other_pos = [i for i in sel if dt.kind[i] != KIND_LEAF]
+            if rule.last:  # a last-level table holds only leaves (decode_table)
+                leaf_pos, other_pos = list(sel), []
+            else:
+                kind = dt.kind
+                leaf_pos = [i for i in sel if kind[i] == KIND_LEAF]
+                other_pos = [i for i in sel if kind[i] != KIND_LEAF]
         # Emit leaves and subtrees interleaved in VA order: split leaf positions at subtrees.
         li = 0
         n_leaf = len(leaf_pos)
@@ -829,37 +838,52 @@ class Walker:
                 sel = slice(None) if starts is None else starts
                 heads = zip(idx[sel].tolist(), raws[sel].tolist(), rsv[sel].tolist())
         else:
-            idx_l = [dt.index[p] for p in pos]
-            raw_l = [dt.raw[p] for p in pos]
-            rsv_l = [dt.rsvd[p] for p in pos]
-            starts_l, ad, contig_l = [], [], []
-            prev = None
-            fm = rule.leaf_frame_mask
-            pse36 = rule.pse36_bits
-            for i in range(n):
-                r = raw_l[i]
-                k = (r & keymask, rsv_l[i])
-                cont = (coalesce and prev is not None and k == prev
-                        and idx_l[i] == idx_l[i - 1] + 1)
-                if cont and not translate:
-                    q = raw_l[i - 1]
-                    if pse36:
-                        adjacent = rule.frame(r, True) == rule.frame(q, True) + page
-                    else:
-                        adjacent = r & fm == (q & fm) + page
-                    if phys:
-                        cont = adjacent
-                    elif not adjacent:
-                        contig_l[-1] = False
-                if cont:
-                    ad[-1] &= r & A_D
+            # Without numpy: whole-list comprehensions and C-level set/slice work, not a Python
+            # loop body per leaf (the pure path was ~1 us a leaf).
+            if n == len(dt.index):
+                idx_l, raw_l, rsv_l = dt.index, dt.raw, dt.rsvd
+            else:
+                idx_l = [dt.index[p] for p in pos]
+                raw_l = [dt.raw[p] for p in pos]
+                rsv_l = [dt.rsvd[p] for p in pos]
+            frames = None
+            if coalesce and not translate:
+                if rule.pse36_bits:
+                    frames = [rule.frame(r, True) for r in raw_l]
                 else:
-                    starts_l.append(i)
-                    ad.append(r & A_D)
-                    contig_l.append(True)
-                prev = k
-            if not all(contig_l):
-                contig = contig_l
+                    fm = rule.leaf_frame_mask
+                    frames = [r & fm for r in raw_l]
+            acc = [r & A_D for r in raw_l]
+            if not coalesce:
+                starts_l, ad = list(range(n)), acc
+            else:
+                keys = [r & keymask for r in raw_l]
+                # Frames in arithmetic progression (C-level list compare): no gap anywhere.
+                steady = frames is not None and n > 0 and frames == list(
+                    range(frames[0], frames[0] + n * page, page))
+                if (keys.count(keys[0]) == n and rsv_l.count(rsv_l[0]) == n
+                        and idx_l[-1] - idx_l[0] == n - 1 and (not phys or steady)):
+                    starts_l = []  # the common case, a table of like leaves: one run
+                else:
+                    starts_l = [i for i, k0, k1, s0, s1, x0, x1 in zip(
+                        range(1, n), keys, keys[1:], rsv_l, rsv_l[1:], idx_l, idx_l[1:])
+                        if k0 != k1 or s0 != s1 or x1 - x0 != 1]
+                    if phys and frames is not None and not steady:
+                        starts_l = sorted(set(starts_l).union(
+                            i for i, f0, f1 in zip(range(1, n), frames, frames[1:])
+                            if f1 - f0 != page))
+                starts_l.insert(0, 0)
+                ends = starts_l[1:] + [n]
+                ad = [acc[b] if e - b == 1 else _and_all(set(acc[b:e]))
+                      for b, e in zip(starts_l, ends)]
+                if frames is not None and not phys and not steady and len(starts_l) < n:
+                    # Which runs have scattered frames (a range is shown only when contiguous).
+                    gaps = [i for i, f0, f1 in zip(range(1, n), frames, frames[1:])
+                            if f1 - f0 != page]
+                    if gaps:
+                        contig = [bisect.bisect_right(gaps, b) == len(gaps)
+                                  or gaps[bisect.bisect_right(gaps, b)] >= e
+                                  for b, e in zip(starts_l, ends)]
             heads = ((idx_l[s], raw_l[s], rsv_l[s]) for s in starts_l)
         shift_ = rule.shift
         to_pa = self._frame_to_pa
@@ -942,6 +966,14 @@ def _leaf_blocks(runs: List[Run], table_pa: int):
         else:
             yield r
             i += 1
+
+
+def _and_all(values) -> int:
+    """The bits set in every one of ``values`` (a few distinct A/D combinations)."""
+    out = A_D
+    for v in values:
+        out &= v
+    return out
 
 
 def _count_below(leaf_pos, pos, start: int) -> int:
