@@ -34,8 +34,8 @@ from .cli import UsageError
 from .mi import CommandError, GdbFailure, GdbSession, GdbTimeout
 from .records import RecordError, Tally, parse_line, tag_line
 
-__all__ = ["ConnectFailure", "Job", "Run", "Target", "TargetResult", "expand_targets", "init_worker",
-           "release_session", "run_target"]
+__all__ = ["ConnectFailure", "Job", "Planned", "Run", "Skipped", "Target", "TargetResult",
+           "adopt_session", "expand_targets", "init_worker", "release_session", "run_target"]
 
 
 @dataclass(frozen=True)
@@ -380,6 +380,13 @@ def _session(job: Job, deadline: Optional[float]) -> GdbSession:
     session.deadline = deadline
     session.cancelled = None  # the last task's question is not this one's
     return session
+
+
+def adopt_session(session: GdbSession) -> None:
+    """Make ``session`` (a gdb with the extension loaded) this thread's kept gdb."""
+    release_session()
+    _LOCAL.session = session
+    _ALL.add(session)
 
 
 def release_session(detach: bool = False) -> None:

@@ -41,8 +41,8 @@ import tempfile
 import zlib
 from typing import IO, Dict, Iterable, List, Optional
 
-from .batch import (Job, Target, TargetResult, expand_targets, init_worker, release_session,
-                    run_target)
+from .batch import (Job, Target, TargetResult, adopt_session, expand_targets, init_worker,
+                    release_session, run_target)
 from .cli import ArgumentParser, UsageError, one_line, run_main
 from .mi import GdbFailure, GdbSession
 from .output import AtomicFile, refuse_inputs
@@ -147,22 +147,32 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def _preflight(gdb: str, command: str, options: List[str]) -> None:
+def _preflight(gdb: str, command: str, options: List[str], keep: bool = False) -> None:
     """Start one gdb, load the extension and parse ``options`` with the command's own parser.
 
     Options naming gdb values (``--cr3 $cr3``) only mean something once a target is there, so
     with those the parse is left to the per-target runs.
 
+    :param keep: the targets are read inline, in this thread: the gdb serves them too (one gdb
+        start-up less, a good part of a small run's time).
     :raises UsageError: when gdb or the extension is unusable or an option is bad, so that a
         typo is one message, not one error record per target.
     """
     try:
-        with GdbSession(gdb) as session:
-            if any("$" in o for o in options):
-                return
-            err = session.check_options(command, ["--json", *options])
+        session = GdbSession(gdb)
     except GdbFailure as failure:
         raise UsageError(str(failure)) from None
+    try:
+        err = None
+        if not any("$" in o for o in options):
+            err = session.check_options(command, ["--json", *options])
+    except GdbFailure as failure:
+        session.close()
+        raise UsageError(str(failure)) from None
+    if err or not keep:
+        session.close()
+    else:
+        adopt_session(session)
     if err:
         raise UsageError(err)
 
@@ -351,7 +361,7 @@ def _run(argv: List[str]) -> int:
 
 def _run_targets(args, targets, command, options, per_target, client) -> int:
     if client is None:
-        _preflight(args.gdb, command, options)
+        _preflight(args.gdb, command, options, keep=min(args.jobs, len(targets)) <= 1)
     else:
         from .cluster import preflight_task
         try:

@@ -29,6 +29,7 @@ __all__ = [
     "add_source_options",
     "add_xen_options",
     "kept_memo",
+    "kept_memo_stats",
     "open_source",
     "options",
     "setup",

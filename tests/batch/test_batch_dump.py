@@ -250,15 +250,19 @@ def test_timeout_is_an_error_record(fleet, tmp_path):
 
 
 def test_gdb_crash_is_an_error_record_and_the_run_goes_on(fleet, tmp_path):
-    """A gdb that dies (SIGSEGV) on one target; the other target still completes."""
+    """A gdb that dies (SIGSEGV) in the middle of one target; the other target still completes
+    (with a gdb of its own: the dead one is not reused)."""
     fake = tmp_path / "gdb"
-    mark = tmp_path / "crash-next"
-    # The preflight gdb works; then every other start crashes (dies of SIGSEGV at once).
+    mark = tmp_path / "crashed"
+    hook = tmp_path / "crash.gdb"
+    # The first walk's gdb dies as the walk starts (gdb runs hook-pipe before each `pipe`, the
+    # command the batch tool runs each walk through); every later one works.
+    hook.write_text("define hook-pipe\n"
+                    f"python import os, signal; os.path.exists({str(mark)!r}) or "
+                    f"(open({str(mark)!r}, 'w').close(), os.kill(os.getpid(), signal.SIGSEGV))\n"
+                    "end\n")
     # ulimit -c 0: the crash must not leave a core file in the working directory.
-    fake.write_text("#!/bin/sh\nulimit -c 0\n"
-                    f"if [ -e {mark} ]; then rm {mark}; exec gdb -iex "
-                    "'python import os, signal; os.kill(os.getpid(), signal.SIGSEGV)' \"$@\"\n"
-                    f"else touch {mark}; exec gdb \"$@\"; fi\n")
+    fake.write_text(f"#!/bin/sh\nulimit -c 0\nexec gdb -iex 'source {hook}' \"$@\"\n")
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     out = tmp_path / "crash.jsonl"
     res = run_tool("xen_pte_dump", "--core", fleet["pv64.xc"], fleet["hvm-b.kdump"], "-j", "1",
