@@ -12,8 +12,8 @@ The names below are the package's public API; import them from ``gdb_xenpte.xen`
 """
 
 from .cr4 import (PAGING_BITS, PV_CR4_GUEST_MASK, PV_CR4_GUEST_VISIBLE_MASK, XEN_CR4_PV32_BITS, Cr4,
-                  KernelProtections, default_xen_cr4, effective_cr4, explain_bits, guest_visible_cr4,
-                  hvm_valid_bits, kernel_protections)
+                  default_xen_cr4, effective_cr4, explain_bits, guest_visible_cr4,
+                  hvm_valid_bits)
 from .facts import FACTS, XenFact, cite, version_text
 from .layout import (M2P_PV32, M2P_PV64, PV32_HYPERVISOR_START, SELECTORS, Selector,
                      domain_from_cs, kernel_cpl, l4_slot_label, pv32_hypervisor_area)
@@ -26,7 +26,6 @@ __all__ = [
     "DOMAIN_TYPES",
     "FACTS",
     "Hardware",
-    "KernelProtections",
     "M2P_PV32",
     "M2P_PV64",
     "PAGING_BITS",
@@ -49,7 +48,6 @@ __all__ = [
     "guest_visible_cr4",
     "hvm_valid_bits",
     "kernel_cpl",
-    "kernel_protections",
     "l4_slot_label",
     "parse_version",
     "pkey_collision",

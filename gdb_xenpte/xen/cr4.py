@@ -17,9 +17,9 @@ from .facts import cite
 from .layout import kernel_cpl
 from .policy import XenPolicy
 
-__all__ = ["Cr4", "KernelProtections", "PAGING_BITS", "PV_CR4_GUEST_MASK",
-           "PV_CR4_GUEST_VISIBLE_MASK", "XEN_CR4_PV32_BITS", "default_xen_cr4", "effective_cr4",
-           "explain_bits", "guest_visible_cr4", "hvm_valid_bits", "kernel_protections"]
+__all__ = ["Cr4", "PAGING_BITS", "PV_CR4_GUEST_MASK", "PV_CR4_GUEST_VISIBLE_MASK",
+           "XEN_CR4_PV32_BITS", "default_xen_cr4", "effective_cr4", "explain_bits",
+           "guest_visible_cr4", "hvm_valid_bits"]
 
 PV_CR4_GUEST_MASK = CR4.TSD | CR4.DE | CR4.FSGSBASE | CR4.OSXSAVE       # 0x5000C
 PV_CR4_GUEST_VISIBLE_MASK = CR4.PAE | CR4.MCE | CR4.OSFXSR | CR4.OSXMMEXCPT  # 0x660
@@ -244,7 +244,8 @@ def effective_cr4(policy: XenPolicy, guest_cr4: Optional[int] = None,
       allows: PKE with PKU on HAP 4.7+, PKS with PKS on HAP+VMX 4.18+, never LA57).
     * 64-bit PV: ``pv_make_cr4`` (4.12+) or its predecessors: Xen's CR4 with PKE cleared, PGE or
       PCIDE per XPTI/PCID/global-pages, TSD, FSGSBASE rules. SMEP/SMAP are there as Xen set them,
-      but do not apply to the CPL3 kernel (see :func:`kernel_protections`).
+      but do not apply to the CPL3 kernel (:func:`gdb_xenpte.domain_cpu.derive` says which
+      protections bind a kernel, and whose choice each is).
     * 32-bit PV: the same, but since 4.7 SMEP and SMAP are cleared while ring 1 (the kernel)
       runs; before 4.7 they stay set (the regression in the "Xen PV PTE ABI" mail).
 
@@ -347,56 +348,4 @@ def guest_visible_cr4(policy: XenPolicy, guest_choice: int = 0,
     b.reasons = {bit: r for bit, r in b.reasons.items() if b.value & bit or bit in PAGING_BITS}
     return b.result()
 
-
-class KernelProtections(NamedTuple):
-    """Which CR4 protections apply to the guest kernel's own accesses.
-
-    :param cpl: the kernel's privilege level (accesses at CPL3 are user-mode accesses).
-    :param smep: SMEP applies to the kernel's instruction fetches.
-    :param smap: SMAP applies to the kernel's data accesses to user pages.
-    :param pke: PKRU applies to its accesses to user pages.
-    :param pks: PKRS applies to its accesses to supervisor pages.
-    :param cr4: the effective CR4 these were read from (see :func:`effective_cr4`).
-    :param notes: why, in a few lines.
-    """
-
-    cpl: int
-    smep: bool
-    smap: bool
-    pke: bool
-    pks: bool
-    cr4: Cr4
-    notes: Tuple[str, ...]
-
-
-def kernel_protections(policy: XenPolicy, guest_cr4: Optional[int] = None,
-                       xen_cr4: Optional[int] = None) -> KernelProtections:
-    """Say whether SMEP/SMAP/PKE/PKS apply to the guest kernel's accesses under this policy.
-
-    64-bit PV: never SMEP/SMAP/PKS (the kernel runs at CPL3, every page is U=1), never PKE (not
-    set in PV context). 32-bit PV: the ring-1 kernel is a supervisor, so SMEP/SMAP apply exactly
-    when the effective CR4 has them; no PKE/PKS. HVM: as the guest's CR4 says.
-
-    :param policy: the Xen build and domain.
-    :param guest_cr4: as for :func:`effective_cr4` (required for HVM).
-    :param xen_cr4: as for :func:`effective_cr4`.
-    :returns: the flags, the CR4 they come from and the reasons.
-    :raises OptionError: as :func:`effective_cr4`.
-    """
-    cr4 = effective_cr4(policy, guest_cr4, xen_cr4, context="kernel")
-    cpl = kernel_cpl(policy.domain)
-    on = {bit: bool(cr4.value & bit) for bit in (CR4.SMEP, CR4.SMAP, CR4.PKE, CR4.PKS)}
-    if cpl == 3:
-        notes = (f"the 64-bit PV kernel runs at CPL3: its accesses are user-mode accesses, so "
-                 f"SMEP/SMAP/PKS do not apply even though CR4 has "
-                 f"SMEP={int(on[CR4.SMEP])} SMAP={int(on[CR4.SMAP])} ({cite('pv64_ring3')})",
-                 f"CR4.PKE is never set in PV context ({cite('pv_pke')})")
-        return KernelProtections(cpl, False, False, False, False, cr4, notes)
-    if policy.domain == "pv32":
-        notes = (f"the 32-bit PV kernel runs in ring 1, a supervisor mode: SMEP/SMAP apply as "
-                 f"the effective CR4 has them ({cite('pv32_ring1')})",)
-        return KernelProtections(cpl, on[CR4.SMEP], on[CR4.SMAP], False, False, cr4, notes)
-    notes = ("the HVM kernel runs at CPL0 under its own CR4",)
-    return KernelProtections(cpl, on[CR4.SMEP], on[CR4.SMAP], on[CR4.PKE], on[CR4.PKS], cr4,
-                             notes)
 

@@ -31,7 +31,9 @@ import pytest
 from gdb_xenpte import xen
 from gdb_xenpte.arch import CR4
 from gdb_xenpte.cpu import CpuState
+from gdb_xenpte.domain_cpu import Options, derive
 from gdb_xenpte.model import Mapping
+from gdb_xenpte.sources.base import NoMemory, VcpuRegs
 from gdb_xenpte.sources.qemu_live import parse_mtree
 from gdb_xenpte.verdicts import Judge
 from gdb_xenpte.walk import Walker
@@ -176,6 +178,13 @@ def _policy(version: str) -> xen.XenPolicy:
     return xen.XenPolicy(version, domain="pv32", global_pages=False)
 
 
+def _kernel_state(version: str, rec: "Recording"):
+    """What binds the ring-1 kernel, by the one derivation every command uses (domain_cpu)."""
+    return derive(NoMemory(), VcpuRegs(-1), Options(
+        domain="pv32", xen=version, cr4=rec.report["cr4"], xen_cr4=rec.idle.cr4,
+        global_pages=False))
+
+
 def _mapping(rec: Recording, va: int) -> Mapping:
     found = [m for m in rec.walk if m.va == va and m.kind == "page"]
     assert len(found) == 1, f"no single 4 KiB leaf at {va:#x}"
@@ -249,8 +258,8 @@ def test_effective_cr4_417_equals_ring1(rec):
                                context="xen")
     assert in_xen.value == CR4_XEN_PV
     assert xen.guest_visible_cr4(pol, 0, xen_cr4=rec.idle.cr4).value == rec.report["cr4"]
-    prot = xen.kernel_protections(pol, rec.report["cr4"], rec.idle.cr4)
-    assert (prot.cpl, prot.smep, prot.smap) == (1, False, False)
+    state = _kernel_state("4.17", rec)
+    assert state.kernel_cpl == 1 and not any(p.applies for p in state.protections.values())
 
 
 def test_effective_cr4_46_keeps_smep_smap(rec):
@@ -258,8 +267,10 @@ def test_effective_cr4_46_keeps_smep_smap(rec):
     eff = xen.effective_cr4(pol, guest_cr4=rec.report["cr4"], xen_cr4=rec.idle.cr4)
     assert eff.value & xen.XEN_CR4_PV32_BITS == xen.XEN_CR4_PV32_BITS
     assert any(line.startswith("SMEP=1") and "4.7" in line for line in eff.explanation)
-    prot = xen.kernel_protections(pol, rec.report["cr4"], rec.idle.cr4)
-    assert (prot.cpl, prot.smep, prot.smap) == (1, True, True)
+    state = _kernel_state("4.6", rec)
+    assert state.kernel_cpl == 1
+    assert {n: p.chooser for n, p in state.protections.items() if p.applies} == \
+        {"smep": "xen", "smap": "xen"}
 
 
 # ---- CR3: Xen's compat L4 over the guest's PAE L3 --------------------------------------------

@@ -12,10 +12,12 @@ import pytest
 
 from gdb_xenpte import xen
 from gdb_xenpte.arch import CR4
+from gdb_xenpte.domain_cpu import Options, derive
 from gdb_xenpte.errors import OptionError
+from gdb_xenpte.sources.base import NoMemory, VcpuRegs
 from gdb_xenpte.xen import (
     Hardware, XenPolicy, default_xen_cr4, disallow_mask, disallow_violations, effective_cr4,
-    get_pte_flags, guest_visible_cr4, kernel_cpl, kernel_protections, pkey_collision,
+    get_pte_flags, guest_visible_cr4, kernel_cpl, pkey_collision,
     put_pte_flags, xen_bits,
 )
 
@@ -276,14 +278,24 @@ def test_pkey_collision():
 SMEP_SMAP = CR4.SMEP | CR4.SMAP
 
 
+def _kernel(domain, version, xen_cr4=None):
+    """The one derivation of what binds the domain's kernel (domain_cpu.derive)."""
+    return derive(NoMemory(), VcpuRegs(-1), Options(domain=domain, xen=version, xen_cr4=xen_cr4))
+
+
+def _binds(state):
+    """Protection -> who chose it, for those that bind the kernel."""
+    return {name: p.chooser for name, p in state.protections.items() if p.applies}
+
+
 def test_pv32_kernel_on_4_6_runs_with_smap():
     """Before 4.7 nothing clears SMEP/SMAP for ring 1: pv_guest_cr4_to_real_cr4 ORs in Xen's
     SMEP|SMAP (asm-x86/domain.h at RELEASE-4.6.0) and compat/entry.S at RELEASE-4.6.0 has no
     alt_cr4_pv32 — the regression in the 'Xen PV PTE ABI' mail."""
     cr4 = effective_cr4(pv32("4.6"), xen_cr4=0x1506F0 | SMEP_SMAP).value
     assert cr4 & SMEP_SMAP == SMEP_SMAP
-    prot = kernel_protections(pv32("4.6"), xen_cr4=0x1506F0 | SMEP_SMAP)
-    assert prot.cpl == 1 and prot.smap and prot.smep
+    state = _kernel("pv32", "4.6", 0x1506F0 | SMEP_SMAP)
+    assert state.kernel_cpl == 1 and _binds(state) == {"smep": "xen", "smap": "xen"}
 
 
 def test_pv32_kernel_on_4_7_has_them_cleared():
@@ -294,8 +306,7 @@ def test_pv32_kernel_on_4_7_has_them_cleared():
     assert effective_cr4(policy, xen_cr4=xen_cr4).value & SMEP_SMAP == 0
     assert effective_cr4(policy, xen_cr4=xen_cr4, context="user").value & SMEP_SMAP == SMEP_SMAP
     assert effective_cr4(policy, xen_cr4=xen_cr4, context="xen").value & SMEP_SMAP == SMEP_SMAP
-    prot = kernel_protections(policy, xen_cr4=xen_cr4)
-    assert not prot.smap and not prot.smep
+    assert _binds(_kernel("pv32", "4.7", xen_cr4)) == {}
     line, = [ln for ln in effective_cr4(policy, xen_cr4=xen_cr4).explanation
              if ln.startswith("SMAP=")]
     assert "ring 1" in line and "4.7" in line
@@ -318,9 +329,9 @@ def test_pv64_kernel_not_subject():
     policy = pv64("4.17")
     cr4 = effective_cr4(policy).value
     assert cr4 & SMEP_SMAP == SMEP_SMAP
-    prot = kernel_protections(policy)
-    assert prot.cpl == 3
-    assert (prot.smep, prot.smap, prot.pke, prot.pks) == (False, False, False, False)
+    state = _kernel("pv64", "4.17")
+    assert state.kernel_cpl == 3 and _binds(state) == {}
+    assert "CPL3" in state.protections["smep"].why
     smep, = [ln for ln in effective_cr4(policy).explanation if ln.startswith("SMEP=")]
     assert "CPL3" in smep
 
@@ -351,7 +362,7 @@ def test_pke_never_for_pv(domain, context):
     policy = XenPolicy("4.17", domain=domain, hw=Hardware(pku=True))
     assert effective_cr4(policy, xen_cr4=TCG_XEN_CR4, context=context).value & CR4.PKE == 0
     assert guest_visible_cr4(policy, CR4.PKE, xen_cr4=TCG_XEN_CR4).value & CR4.PKE == 0
-    assert not kernel_protections(policy, xen_cr4=TCG_XEN_CR4).pke
+    assert not _kernel(domain, "4.17", TCG_XEN_CR4).protections["pke"].applies
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,7 +381,11 @@ def test_hvm_pke_by_version_and_hardware():
     assert effective_cr4(hvm("4.6", hw=pku), guest_cr4=guest).value & CR4.PKE == 0
     assert effective_cr4(hvm("4.17"), guest_cr4=guest).value & CR4.PKE == 0
     assert effective_cr4(hvm("4.17", hw=pku, hap=False), guest_cr4=guest).value & CR4.PKE == 0
-    assert kernel_protections(hvm("4.17", hw=pku), guest_cr4=guest).pke
+    # A guest CR4 read with PKE set shows the hardware has PKU (observed over assumed): PKE then
+    # binds the HVM kernel, as its own choice (the one derivation every command uses).
+    state = derive(NoMemory(), VcpuRegs(-1, cr4=guest), Options(domain="hvm", xen="4.17"))
+    assert state.cpu.cr4 & CR4.PKE
+    assert (state.protections["pke"].applies, state.protections["pke"].chooser) == (True, "guest")
 
 
 def test_hvm_pks_by_version_and_vendor():
