@@ -1,6 +1,7 @@
 """Live benchmark (issue 7): full walks of real guests over QEMU's gdbstub, next to ``info tlb``.
 
 Run:  python3 benchmarks/bench_live.py [--repeat 5] [--targets linux4,linux5,xen] [--profile DIR]
+      [--gdb-pt-dump DIR]
 
 Boots each target under QEMU TCG (Debian's Linux 6.1, 4- and 5-level, 512 MiB; Xen 4.17 with a
 PV dom0, stopped with dom0's kernel L4 in pCPU 0's CR3), stops it under one gdb (pygdbmi) with
