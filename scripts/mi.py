@@ -2,9 +2,10 @@
 
 :class:`GdbSession` starts ``gdb --interpreter=mi3``, loads gdb_xenpte through its loader file,
 and runs commands with a deadline. A command whose output may be huge (a whole-space walk) runs
-under gdb's ``pipe`` command so its JSON Lines go straight to a file: as MI console records every
+with its own ``-o FILE`` so its JSON Lines go straight to a file: as MI console records every
 line would be escaped by gdb and parsed character by character by pygdbmi (slow, and pygdbmi
-gathers a command's records in a list) — see benchmarks/bench_batch.py for the measurement.
+gathers a command's records in a list) — see benchmarks/bench_batch.py for the measurement —
+and through gdb's ``pipe`` they would pass ``gdb.write`` (benchmarks/RESULTS.md, issue 15).
 
 Failure modes (all :class:`GdbFailure`): gdb is missing or dies, a command reports ``^error``
 (:class:`CommandError`, carrying gdb's one-line message), or the deadline passes
