@@ -1,5 +1,5 @@
 """Batch benchmark: xen-pte-dump over 16 dumps with -j 2 vs -j 1, gdb's start-up cost per dump,
-and how a big walk's records should leave gdb (pipe to a file vs MI records) for flat memory.
+and how a big walk's records should leave gdb (a file vs MI records) for flat memory.
 
 Run:  python3 benchmarks/bench_batch.py [--pages 5000] [--mi 20000] [--big 100000] [--repeat 2]
 
@@ -10,9 +10,10 @@ Prints three tables:
    (best of ``--repeat``; wall time, CPU time of the tool and all its processes, speed-up).
 2. The per-dump overhead of starting gdb: gdb + loading the extension (``GdbSession``), the walk
    of a one-page dump inside that gdb, and the whole tool on 16 one-page dumps divided by 16.
-3. One ``--mi``-record walk moved out of gdb three ways — gdb's ``pipe`` into a file (what
-   xen-pte-dump does), MI console records read through pygdbmi, and the ``-xen-pte-walk`` MI
-   command (where the glue has it) — with wall time and the peak RSS of the Python side and of
+3. One ``--mi``-record walk moved out of gdb three ways — the command's ``-o`` into a file
+   (``GdbSession.to_file``, what xen-pte-dump does; gdb's ``pipe`` into ``cat`` before issue
+   15), MI console records read through pygdbmi, and the ``-xen-pte-walk`` MI command (where
+   the glue has it) — with wall time and the peak RSS of the Python side and of
    gdb (the MI ways are slow, hence the smaller size); then xen-pte-dump's own peak RSS and its
    gdb's for a ``--big``-record walk and one a tenth of that size.
 

@@ -16,7 +16,8 @@ own). Printed, as medians of ``--repeat`` runs:
 2. gdb: ``gdb -nx -batch`` loading the extension and running ``xen-pte-walk --core`` (coalesced
    text, and ``--json`` to a file), wall time minus gdb's own start-up, leaves/s, gdb's peak RSS;
    ``--no-coalesce --json`` (one record per page) at the ``--stream-gib`` sizes to show that gdb's
-   peak RSS does not grow with the number of records;
+   peak RSS does not grow with the number of records, once through gdb's stdout (``gdb.write``)
+   and once with ``-o FILE`` (written by the command itself);
 3. 64 CR3s (smallest ``--gib`` only): the engine walking every vCPU with a fresh walker each, and
    with one :class:`~gdb_xenpte.replay.SubtreeMemo` shared by the walks (the kernel half walked
    once), and ``xen-pte-dump --vcpu all`` on the same dump.
@@ -214,13 +215,19 @@ def gdb_rows(info: dict, repeat: int, workdir: str, startup: float, stream: bool
     core = info["path"]
     runs = [("text, coalesced", f"xen-pte-walk --core {core}", "txt"),
             ("--json, coalesced", f"xen-pte-walk --core {core} --json", "jsonl")]
+    out_o = os.path.join(workdir, f"walk-{info['gib']}-o.jsonl")
     if stream:
+        # Through gdb.write (stdout of gdb -batch) and straight to a file (-o: no gdb.write).
         runs = [("--json --no-coalesce", f"xen-pte-walk --core {core} --json --no-coalesce",
-                 "jsonl")]
+                 "jsonl"),
+                ("--json --no-coalesce -o FILE",
+                 f"xen-pte-walk --core {core} --json --no-coalesce -o {out_o}", "jsonl")]
     rows = []
     for label, command, ext in runs:
         out = os.path.join(workdir, f"walk-{info['gib']}.{ext}")
         results = [run_measured(gdb_argv(command), out) for _ in range(1 if stream else repeat)]
+        if " -o " in command:
+            os.replace(out_o, out)  # what gdb printed itself (nothing) makes way for the file
         wall = statistics.median(r[0] for r in results)
         rss = max(r[1] for r in results)
         walk = wall - startup

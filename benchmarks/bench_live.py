@@ -1,6 +1,7 @@
 """Live benchmark (issue 7): full walks of real guests over QEMU's gdbstub, next to ``info tlb``.
 
 Run:  python3 benchmarks/bench_live.py [--repeat 5] [--targets linux4,linux5,xen] [--profile DIR]
+      [--gdb-pt-dump DIR]
 
 Boots each target under QEMU TCG (Debian's Linux 6.1, 4- and 5-level, 512 MiB; Xen 4.17 with a
 PV dom0, stopped with dom0's kernel L4 in pCPU 0's CR3), stops it under one gdb (pygdbmi) with
@@ -17,6 +18,12 @@ the extension loaded from this working tree, and measures inside gdb's Python, m
   with ``set debug remote 1`` after the measuring gdb detached, same CR3; its log counted);
 * QEMU's own ``monitor info tlb`` on the same stopped guest, from this process (HMP socket).
 
+With ``--gdb-pt-dump DIR`` (a checkout of github.com/martinradev/gdb-pt-dump, kept outside this
+repository) its ``pt`` command is sourced into the same gdb and timed on the same stopped guest:
+its lossy default (``pt``: a table entry whose value was already seen in the same table is not
+walked again, so aliases such as espfix's 512 identical PMD entries are dropped) and its complete
+mode (``pt -force_traverse_all``), with the ranges it prints and the bytes they cover.
+
 With ``--profile DIR`` each path's walk is also profiled once with pyinstrument (if importable
 in gdb) and the text reports are written to DIR. Timings are noisy on a shared 2-core machine.
 """
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -72,10 +80,11 @@ def in_gdb(opts: str, fast: bool, repeat: int, profile: str) -> None:
             s = prepare(src, Options(domain=domain, xen="4.17" if domain else None,
                                      vcpu=gdb.selected_thread().num - 1))
             w = s.walker()
-            leaves = records = 0
+            leaves = records = covered = 0
             for m in w.iter_mappings():
                 records += 1
                 leaves += m.count
+                covered += m.size
             keys = list(w._pages)  # (table address, size) of each table read, in read order
             stats = w.stats
         path = src.path
@@ -106,9 +115,34 @@ def in_gdb(opts: str, fast: bool, repeat: int, profile: str) -> None:
         path=path, seconds=statistics.median(times), all_seconds=times,
         json_seconds=statistics.median(json_times),
         floor=statistics.median(floors), tables=stats.tables_read, leaves=leaves,
-        engine_records=records, text_lines=text.count("\n"),
+        engine_records=records, covered=covered, text_lines=text.count("\n"),
         stub_reads_engine_walk=reads_per_walk,
         budget_hit=stats.budget_hit, unreadable=len(stats.unreadable))))
+
+
+PT_RANGE = re.compile(r"(0x[0-9a-f]+) : +(0x[0-9a-f]+)")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def in_gdb_ptdump(repeat: int) -> None:
+    """Time gdb-pt-dump's ``pt`` (sourced by the driver) on the selected CPU's CR3; print
+    ``MARK + json``: median seconds, ranges printed and bytes covered per mode."""
+    import gdb
+    res = {}
+    for mode, command in (("lossy", "pt"), ("complete", "pt -force_traverse_all")):
+        gdb.execute(command, to_string=True)  # warm-up: its lazy set-up (QEMU pid, backend)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            out = gdb.execute(command, to_string=True)
+            times.append(time.perf_counter() - t0)
+        out = ANSI.sub("", out)
+        if "Exception" in out:  # pt prints its exceptions instead of raising them
+            raise RuntimeError(f"{command}: {out[-2000:]}")
+        ranges = PT_RANGE.findall(out)
+        res[mode] = dict(seconds=statistics.median(times), all_seconds=times,
+                         ranges=len(ranges), covered=sum(int(n, 16) for _va, n in ranges))
+    print(MARK + json.dumps(res))
 
 
 # -- the driver ---------------------------------------------------------------------------------
@@ -132,6 +166,12 @@ def _measure(gdb, vm, label: str, opts: str, repeat: int, profile_dir) -> tuple:
         tlb.append(time.perf_counter() - t0)
     tlb_s = statistics.median(tlb)
     tlb_leaves = sum(1 for x in text.splitlines() if x.strip())
+    if PT_DUMP["dir"]:
+        out = gdb.cli(f"python bench_live.in_gdb_ptdump({repeat})", timeout=1800)
+        line = next((x for x in out.splitlines() if x.startswith(MARK)), None)
+        if line is None:
+            raise RuntimeError(f"{label}: no result from gdb-pt-dump: {out[-3000:]}")
+        PT_DUMP["rows"].append((label, res[True], tlb_s, json.loads(line[len(MARK):])))
     return res, tlb_s, tlb_leaves
 
 
@@ -217,6 +257,24 @@ def _with_packets(res: dict, port: int, opts: str) -> dict:
 def _load(gdb, load_extension) -> None:
     load_extension(gdb)
     gdb.cli(f"python import sys; sys.path.insert(0, {HERE!r})")
+    if PT_DUMP["dir"]:
+        gdb.cli(f"source {os.path.join(PT_DUMP['dir'], 'pt.py')}")
+
+
+# --gdb-pt-dump: its checkout, and per target (label, our /proc-path result, info tlb s, its).
+PT_DUMP = {"dir": None, "rows": []}
+
+
+def _pt_table() -> list:
+    rows = []
+    for label, ours, tlb_s, pt in PT_DUMP["rows"]:
+        walk = ours["seconds"]
+        for mode in ("lossy", "complete"):
+            p = pt[mode]
+            rows.append([label, f"pt {mode}", f"{p['seconds']:.3f}", f"{p['ranges']:,}",
+                         f"{p['covered']:#x}", f"{walk:.3f}", f"{ours['covered']:#x}",
+                         f"{p['seconds'] / walk:.1f}x", f"{tlb_s:.3f}"])
+    return rows
 
 
 def main(argv=None) -> int:
@@ -225,7 +283,13 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", default="linux4,linux5,xen",
                     help="comma-separated: linux4, linux5, xen")
     ap.add_argument("--profile", metavar="DIR", help="write pyinstrument reports here")
+    ap.add_argument("--gdb-pt-dump", metavar="DIR",
+                    help="also time gdb-pt-dump's pt (DIR holds its pt.py) in the same gdb")
     args = ap.parse_args(argv)
+    if args.gdb_pt_dump:
+        if not os.path.isfile(os.path.join(args.gdb_pt_dump, "pt.py")):
+            ap.error(f"--gdb-pt-dump {args.gdb_pt_dump}: no pt.py there")
+        PT_DUMP["dir"] = os.path.abspath(args.gdb_pt_dump)
     sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
     from tabulate import tabulate
     if args.profile:
@@ -247,6 +311,12 @@ def main(argv=None) -> int:
         "read-once floor s",
         "walk / floor", "info tlb s", "info tlb / walk", "info tlb lines", "stub reads",
         "remote m packets")))
+    if PT_DUMP["rows"]:
+        print(f"\ngdb-pt-dump ({PT_DUMP['dir']}), same gdb, same stopped guest, median of "
+              f"{args.repeat}; our walk: default xen-pte-walk, /proc path")
+        print(tabulate(_pt_table(), headers=(
+            "target", "mode", "pt s", "ranges printed", "bytes covered", "our walk s",
+            "our bytes covered (expanded)", "pt / our walk", "info tlb s")))
     return 0
 
 

@@ -20,7 +20,7 @@ Examples::
     xen-pte-dump --scheduler tcp://sched:8786 --core '/shared/*.elf' -o out/ --summary
 
 Memory stays flat however large a walk is: gdb writes each run's JSON Lines to a temporary file
-(through gdb's ``pipe`` command, not MI console records), which is counted and copied line by line.
+(the command's own ``-o``, not MI console records), which is counted and copied line by line.
 
 ``--scheduler ADDRESS`` (or ``$DASK_SCHEDULER_ADDRESS``) runs each target as a task on a Dask
 cluster instead of the local pool (:mod:`scripts.cluster`); ``-o DIR/`` writes one file per

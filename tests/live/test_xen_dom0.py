@@ -11,7 +11,9 @@ With the machine stopped under gdb, ``xen-pte-walk --no-coalesce --json --domain
 walks dom0's kernel L4 live, and QEMU's ``info tlb`` walks the same CR3. The tests check leaf for
 leaf agreement, ``_PAGE_GUEST_KERNEL`` (bit 52) with U=1 on every dom0 kernel leaf, Xen's labels on
 L4 slots 256-271, no SMEP/SMAP verdict against the CPL3 kernel, and the effective CR4 against the
-CPU's.
+CPU's. A ``dump-guest-memory`` (ELF) taken at the same stop is walked the default way (coalesced
+runs, repeat records) and with ``--phys`` for pCPU 0: few records, expanding to QEMU's leaves
+(issue 15).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from gdb_xenpte.arch import CR4
 from readme_examples import gdb_lines
 from targets.gdb import GdbError, GdbMi
 from targets.initramfs import default_init_script
-from targets.livewalk import load_extension, read_walk, run_to_file
-from targets.tlb import Leaf, compare, leaf_from_record, parse_info_tlb
+from targets.livewalk import WalkOutput, load_extension, read_walk, run_to_file
+from targets.tlb import Leaf, compare, compare_expanded, leaf_from_record, parse_info_tlb
 from targets.xen import boot_xen
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
@@ -42,6 +44,8 @@ FLAT_RING3_CS64 = 0xE033  # dom0 kernel and user code run at CPL3 (xen-x86_64.h)
 XEN_SLOTS = range(256, 272)
 KERNEL_TEXT_SLOT = 511  # Linux's kernel image at 0xffffffff80000000: only in kernel L4s
 GUEST_KERNEL = "_PAGE_GUEST_KERNEL"
+# Issue 15: the default walk of dom0's L4 in a real dump is at most this many records.
+MAX_DEFAULT_RECORDS = 2000
 REGS = ("cs", "rip", "cr0", "cr3", "cr4", "efer")
 # dom0 reports whether its kernel enabled FSGSBASE: a 64-bit PV guest's choice that Xen copies into
 # the hardware CR4 of its context (pv_make_cr4), which the host cannot see otherwise.
@@ -67,6 +71,7 @@ class XenCapture:
     regions: Counter = field(default_factory=Counter)  # (region, property) -> leaf count
     offenders: Dict[str, List[str]] = field(default_factory=dict)  # check -> first few VAs
     seconds: Dict[str, float] = field(default_factory=dict)
+    dump_walks: Dict[str, WalkOutput] = field(default_factory=dict)  # "default", "phys": pCPU 0
 
 
 def _region(slot: int) -> str:
@@ -125,6 +130,24 @@ def _is_kernel_l4(vm, cr3: int) -> bool:
     return bool(entry & 1)
 
 
+def _walk_dump(cap: XenCapture, vm, gdb: GdbMi, workdir) -> None:
+    """Dump the stopped machine (ELF; gdb holds it, so the state of info tlb) and walk pCPU 0."""
+    dump = workdir / "xen.elf"
+    start = time.monotonic()
+    reply = vm.monitor(f"dump-guest-memory {dump}", timeout=600)
+    cap.seconds["dump elf"] = time.monotonic() - start
+    assert dump.exists(), f"dump-guest-memory failed: {reply!r}"
+    try:
+        for how, opts in (("default", ""), ("phys", " --phys")):
+            out = workdir / f"{how}.jsonl"
+            cap.seconds[f"dump {how} walk"] = run_to_file(
+                gdb, f"xen-pte-walk --json{opts} --domain pv64 --xen 4.17 --core {dump} "
+                     f"--vcpu 0", out)
+            cap.dump_walks[how] = read_walk(out)
+    finally:
+        dump.unlink()  # 2 GiB: never leave it behind
+
+
 @pytest.fixture(scope="session")
 def xen_capture(tmp_path_factory) -> XenCapture:
     """Boot Xen + dom0 once, stop it with dom0's kernel L4 in pCPU 0's CR3, and walk it."""
@@ -151,6 +174,7 @@ def xen_capture(tmp_path_factory) -> XenCapture:
                 start = time.monotonic()
                 cap.tlb_text = vm.monitor("info tlb", timeout=300)
                 cap.seconds["info tlb"] = time.monotonic() - start
+                _walk_dump(cap, vm, gdb, workdir)
                 cap.cr4_text = gdb.cli("xen-cr4 --domain pv64 --xen 4.17")
                 for line in gdb_lines("A Xen host under QEMU"):  # the README, as written
                     try:
@@ -267,3 +291,21 @@ def test_readme_xen_host_examples(xen_capture):
                                                                                        out[:500])
     check = next(o for ln, o in xen_capture.readme.items() if "xen=4.6" in ln)
     assert "what-if xen=4.6" in check and "[pf-loop]" not in check, check[-2000:]
+
+
+def test_default_dump_walk_is_compact_and_expands_to_info_tlb(xen_capture):
+    """Issue 15: on the ELF dump, the default walk of dom0's L4 (pCPU 0) is at most
+    MAX_DEFAULT_RECORDS records, and expanding its runs and repeat copies gives QEMU's leaves:
+    every VA once, leaf flags, PA wherever a record gives it (A/D and scattered frames as the
+    record claims them); with --phys every leaf's PA is checked."""
+    theirs = parse_info_tlb(xen_capture.tlb_text)
+    for how, walk in xen_capture.dump_walks.items():
+        assert int(walk.header["cr3"], 16) == xen_capture.cpu0["cr3"], walk.header
+        assert walk.header["domain"] == "pv64"
+        result = compare_expanded(map(json.loads, walk.mappings), theirs)
+        print(f"\nXen dom0 dump, {how} walk: {result.report()}")
+        assert result.agree, result.report()
+        if how == "phys":
+            assert result.pa_checked == len(theirs), result.report()
+    records = len(xen_capture.dump_walks["default"].mappings)
+    assert records <= MAX_DEFAULT_RECORDS, f"{records} records"

@@ -20,6 +20,13 @@ Our side is put in the same terms: the walk's PA under the same mask, its decode
 (``NX G PS D A PCD PWT US RW``) as letters. Records of walks stopped at a reserved bit or an
 unreadable table are not leaves and are compared separately (tests expect none).
 
+The default walk's records (coalesced runs, ``repeat`` copies) are compared by expanding them
+(:func:`compare_expanded`): a run's pages at ``va + i * page_size``, copy ``k`` of a repeat at
+``va + k * stride``. What such a record does not carry is checked as what it claims: its A and D
+are those set on *every* page of the run (so they must equal the AND of QEMU's), and a run marked
+``pa_contiguous: false`` gives only its first frame (so QEMU's frames there must indeed not be
+contiguous).
+
 Failure modes: :class:`ValueError` for a line that is neither a tlb line nor blank, or a VA that
 QEMU printed twice.
 """
@@ -30,8 +37,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Tuple
 
-__all__ = ["Comparison", "Leaf", "compare", "leaf_from_record", "parse_info_tlb", "qemu_flags",
-           "qemu_pa_mask"]
+__all__ = ["Comparison", "Expansion", "Leaf", "compare", "compare_expanded", "leaf_from_record",
+           "parse_info_tlb", "qemu_flags", "qemu_pa_mask"]
 
 _LINE = re.compile(r"^([0-9a-f]{16}): ([0-9a-f]{16}) ([X-][G-][P-][D-][A-][C-][T-][U-][W-])$")
 # Engine flag name for each column of QEMU's flag string, in QEMU's order.
@@ -143,3 +150,103 @@ def compare(ours: Dict[int, Leaf], theirs: Dict[int, Leaf]) -> Comparison:
             result.differ.append((leaf, other))
     result.only_theirs = [leaf for va, leaf in theirs.items() if va not in ours]
     return result
+
+
+_D, _A = 3, 4  # columns of QEMU's flag string that a coalesced record ANDs over its pages
+
+
+def _without_ad(flags: str) -> str:
+    return flags[:_D] + "--" + flags[_A + 1:]
+
+
+@dataclass
+class Expansion:
+    """Outcome of expanding default-walk records against QEMU's leaves.
+
+    :param records: mapping records expanded; :param ours: leaves they stand for;
+    :param theirs: leaves QEMU printed; :param pa_checked: leaves whose PA the record gives (all
+        but the pages after the first of a scattered run) and that equal QEMU's;
+    :param scattered: runs marked ``pa_contiguous: false``; :param problems: the first
+        disagreements, described (``count`` of them in all).
+    """
+
+    records: int = 0
+    ours: int = 0
+    theirs: int = 0
+    pa_checked: int = 0
+    scattered: int = 0
+    count: int = 0
+    problems: List[str] = field(default_factory=list)
+
+    @property
+    def agree(self) -> bool:
+        return self.count == 0 and self.ours == self.theirs
+
+    def problem(self, text: str, limit: int = 12) -> None:
+        self.count += 1
+        if len(self.problems) < limit:
+            self.problems.append(text)
+
+    def report(self) -> str:
+        return "\n".join([f"{self.records} records -> {self.ours} leaves, QEMU {self.theirs}; "
+                          f"PA checked {self.pa_checked}; scattered runs {self.scattered}; "
+                          f"{self.count} problems"] + [f"  {p}" for p in self.problems])
+
+
+def compare_expanded(records: Iterable[dict], theirs: Dict[int, Leaf]) -> Expansion:
+    """Expand default ``xen-pte-walk --json`` mapping records (runs and ``repeat`` copies) and
+    compare them with QEMU's leaves: the same VAs, each once; the same leaf flags (A and D as the
+    AND over the run); the same PA wherever the record gives it; scattered runs really scattered.
+    """
+    out = Expansion(theirs=len(theirs))
+    seen = set()
+    for rec in records:
+        out.records += 1
+        if rec.get("kind", "page") != "page":
+            out.problem(f"{rec['va']}: a {rec.get('kind')} record, not a page")
+            continue
+        va, size, count = int(rec["va"], 16), rec["page_size"], rec["count"]
+        pa = int(rec["pa"], 16) if rec["pa"] is not None else None
+        contiguous = rec.get("pa_contiguous", True)
+        repeat = rec.get("repeat") or {"count": 1, "stride": 0}
+        want = qemu_flags(rec["flags"])
+        out.scattered += not contiguous
+        for k in range(repeat["count"]):
+            base = va + k * repeat["stride"]
+            frames, all_a, all_d = [], True, True
+            for i in range(count):
+                page_va = base + i * size
+                out.ours += 1
+                if page_va in seen:
+                    out.problem(f"{page_va:#x}: stood for twice (record {rec['va']})")
+                    continue
+                seen.add(page_va)
+                leaf = theirs.get(page_va)
+                if leaf is None:
+                    out.problem(f"{page_va:#x}: not printed by QEMU (record {rec['va']}, "
+                                f"copy {k}, page {i})")
+                    continue
+                if _without_ad(leaf.flags) != _without_ad(want):
+                    out.problem(f"{page_va:#x}: flags {want} (A/D aside), QEMU {leaf.flags}")
+                all_a &= leaf.flags[_A] == "A"
+                all_d &= leaf.flags[_D] == "D"
+                frames.append(leaf.pa)
+                if contiguous or i == 0:
+                    expect = -1 if pa is None else (pa + i * size) & qemu_pa_mask(size)
+                    if leaf.pa == expect:
+                        out.pa_checked += 1
+                    else:
+                        out.problem(f"{page_va:#x}: PA {expect:#x}, QEMU {leaf.pa:#x}")
+            for col, bit, every in ((_A, "A", all_a), (_D, "D", all_d)):
+                if (want[col] == bit) != every:
+                    out.problem(f"record {rec['va']} copy {k}: {bit} "
+                                f"{'shown' if want[col] == bit else 'not shown'}, set on every "
+                                f"page per QEMU: {every}")
+            if not contiguous and len(frames) == count and all(
+                    b == a + size for a, b in zip(frames, frames[1:])):
+                out.problem(f"record {rec['va']} copy {k}: pa_contiguous false, but QEMU's "
+                            f"frames are contiguous")
+    for va in sorted(set(theirs) - seen)[:12]:
+        out.problem(f"{va:#x}: printed by QEMU, in no record")
+    out.count += max(0, len(set(theirs) - seen) - 12)
+    return out
