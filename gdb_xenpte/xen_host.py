@@ -209,6 +209,7 @@ class XenHost:
         self.host = getattr(source, "host", None)
         self.notes: List[str] = []
         self._tables: Dict[int, bytes] = {}
+        self._curr: Optional[Dict[int, int]] = None
         idle = first_symbol(layout, ("idle_pg_table", "pgd_l4"))
         if idle is None:
             raise OptionError(f"{layout.name} names no idle_pg_table: give --xen-syms FILE")
@@ -222,6 +223,7 @@ class XenHost:
             xen_phys_start = self._phys_start_from_cpus(idle)
         self.xen_phys_start = xen_phys_start
         self.idle_pg_table = self._image_maddr(idle)
+        self._check_build_id()
         if isinstance(layout, VmcoreinfoLayout):
             self.notes.append("layout from VMCOREINFO_XEN only: domain ids and kinds need "
                               "--xen-syms for vCPU state")
@@ -259,6 +261,29 @@ class XenHost:
                 return maddr - (idle - self.xen_virt_start)
         raise OptionError(f"{self.source.name}: xen_phys_start unknown (no Xen CRASH_INFO note, "
                           "and no CPU's CR3 maps Xen's image)")
+
+    def _check_build_id(self) -> None:
+        """The xen-syms must be the running Xen's: its GNU build-id note (read-only data, never
+        patched at boot) must be the bytes at the same place in the host's memory.
+
+        :raises OptionError: naming the file, the source and both ids, if they differ.
+        """
+        note = getattr(self.layout, "build_id_note", lambda: None)()
+        if note is None:
+            return
+        va, data = note
+        try:
+            seen = self.source.read(self._image_maddr(va), len(data))
+        except UnreadableMemory as err:
+            self.notes.append(f"build-id not checked: {err}")
+            return
+        if seen != data:
+            raise OptionError(f"{self.layout.name} is not the Xen running in {self.source.name}: "
+                              f"its build-id note at VA {va:#x} (machine address "
+                              f"{self._image_maddr(va):#x}) reads {seen[-20:].hex()} there, the "
+                              f"file has {data[-20:].hex()}")
+        self.notes.append(f"{self.layout.name} matches: build-id {data[16:].hex()} found at "
+                          f"machine address {self._image_maddr(va):#x}")
 
     def _image_maddr(self, va: int) -> int:
         return va - self.xen_virt_start + self.xen_phys_start
@@ -451,7 +476,10 @@ class XenHost:
             notes.append("guest-physical tables: walked through the host p2m"
                          + (f" ({dom.p2m_format})" if dom.p2m_format else " (none found)"))
         hw_cr3 = g("arch.cr3")
-        hw_cr4, hw_origin = self._observed_cr4(hw_cr3, running, pcpu)
+        held = self._held_by().get(address)
+        hw_cr4, hw_origin = self._observed_cr4(hw_cr3, running or held is not None,
+                                               pcpu if held is None else held,
+                                               "running" if running else "holding")
         if running and hw_cr4 is None:
             notes.append("marked running, but no pCPU's crash-note CR3 is its arch.cr3")
         state = "running" if running else "paused" if paused else runstate
@@ -459,16 +487,38 @@ class XenHost:
                         hw_origin, cs, state, paused, runstate, running, pcpu, in_kernel, address,
                         tuple(notes), hw_cr3)
 
-    def _observed_cr4(self, arch_cr3: Optional[int], running: bool,
-                      pcpu: Optional[int]) -> Tuple[Optional[int], str]:
+    def _observed_cr4(self, arch_cr3: Optional[int], running: bool, pcpu: Optional[int],
+                      how: str = "running") -> Tuple[Optional[int], str]:
         if not running or arch_cr3 is None or pcpu is None:
             return None, ""
+        what = ("was running this vCPU" if how == "running" else
+                "holds this vCPU's state (per_cpu curr_vcpu: Xen's lazy switch, e.g. idle)")
         for regs in self._cpus():
             if regs.index == pcpu and regs.cr3 is not None and regs.cr4 is not None \
                     and regs.cr3 & _ADDR == arch_cr3 & _ADDR:
-                return regs.cr4, (f"{regs.origin or f'pCPU {pcpu}'}: that pCPU was running "
-                                  f"this vCPU (its CR3 {regs.cr3:#x} is v->arch.cr3)")
+                return regs.cr4, (f"{regs.origin or f'pCPU {pcpu}'}: that pCPU {what} "
+                                  f"(its CR3 {regs.cr3:#x} is v->arch.cr3)")
         return None, ""
+
+    def _held_by(self) -> Dict[int, int]:
+        """``struct vcpu`` address -> the pCPU whose state it is (``per_cpu(curr_vcpu)``, fact
+        ``curr_vcpu``), for the pCPUs the source has registers of; empty without xen-syms."""
+        if self._curr is not None:
+            return self._curr
+        self._curr = {}
+        layout = self.layout
+        if not (isinstance(layout, XenSyms) and layout.has_symbol("per_cpu__curr_vcpu")
+                and layout.has_symbol("__per_cpu_offset")):
+            return self._curr
+        var, offsets = layout.symbol("per_cpu__curr_vcpu"), layout.symbol("__per_cpu_offset")
+        for regs in self._cpus():
+            try:
+                v = self._u((var + self._u(offsets + 8 * regs.index)) & (1 << 64) - 1)
+            except UnreadableMemory:
+                continue
+            if v:
+                self._curr[v] = regs.index
+        return self._curr
 
     def tables_of(self, cr3: Optional[int], domains: Sequence[HostDomain]) -> str:
         """Whose page tables a pCPU's CR3 holds: ``"d2v0"`` (a vCPU's ``arch.cr3``; ``user``
@@ -642,6 +692,20 @@ class DomainVcpuSource(PhysSource):
         """Close the host source and the xen-syms file."""
         self._host.layout.close()
         self._src.close()
+
+    def __enter__(self):
+        self._held = self._src.hold()
+        self._held.__enter__()  # a live host: PhyMemMode on for the whole walk
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            held, self._held = getattr(self, "_held", None), None
+            if held is not None:
+                held.__exit__(*exc)
+        finally:
+            self.close()
+        return False
 
 
 def open_host(source: PhysSource, xen_syms: Optional[str] = None) -> XenHost:

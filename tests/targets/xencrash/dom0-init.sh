@@ -4,7 +4,9 @@
 # tools say about them, write that as a tar onto the second virtio disk, then crash Xen with
 # `xl debug-keys C`. /etc/xenpte.conf (written by tests/targets/xen_crash.py) sets XEN_BIN,
 # RESULTS_DISK, CRASH_APPEND, DOMAINS ("tag:name:state" words in creation order; state "paused":
-# paused once its marker is up) and DUMPCORE (the tags to `xl dump-core` while paused).
+# paused once its marker is up), DUMPCORE (the tags to `xl dump-core` while paused) and MODE:
+# "crash" as above, or "live" (tests/targets/xen_live.py): no crash kernel; after the results are
+# written, print XENPTE-XENLIVE-READY and idle, so the host can be stopped under gdb as it runs.
 /bin/busybox --install -s /bin
 . /etc/xenpte.conf
 export PATH=$XEN_BIN:/usr/bin:/bin:/sbin:/usr/sbin LD_LIBRARY_PATH=/lib/x86_64-linux-gnu
@@ -69,9 +71,11 @@ run mount -t xenfs xenfs /proc/xen
 
 # The crash kernel goes into the region Xen reserved (crashkernel=); kexec-tools talks to Xen
 # through libxenctrl (it sees /proc/xen/capabilities say control_d).
-say "kexec -p: $CRASH_APPEND"
-kexec -p /boot/vmlinuz --initrd=/boot/crash-initrd.cpio.gz --append="$CRASH_APPEND" \
-    > /out/kexec-load.txt 2>&1 || { cat /out/kexec-load.txt; fail "kexec -p (exit $?)"; }
+if [ "$MODE" != live ]; then
+    say "kexec -p: $CRASH_APPEND"
+    kexec -p /boot/vmlinuz --initrd=/boot/crash-initrd.cpio.gz --append="$CRASH_APPEND" \
+        > /out/kexec-load.txt 2>&1 || { cat /out/kexec-load.txt; fail "kexec -p (exit $?)"; }
+fi
 
 run oxenstored --pid-file /run/xen/xenstored.pid
 wait_for 30 xenstore-read /
@@ -133,6 +137,10 @@ wait_for 30 test -b "$RESULTS_DISK"
 (cd /out && tar -cf "$RESULTS_DISK" .) || fail "tar to $RESULTS_DISK"
 sync
 say "results written"
+if [ "$MODE" = live ]; then
+    echo "XENPTE-XENLIVE-READY"
+    while true; do sleep 60; done
+fi
 echo "XENPTE-XENCRASH-TRIGGER"
 xl debug-keys C
 sleep 10
