@@ -126,6 +126,9 @@ PVH_OPT_IN = "XENPTE_XENCRASH_PVH"
 DUMPCORE = ("paused",)
 KINDS = {"pv": "pv64", "pvh": "pvh"}
 DOMU_MEMORY_MB = 128
+# The live-host target's domUs (tests/targets/xen_live.py): less, for a faster `xl create`,
+# xen-mfndump and QEMU dump.
+LIVE_DOMU_MEMORY_MB = 96
 DOMU_PCPU = 1
 KEXEC_PACKAGE = "kexec-tools"
 MAKEDUMPFILE_PACKAGE = "makedumpfile"
@@ -240,11 +243,11 @@ def _gcc_marker(workdir: Path) -> Path:
     return out
 
 
-def _domu_config(tag: str, name: str, kind: str) -> str:
+def _domu_config(tag: str, name: str, kind: str, memory_mb: int = DOMU_MEMORY_MB) -> str:
     return "\n".join([
         f'name = "{name}"', f'type = "{kind}"', 'kernel = "/boot/vmlinuz"',
         'ramdisk = "/boot/domu-initrd.cpio"',
-        f'extra = "console=hvc0 panic=-1 xenpte_tag={tag}"', f"memory = {DOMU_MEMORY_MB}",
+        f'extra = "console=hvc0 panic=-1 xenpte_tag={tag}"', f"memory = {memory_mb}",
         "vcpus = 1", f'cpus = "{DOMU_PCPU}"',
         # PVH under Xen's SVM on QEMU TCG (as in xl_dumpcore.domu_config): no RDTSCP, no PKU
         *(['cpuid = "host,rdtscp=0,pku=0"'] if kind == "pvh" else []),
@@ -268,8 +271,9 @@ def build_dom0_initramfs(workdir: Path, pvh: Optional[bool] = None, live: bool =
     """Write dom0's initramfs (uncompressed cpio): toolstack, kexec, domU and crash images.
 
     :param live: for the live-host target (tests/targets/xen_live.py): dom0's init runs in
-        ``MODE=live`` (no crash kernel, no ``xl dump-core``; idles once the records are on the
-        only virtio disk, ``/dev/vda``).
+        ``MODE=live`` (no crash kernel, no ``xl dump-core``; every domU created before waiting
+        for the first; idles once the records are on the only virtio disk, ``/dev/vda``), the
+        domUs get :data:`LIVE_DOMU_MEMORY_MB`.
     """
     roots = {name: packages.unpack(name) for name in xl_dumpcore.TOOLSTACK_PACKAGES}
     kexec = packages.unpack(KEXEC_PACKAGE) / "sbin" / "kexec"
@@ -318,7 +322,8 @@ def build_dom0_initramfs(workdir: Path, pvh: Optional[bool] = None, live: bool =
     if not live:
         tree.file("/boot/crash-initrd.cpio.gz", _crash_initramfs(busybox, modules_dir))
     for tag, name, _state, kind in domains(pvh):
-        tree.file(f"/etc/xen/{tag}.cfg", _domu_config(tag, name, kind).encode())
+        memory = LIVE_DOMU_MEMORY_MB if live else DOMU_MEMORY_MB
+        tree.file(f"/etc/xen/{tag}.cfg", _domu_config(tag, name, kind, memory).encode())
     words = " ".join(f"{tag}:{name}:{state}" for tag, name, state, _kind in domains(pvh))
     conf = (f"XEN_BIN={xl_dumpcore.XEN_BIN}\nRESULTS_DISK=/dev/vd{'a' if live else 'b'}\n"
             f"CRASH_APPEND='{CRASH_APPEND}'\nDOMAINS='{words}'\n"

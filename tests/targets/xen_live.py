@@ -44,7 +44,7 @@ READY = "XENPTE-XENLIVE-READY"
 MACHINE_MEMORY = "1024M"   # no crash region to reserve: smaller than the crash target's
 DOM0_MEMORY = "384M"
 XEN_ARGS = ("dom0_max_vcpus=1", "dom0_vcpus_pin", "conring_size=1m")
-FORMAT = 1
+FORMAT = 3
 
 
 @dataclass

@@ -84,16 +84,25 @@ run xenconsoled --log=guest --log-dir=/var/log/xen/console --pid-file=/run/xen/x
 
 # "tag:name:state" -> $tag $name $state
 split() { tag=${1%%:*} rest=${1#*:}; name=${rest%%:*} state=${rest#*:}; }
-for entry in $DOMAINS; do
-    split "$entry"
-    run xl create "/etc/xen/$tag.cfg"
+# Wait for the marker of $name, note its domid, pause it if its state says so.
+settle() {
     say "waiting for the marker of $name"
     wait_for 480 domu_marker "$name"  # a PVH domU under TCG SVM boots slowly
     domid=$(xl domid "$name") || fail "xl domid $name"
     echo "$domid" > "/out/$tag-domid"
     say "$name is domain $domid"
     [ "$state" = paused ] && run xl pause "$domid"
+}
+# crash: one domU at a time; live: every `xl create` first (dom0's work overlaps the first
+# domU's boot), then each marker in creation order.
+for entry in $DOMAINS; do
+    split "$entry"
+    run xl create "/etc/xen/$tag.cfg"
+    [ "$MODE" = live ] || settle
 done
+if [ "$MODE" = live ]; then
+    for entry in $DOMAINS; do split "$entry"; settle; done
+fi
 
 # Xen's and libxc's views of every domU, taken before the crash: the vCPU context (xenctx -a:
 # XEN_DOMCTL_getvcpucontext), 512 bytes at the marker VA through libxc's own page walk, the p2m
