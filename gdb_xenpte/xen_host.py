@@ -2,17 +2,24 @@
 last recorded for each, and the :class:`VcpuRegs` a walk of one vCPU's tables needs.
 
 Inputs: a host source (machine memory: :class:`~gdb_xenpte.sources.kexec_elf.KexecElfSource`, a
-makedumpfile copy, or any source whose physical addresses are machine addresses) and a layout —
+makedumpfile copy, a live Xen under QEMU's gdbstub, a QEMU dump of the host, or any source whose
+physical addresses are machine addresses) and a layout —
 :class:`~gdb_xenpte.xen_syms.XenSyms` (``--xen-syms FILE``: DWARF, every field) or, without it,
 :class:`~gdb_xenpte.xen_syms.VmcoreinfoLayout` (the dump's VMCOREINFO_XEN: domain ids only).
 
 Facts used (:data:`gdb_xenpte.xen.FACTS`): ``virt_to_maddr`` (a Xen
 VA in the image's GiB is ``xen_phys_start + va - XEN_VIRT_START``; every other VA is translated
 through ``idle_pg_table``), ``domain_list``, ``domain_kind``, ``vcpu_pagetables``, ``vcpu_state``,
-``curr_vcpu``. Observed values stay observed: a PV vCPU that a pCPU was running when it saved its
-crash notes (the pCPU's CR3 is the vCPU's ``arch.cr3``) gets that pCPU's CR4 — the hardware value
-— with an origin saying so; the others get ``ctrlreg[4]`` (what the guest sees), marked as such,
-and the session derives the hardware value from Xen's policy.
+``curr_vcpu``. Observed values stay observed: a PV vCPU that a pCPU runs (``is_running``) or
+holds (``per_cpu(curr_vcpu)``: Xen's lazy switch leaves a vCPU's state on a pCPU that went idle),
+where that pCPU's CR3 is the vCPU's ``arch.cr3``, gets that pCPU's CR4 — the hardware value, from
+the crash notes or the CPU itself — with an origin saying so; the others get ``ctrlreg[4]`` (what
+the guest sees), marked as such, and the session derives the hardware value from Xen's policy.
+Without CRASH_INFO (live, a QEMU dump), ``xen_phys_start`` is where a CPU's CR3 maps
+``idle_pg_table``'s VA (every L4 carries Xen's slots), stated in :attr:`XenHost.notes`. A
+xen-syms with a GNU build-id note (xen/arch/x86/xen.lds.S keeps it in the image between
+``__note_gnu_build_id_start`` and ``_end`` when built with BUILD_ID) must find the same bytes at
+that place in memory.
 
 HVM/PVH vCPUs are walked from their own CR0/CR3/CR4/EFER (``arch.hvm.guest_cr``), every table
 frame translated guest frame -> machine frame through the domain's host p2m
@@ -20,8 +27,9 @@ frame translated guest frame -> machine frame through the domain's host p2m
 shown beside the guest's.
 
 Failure modes: :class:`~gdb_xenpte.errors.OptionError` for a domain or vCPU that does not exist,
-a layout without what is asked (names ``--xen-syms``), an HVM/PVH domain without a host p2m, or a
-source without CRASH_INFO's xen_phys_start where no CPU's CR3 maps Xen's image either;
+a layout without what is asked (names ``--xen-syms``), an HVM/PVH domain without a host p2m, a
+source without CRASH_INFO's xen_phys_start where no CPU's CR3 maps Xen's image either (not a Xen
+host), or a xen-syms whose build-id is not the one in memory (another build);
 :class:`~gdb_xenpte.errors.UnreadableMemory` (naming the VA and the machine address) for Xen
 memory the dump lacks.
 """

@@ -1,6 +1,6 @@
-"""Options that pick one domain's vCPU of a Xen host dump: ``--domid N`` (with ``--vcpu M``) and
-``--xen-syms FILE``; shared by ``xen-pte-walk``, ``xen-pte-check``, ``xen-cr4`` and
-``xen-domains``.
+"""Options that pick one domain's vCPU of a Xen host — live under QEMU's gdbstub or dumped:
+``--domid N`` (with ``--vcpu M``) and ``--xen-syms FILE``; shared by ``xen-pte-walk``,
+``xen-pte-check``, ``xen-cr4`` and ``xen-domains``.
 
 The lookup is the engine's (:mod:`gdb_xenpte.xen_host`); :func:`host_view` only wraps the opened
 source so the session sees that vCPU's registers, as Xen recorded them, with their origin.

@@ -59,6 +59,7 @@ class HostCapture:
     kdump: List[dict] = field(default_factory=list)           # xen-domains --core host.kdump
     errors: Dict[str, str] = field(default_factory=dict)
     text: str = ""                                            # xen-domains, live, as text
+    cr4_text: str = ""                                        # xen-cr4 --domid (running domU)
     readme: Dict[str, str] = field(default_factory=dict)      # README line -> output
     seconds: Dict[str, float] = field(default_factory=dict)
 
@@ -118,6 +119,8 @@ def host(tmp_path_factory) -> HostCapture:
                 d["domid"]: _records(gdb.cli(f"xen-pte-walk --xen-syms {syms} --domid "
                                              f"{d['domid']} --json {d['marker']['va']:#x}"))
                 for d in live.domains}
+            running = next(d for d in live.domains if d["state"] == "running")
+            cap.cr4_text = gdb.cli(f"xen-cr4 --xen-syms {syms} --domid {running['domid']}")
             cap.seconds["live_commands"] = time.monotonic() - t1
             gdb.cli("set xen-pte fast-path off")
             t2 = time.monotonic()
@@ -153,6 +156,11 @@ def host(tmp_path_factory) -> HostCapture:
                                              f"{d['marker']['va']:#x}"))
                 for d in live.domains}
             cap.kdump = _records(gdb.cli(f"xen-domains --core {kdump} --xen-syms {syms} --json"))
+            cap.walks["kdump"] = {
+                d["domid"]: _records(gdb.cli(f"xen-pte-walk --core {kdump} --xen-syms {syms} "
+                                             f"--domid {d['domid']} --json "
+                                             f"{d['marker']['va']:#x}"))
+                for d in live.domains}
             cap.text = gdb.cli(f"xen-domains --xen-syms {syms}")
             # the README's block as written, in a folder holding xen-syms; QEMU resolves the
             # dump's relative name in its own folder, so the monitor line gets it absolute
@@ -237,8 +245,9 @@ def test_phymem_mode_symbol_file_and_dump_agree_with_the_fast_path(host):
     assert _strip(host.kdump) == fast
 
 
-@pytest.mark.parametrize("source", ["live", "phymem", "dump"])
+@pytest.mark.parametrize("source", ["live", "phymem", "dump", "kdump"])
 def test_domid_walk_reaches_each_marker_at_its_p2m_mfn(host, source):
+    vcpus = _vcpus(host.live)
     for dom in host.domains:
         records = host.walks[source][dom["domid"]]
         assert len(records) >= 3, records
@@ -247,13 +256,23 @@ def test_domid_walk_reaches_each_marker_at_its_p2m_mfn(host, source):
         assert int(header["cr3"], 16) == dom["cr3"] and header["domain"] == "pv64"
         assert int(mapping["pa"], 16) == dom["marker"]["mfn"] << 12, (source, mapping)
         assert host.pages[dom["domid"]] == marker_page(dom["tag"])
+        hw_cr4 = vcpus[dom["domid"]]["hw_cr4"]
+        if hw_cr4 is not None:  # observed: the walk runs with the pCPU's CR4 as it is
+            assert header["effective_cr4"] == hw_cr4, (source, header)
+
+
+def test_xen_cr4_of_a_live_domain_is_its_pcpus(host):
+    """xen-cr4 --domid on the running domU: the CR4 explained is the one its pCPU runs it with."""
+    (running,) = [d for d in host.domains if d["state"] == "running"]
+    rec = _vcpus(host.live)[running["domid"]]
+    assert rec["hw_cr4"] is not None and rec["hw_cr4"] in host.cr4_text, host.cr4_text
+    assert f"domain {running['domid']} vCPU 0" in host.cr4_text
 
 
 def test_bad_input_is_one_line(host):
-    assert host.errors["no syms"] == (
-        "xen-pte-walk: --domid needs the running Xen's xen-syms (--xen-syms FILE, or gdb's "
-        "symbol file) on QEMU gdbstub 127.0.0.1:" + host.errors["no syms"].split("127.0.0.1:")[1]
-        .split(":")[0] + ": it has no Xen crash notes")
+    assert re.fullmatch(r"xen-pte-walk: --domid needs the running Xen's xen-syms \(--xen-syms "
+                        r"FILE, or gdb's symbol file\) on QEMU gdbstub 127\.0\.0\.1:\d+: it has "
+                        r"no Xen crash notes", host.errors["no syms"]), host.errors["no syms"]
     other = host.errors["other syms"]
     assert re.fullmatch(r"xen-domains: xen-syms \S+other-xen-syms is not the Xen running in "
                         r"QEMU gdbstub \S+: its build-id note at VA 0x[0-9a-f]+ \(machine "
