@@ -13,9 +13,13 @@ d`` and ``q`` onto the only virtio disk, prints ``XENPTE-XENLIVE-READY`` and idl
 ``xen-syms``, and per domU what Xen's tools said before gdb stopped anything (domid, xenctx's
 CR3, the marker's VA, PFN and machine frame from the p2m). QEMU is killed on exit.
 
-Cached (tests/targets/cachedir.py ``xenlive/<key>/``): dom0's initramfs, keyed by the crash
-target's inputs (:func:`tests.targets.xen_crash._inputs`: Xen build, package versions, scripts).
-The boot itself is not cacheable; measured in the module's ``__main__``.
+Cached (tests/targets/cachedir.py ``xenlive/<key>/``, ``<key>`` a hash of the crash target's
+inputs — :func:`tests.targets.xen_crash._inputs`: Xen build, package versions, scripts — and
+:data:`FORMAT`): dom0's initramfs, and in ``machine-<hash of QEMU's arguments and version>/`` the
+booted machine itself, saved once dom0 is ready: QEMU's migration stream (``state``, what
+``migrate "exec:cat > FILE"`` writes), the disk and the records. A later run starts QEMU with
+``-incoming`` from it: the same host (same domids, page tables, records) running again, without
+the boot. Measured here at load 3-6 (another QEMU running): boot 63-85 s; see ``__main__``.
 
 Failure modes: as :mod:`tests.targets.xen_crash` (TargetSetupError, QemuSetupError, QemuError
 carrying the serial log's tail when dom0 reports ``XENPTE-XENCRASH-FAILED`` or times out).
@@ -27,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,8 +40,8 @@ from typing import Dict, Iterator, List
 
 from . import xen_crash, xl_dumpcore
 from .cachedir import cache_root
-from .qemu import QemuError
-from .xen import XenGuest, boot_xen
+from .qemu import QEMU_BINARY, Qemu, QemuError
+from .xen import XEN_CPU_MODEL, XenGuest, xen_qemu_args
 
 __all__ = ["READY", "XenLiveHost", "boot_live_host", "dom0_initramfs"]
 
@@ -66,12 +71,16 @@ class XenLiveHost:
     key_d: List[Dict[str, object]]
     key_q: Dict[int, Dict[str, object]]
     seconds: Dict[str, float] = field(default_factory=dict)
+    restored_from: str = ""  # the cached migration stream it was started from, if any
 
 
-def dom0_initramfs() -> Path:
-    """Return dom0's live-mode initramfs, building it once per set of inputs."""
-    inputs = {"format": FORMAT, "crash_target": xen_crash._inputs(False)}
-    folder = cache_root("xenlive") / xen_crash.cache_key(inputs)
+def _initramfs_key() -> str:
+    return xen_crash.cache_key({"format": FORMAT, "crash_target": xen_crash._inputs(False)})
+
+
+def dom0_initramfs(key: str) -> Path:
+    """Return dom0's live-mode initramfs (cached under ``key``), building it if missing."""
+    folder = cache_root("xenlive") / key
     path = folder / "dom0-initramfs.cpio"
     if path.is_file():
         return path
@@ -106,34 +115,103 @@ def _records(out: Path) -> tuple:
     return domains, xen_crash.parse_debug_key_d(keys), key_q
 
 
+def _resume_incoming(vm, timeout: float) -> None:
+    """Wait for the incoming migration to finish, then run the machine (it was saved stopped,
+    so QEMU leaves it paused)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        status = vm.monitor("info status")
+        if "inmigrate" not in status:
+            if "paused" in status:
+                vm.monitor("cont")
+            if "running" in vm.monitor("info status"):
+                return
+        time.sleep(0.2)
+    raise QemuError(f"QEMU did not run after its incoming migration within {timeout:.0f} s: "
+                    f"{vm.monitor('info status')!r}; {vm.monitor('info migrate')[-500:]!r}")
+
+
+def _save(vm, folder: Path, results: Path, records: Dict[str, object]) -> float:
+    """Write the stopped machine's migration stream, its disk and the records into ``folder``
+    (each under a temporary name, then renamed); the machine runs on. Returns the seconds."""
+    t0 = time.monotonic()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = f".tmp{os.getpid()}"
+    vm.monitor("stop")
+    try:
+        vm.monitor(f'migrate "exec:cat > {folder / ("state" + tmp)}"', timeout=300)
+        status = vm.monitor("info migrate")
+        if "Migration status: completed" not in status:
+            raise QemuError(f"migration to the cache failed: {status[-800:]}")
+        shutil.copyfile(results, folder / ("results.disk" + tmp))
+        (folder / ("records.json" + tmp)).write_text(json.dumps(records))
+        for name in ("results.disk", "records.json", "state"):  # state last: it marks complete
+            os.replace(folder / (name + tmp), folder / name)
+    finally:
+        vm.monitor("cont")
+    return time.monotonic() - t0
+
+
 @contextmanager
-def boot_live_host(workdir: Path, timeout: float = 600.0) -> Iterator[XenLiveHost]:
-    """Boot the host and yield once dom0 has recorded its domUs; QEMU is killed on exit."""
+def boot_live_host(workdir: Path, timeout: float = 600.0,
+                   cached: bool = True) -> Iterator[XenLiveHost]:
+    """Yield the running host once dom0 has recorded its domUs; QEMU is killed on exit.
+
+    A first run boots it (~60-90 s here) and saves the machine as it was then (QEMU's migration
+    stream, ~1-5 s more) with its disk and records in the cache; later runs start QEMU from that
+    stream (``-incoming``): the same host, domids, page tables and records, in seconds.
+
+    :param cached: use (and fill) the cache; False always boots.
+    """
     from tests.pv32 import xen_pv32
 
     started = time.monotonic()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     build = xen_pv32.xen_build()
-    initramfs = dom0_initramfs()
+    key = _initramfs_key()
+    initramfs = dom0_initramfs(key)
     results = workdir / "results.disk"
+    drive = "format=raw,if=virtio,cache=unsafe"
+    extra = ["-smp", str(xen_crash.PCPUS), "-drive", f"file={results},{drive}"]
+    args, guest = xen_qemu_args(initramfs, dom0_mem=DOM0_MEMORY, extra_args=extra,
+                                xen_args=XEN_ARGS, xen=build.elf)
+    version = subprocess.run([QEMU_BINARY, "--version"], capture_output=True,
+                             text=True).stdout.splitlines()[:1]
+    machine = [a if a != f"file={results},{drive}" else f"file=RESULTS,{drive}" for a in args]
+    snap = cache_root("xenlive") / key / ("machine-" + xen_crash.cache_key(
+        {"args": machine, "memory": MACHINE_MEMORY, "cpu": XEN_CPU_MODEL, "qemu": version}))
+    seconds = {"images": time.monotonic() - started}
+    if cached and (snap / "state").is_file():
+        shutil.copyfile(snap / "results.disk", results)
+        with Qemu([*args, "-incoming", f"exec:cat {snap / 'state'}"], memory=MACHINE_MEMORY,
+                  cpu=XEN_CPU_MODEL, workdir=workdir) as vm:
+            _resume_incoming(vm, timeout=120)
+            seconds["qemu_restored"] = vm.seconds_since_start()
+            guest.vm = vm
+            rec = json.loads((snap / "records.json").read_text())
+            key_q = {int(k): {**v, "vcpus": {int(i): x for i, x in v["vcpus"].items()}}
+                     for k, v in rec["key_q"].items()}
+            yield XenLiveHost(guest, workdir, build.syms, rec["domains"], rec["key_d"], key_q,
+                              seconds, restored_from=str(snap / "state"))
+        return
     with open(results, "wb") as f:
         f.truncate(64 << 20)
-    seconds = {"images": time.monotonic() - started}
-    drive = "format=raw,if=virtio,cache=unsafe"
-    with boot_xen(workdir, memory=MACHINE_MEMORY, dom0_mem=DOM0_MEMORY, initramfs=initramfs,
-                  extra_args=["-smp", str(xen_crash.PCPUS), "-drive", f"file={results},{drive}"],
-                  xen_args=XEN_ARGS, xen=build.elf,
-                  ready=f"{READY}|{xen_crash.FAILED}", timeout=timeout) as guest:
-        serial = guest.vm.serial_text()
+    with Qemu(args, memory=MACHINE_MEMORY, cpu=XEN_CPU_MODEL, workdir=workdir) as vm:
+        vm.wait_for_serial(f"{READY}|{xen_crash.FAILED}", timeout=timeout)
+        serial = vm.serial_text()
         if re.search(xen_crash.FAILED, serial):
             time.sleep(3)  # the failing script prints its logs after the line
             raise QemuError(f"the live Xen host failed; serial log tail: "
-                            f"{guest.vm.serial_text()[-5000:]}")
-        seconds["qemu_to_ready"] = guest.boot_seconds
+                            f"{vm.serial_text()[-5000:]}")
+        seconds["qemu_to_ready"] = vm.seconds_since_start()
+        guest.vm, guest.boot_seconds = vm, seconds["qemu_to_ready"]
         # dom0 synced the tar before printing READY: QEMU has written it to the host file
         xen_crash._unpack_tar(results, workdir / "out")
         domains, key_d, key_q = _records(workdir / "out")
+        if cached:
+            seconds["saved_to_cache"] = _save(vm, snap, results, {
+                "domains": domains, "key_d": key_d, "key_q": key_q})
         yield XenLiveHost(guest, workdir, build.syms, domains, key_d, key_q, seconds)
 
 
