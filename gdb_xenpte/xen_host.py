@@ -40,6 +40,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .arch import CR4
 from .errors import OptionError, UnreadableMemory
 from .sources.base import PhysSource, VcpuRegs
 from .xen_syms import MissingLayout, VmcoreinfoLayout, XenSyms, first_symbol
@@ -227,6 +228,7 @@ class XenHost:
         info = self.host.info if self.host is not None else None
         if xen_phys_start is None and info is not None:
             xen_phys_start = info.xen_phys_start
+        self.phys_start_derived = xen_phys_start is None
         if xen_phys_start is None:
             xen_phys_start = self._phys_start_from_cpus(idle)
         self.xen_phys_start = xen_phys_start
@@ -259,7 +261,8 @@ class XenHost:
         """No CRASH_INFO (a QEMU dump of a Xen host, a live Xen): every L4 carries Xen's slots,
         so any CPU's CR3 maps Xen's image; where ``idle_pg_table`` lands gives xen_phys_start."""
         for regs in self.source.vcpus():
-            if regs.cr3 is None or regs.long_mode is False:
+            # Xen (4.17) runs with 4-level paging only: a CPU in 5-level paging runs no Xen.
+            if regs.cr3 is None or regs.long_mode is False or (regs.cr4 or 0) & CR4.LA57:
                 continue
             maddr, _why = self._walk(regs.cr3, idle)
             if maddr is not None:
@@ -283,6 +286,10 @@ class XenHost:
         try:
             seen = self.source.read(self._image_maddr(va), len(data))
         except UnreadableMemory as err:
+            if self.phys_start_derived:  # a CR3 mapped idle_pg_table's VA, but not to Xen
+                raise OptionError(f"{self.layout.name} does not fit {self.source.name}: with "
+                                  f"xen_phys_start {self.xen_phys_start:#x} (derived through a "
+                                  f"CPU's CR3) its build-id note is unreadable ({err})") from None
             self.notes.append(f"build-id not checked: {err}")
             return
         if seen != data:
