@@ -140,6 +140,8 @@ def host(tmp_path_factory) -> HostCapture:
             cap.errors["other syms"] = _error(gdb, f"xen-domains --xen-syms {other}")
             other.unlink()
             cap.errors["no domain"] = _error(gdb, f"xen-pte-walk --xen-syms {syms} --domid 77 0")
+            cap.errors["direct map"] = _error(gdb, f"xen-pte-walk --xen-syms {syms} --domid 1 "
+                                                   "--direct-map 0xffff888000000000 0")
             # the same stopped host, dumped by QEMU
             t3 = time.monotonic()
             elf = workdir / "host.elf"
@@ -222,11 +224,18 @@ def test_the_pcpu_running_or_holding_a_vcpu_gives_its_hardware_cr4(host):
     for v in observed:
         regs = host.regs[v["pcpu"]]
         assert int(v["hw_cr4"], 16) == regs["cr4"] and int(v["hw_cr3"], 16) == regs["cr3"]
-        assert f"pCPU" in v["hw_cr4_origin"] and "arch.cr3" in v["hw_cr4_origin"]
+        assert "pCPU" in v["hw_cr4_origin"] and "arch.cr3" in v["hw_cr4_origin"]
+    # dom0 (pinned alone to pCPU 0: it runs there, or pCPU 0 idles holding it) and the spinning
+    # domU (always runnable on pCPU 1, where the paused one never runs again) are observed; the
+    # paused domU is not on any pCPU.
+    vcpus = _vcpus(host.live)
     (running,) = [d for d in host.domains if d["state"] == "running"]
-    cr3_tables = pcpus[running["pcpu"]]["cr3_tables"] or ""
-    if cr3_tables.startswith(f"d{running['domid']}v0"):  # stopped while it ran (not in idle)
-        assert _vcpus(host.live)[running["domid"]]["hw_cr4"] is not None
+    (paused,) = [d for d in host.domains if d["state"] == "paused"]
+    assert int(vcpus[0]["hw_cr4"], 16) == host.regs[0]["cr4"]
+    assert int(vcpus[running["domid"]]["hw_cr4"], 16) == host.regs[running["pcpu"]]["cr4"]
+    assert vcpus[paused["domid"]]["hw_cr4"] is None
+    assert pcpus[0]["cr3_tables"].startswith("d0v0 ")
+    assert pcpus[running["pcpu"]]["cr3_tables"].startswith(f"d{running['domid']}v0 ")
 
 
 def test_xen_phys_start_is_derived_from_a_cpu_cr3_and_says_so(host):
@@ -280,7 +289,11 @@ def test_bad_input_is_one_line(host):
                         r"[0-9a-f]{40}", other), other
     ids = re.findall(r"[0-9a-f]{40}", other)
     assert ids[0] != ids[1]
-    assert host.errors["no domain"].startswith("xen-pte-walk: no domain 77 on QEMU gdbstub ")
+    assert re.fullmatch(r"xen-pte-walk: no domain 77 on QEMU gdbstub 127\.0\.0\.1:\d+ \(domains: "
+                        r"0, 1, 2\)", host.errors["no domain"]), host.errors["no domain"]
+    assert host.errors["direct map"] == (
+        "xen-pte-walk: --domid reads Xen's structures in machine memory: not with --direct-map "
+        "(the live target's physical reads are needed)")
     assert all("\n" not in e for e in host.errors.values())
 
 
