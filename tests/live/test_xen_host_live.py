@@ -140,6 +140,8 @@ def host(tmp_path_factory) -> HostCapture:
             cap.errors["other syms"] = _error(gdb, f"xen-domains --xen-syms {other}")
             other.unlink()
             cap.errors["no domain"] = _error(gdb, f"xen-pte-walk --xen-syms {syms} --domid 77 0")
+            cap.errors["no vcpu"] = _error(gdb, f"xen-pte-walk --xen-syms {syms} --domid 2 "
+                                                "--vcpu 1 0")
             cap.errors["direct map"] = _error(gdb, f"xen-pte-walk --xen-syms {syms} --domid 1 "
                                                    "--direct-map 0xffff888000000000 0")
             # the same stopped host, dumped by QEMU
@@ -291,6 +293,7 @@ def test_bad_input_is_one_line(host):
     assert ids[0] != ids[1]
     assert re.fullmatch(r"xen-pte-walk: no domain 77 on QEMU gdbstub 127\.0\.0\.1:\d+ \(domains: "
                         r"0, 1, 2\)", host.errors["no domain"]), host.errors["no domain"]
+    assert host.errors["no vcpu"] == "xen-pte-walk: domain 2 has no vCPU 1 (vCPUs: 0)"
     assert host.errors["direct map"] == (
         "xen-pte-walk: --domid reads Xen's structures in machine memory: not with --direct-map "
         "(the live target's physical reads are needed)")
