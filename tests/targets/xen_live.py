@@ -54,7 +54,7 @@ MACHINE_MEMORY = "1024M"   # no crash region to reserve: smaller than the crash 
 DOM0_MEMORY = "384M"
 XEN_ARGS = ("dom0_max_vcpus=1", "dom0_vcpus_pin", "conring_size=1m")
 FORMAT = 3
-KEEP_MACHINES = 2
+KEEP_ENTRIES = 2
 
 
 @dataclass
@@ -159,13 +159,12 @@ def _save(vm, folder: Path, results: Path, records: Dict[str, object]) -> float:
 
 
 def _prune(keep: Path) -> None:
-    """Drop saved machines other than the ``KEEP_MACHINES`` newest (~330 MB each; other keys are
-    other branches or script versions)."""
-    saved = sorted(cache_root("xenlive").glob("*/machine-*/state"),
-                   key=lambda p: p.stat().st_mtime, reverse=True)
-    for state in saved[KEEP_MACHINES:]:
-        if state.parent != keep:
-            shutil.rmtree(state.parent, ignore_errors=True)
+    """Keep the ``KEEP_ENTRIES`` newest key folders (``keep``'s among them): other keys are other
+    branches or script versions, each ~400 MB with its saved machine."""
+    folders = sorted((d for d in cache_root("xenlive").iterdir() if d.is_dir()),
+                     key=lambda d: d.stat().st_mtime, reverse=True)
+    for stale in [d for d in folders if d != keep.parent][KEEP_ENTRIES - 1:]:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 @contextmanager
