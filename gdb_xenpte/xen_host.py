@@ -2,17 +2,24 @@
 last recorded for each, and the :class:`VcpuRegs` a walk of one vCPU's tables needs.
 
 Inputs: a host source (machine memory: :class:`~gdb_xenpte.sources.kexec_elf.KexecElfSource`, a
-makedumpfile copy, or any source whose physical addresses are machine addresses) and a layout —
+makedumpfile copy, a live Xen under QEMU's gdbstub, a QEMU dump of the host, or any source whose
+physical addresses are machine addresses) and a layout —
 :class:`~gdb_xenpte.xen_syms.XenSyms` (``--xen-syms FILE``: DWARF, every field) or, without it,
 :class:`~gdb_xenpte.xen_syms.VmcoreinfoLayout` (the dump's VMCOREINFO_XEN: domain ids only).
 
 Facts used (:data:`gdb_xenpte.xen.FACTS`): ``virt_to_maddr`` (a Xen
 VA in the image's GiB is ``xen_phys_start + va - XEN_VIRT_START``; every other VA is translated
 through ``idle_pg_table``), ``domain_list``, ``domain_kind``, ``vcpu_pagetables``, ``vcpu_state``,
-``curr_vcpu``. Observed values stay observed: a PV vCPU that a pCPU was running when it saved its
-crash notes (the pCPU's CR3 is the vCPU's ``arch.cr3``) gets that pCPU's CR4 — the hardware value
-— with an origin saying so; the others get ``ctrlreg[4]`` (what the guest sees), marked as such,
-and the session derives the hardware value from Xen's policy.
+``curr_vcpu``. Observed values stay observed: a PV vCPU that a pCPU runs (``is_running``) or
+holds (``per_cpu(curr_vcpu)``: Xen's lazy switch leaves a vCPU's state on a pCPU that went idle),
+where that pCPU's CR3 is the vCPU's ``arch.cr3``, gets that pCPU's CR4 — the hardware value, from
+the crash notes or the CPU itself — with an origin saying so; the others get ``ctrlreg[4]`` (what
+the guest sees), marked as such, and the session derives the hardware value from Xen's policy.
+Without CRASH_INFO (live, a QEMU dump), ``xen_phys_start`` is where a CPU's CR3 maps
+``idle_pg_table``'s VA (every L4 carries Xen's slots), stated in :attr:`XenHost.notes`. A
+xen-syms with a GNU build-id note (xen/arch/x86/xen.lds.S keeps it in the image between
+``__note_gnu_build_id_start`` and ``_end`` when built with BUILD_ID) must find the same bytes at
+that place in memory.
 
 HVM/PVH vCPUs are walked from their own CR0/CR3/CR4/EFER (``arch.hvm.guest_cr``), every table
 frame translated guest frame -> machine frame through the domain's host p2m
@@ -20,8 +27,9 @@ frame translated guest frame -> machine frame through the domain's host p2m
 rights and type for its frames (``second_stage``), beside the guest's.
 
 Failure modes: :class:`~gdb_xenpte.errors.OptionError` for a domain or vCPU that does not exist,
-a layout without what is asked (names ``--xen-syms``), an HVM/PVH domain without a host p2m, or a
-source without CRASH_INFO's xen_phys_start where no CPU's CR3 maps Xen's image either;
+a layout without what is asked (names ``--xen-syms``), an HVM/PVH domain without a host p2m, a
+source without CRASH_INFO's xen_phys_start where no CPU's CR3 maps Xen's image either (not a Xen
+host), or a xen-syms whose build-id is not the one in memory (another build);
 :class:`~gdb_xenpte.errors.UnreadableMemory` (naming the VA and the machine address) for Xen
 memory the dump lacks.
 """
@@ -32,6 +40,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .arch import CR4
 from .errors import OptionError, UnreadableMemory
 from .model import Stage2
 from .sources.base import PhysSource, VcpuRegs
@@ -210,6 +219,7 @@ class XenHost:
         self.host = getattr(source, "host", None)
         self.notes: List[str] = []
         self._tables: Dict[int, bytes] = {}
+        self._curr: Optional[Dict[int, int]] = None
         idle = first_symbol(layout, ("idle_pg_table", "pgd_l4"))
         if idle is None:
             raise OptionError(f"{layout.name} names no idle_pg_table: give --xen-syms FILE")
@@ -219,10 +229,12 @@ class XenHost:
         info = self.host.info if self.host is not None else None
         if xen_phys_start is None and info is not None:
             xen_phys_start = info.xen_phys_start
+        self.phys_start_derived = xen_phys_start is None
         if xen_phys_start is None:
             xen_phys_start = self._phys_start_from_cpus(idle)
         self.xen_phys_start = xen_phys_start
         self.idle_pg_table = self._image_maddr(idle)
+        self._check_build_id()
         if isinstance(layout, VmcoreinfoLayout):
             self.notes.append("layout from VMCOREINFO_XEN only: domain ids and kinds need "
                               "--xen-syms for vCPU state")
@@ -250,7 +262,8 @@ class XenHost:
         """No CRASH_INFO (a QEMU dump of a Xen host, a live Xen): every L4 carries Xen's slots,
         so any CPU's CR3 maps Xen's image; where ``idle_pg_table`` lands gives xen_phys_start."""
         for regs in self.source.vcpus():
-            if regs.cr3 is None or regs.long_mode is False:
+            # Xen (4.17) runs with 4-level paging only: a CPU in 5-level paging runs no Xen.
+            if regs.cr3 is None or regs.long_mode is False or (regs.cr4 or 0) & CR4.LA57:
                 continue
             maddr, _why = self._walk(regs.cr3, idle)
             if maddr is not None:
@@ -260,6 +273,33 @@ class XenHost:
                 return maddr - (idle - self.xen_virt_start)
         raise OptionError(f"{self.source.name}: xen_phys_start unknown (no Xen CRASH_INFO note, "
                           "and no CPU's CR3 maps Xen's image)")
+
+    def _check_build_id(self) -> None:
+        """The xen-syms must be the running Xen's: its GNU build-id note (read-only data, never
+        patched at boot) must be the bytes at the same place in the host's memory.
+
+        :raises OptionError: naming the file, the source and both ids, if they differ.
+        """
+        note = getattr(self.layout, "build_id_note", lambda: None)()
+        if note is None:
+            return
+        va, data = note
+        try:
+            seen = self.source.read(self._image_maddr(va), len(data))
+        except UnreadableMemory as err:
+            if self.phys_start_derived:  # a CR3 mapped idle_pg_table's VA, but not to Xen
+                raise OptionError(f"{self.layout.name} does not fit {self.source.name}: with "
+                                  f"xen_phys_start {self.xen_phys_start:#x} (derived through a "
+                                  f"CPU's CR3) its build-id note is unreadable ({err})") from None
+            self.notes.append(f"build-id not checked: {err}")
+            return
+        if seen != data:
+            raise OptionError(f"{self.layout.name} is not the Xen running in {self.source.name}: "
+                              f"its build-id note at VA {va:#x} (machine address "
+                              f"{self._image_maddr(va):#x}) reads {seen[-20:].hex()} there, the "
+                              f"file has {data[-20:].hex()}")
+        self.notes.append(f"{self.layout.name} matches: build-id {data[16:].hex()} found at "
+                          f"machine address {self._image_maddr(va):#x}")
 
     def _image_maddr(self, va: int) -> int:
         return va - self.xen_virt_start + self.xen_phys_start
@@ -452,7 +492,10 @@ class XenHost:
             notes.append("guest-physical tables: walked through the host p2m"
                          + (f" ({dom.p2m_format})" if dom.p2m_format else " (none found)"))
         hw_cr3 = g("arch.cr3")
-        hw_cr4, hw_origin = self._observed_cr4(hw_cr3, running, pcpu)
+        held = self._held_by().get(address)
+        hw_cr4, hw_origin = self._observed_cr4(hw_cr3, running or held is not None,
+                                               pcpu if held is None else held,
+                                               "running" if running else "holding")
         if running and hw_cr4 is None:
             notes.append("marked running, but no pCPU's crash-note CR3 is its arch.cr3")
         state = "running" if running else "paused" if paused else runstate
@@ -460,16 +503,38 @@ class XenHost:
                         hw_origin, cs, state, paused, runstate, running, pcpu, in_kernel, address,
                         tuple(notes), hw_cr3)
 
-    def _observed_cr4(self, arch_cr3: Optional[int], running: bool,
-                      pcpu: Optional[int]) -> Tuple[Optional[int], str]:
+    def _observed_cr4(self, arch_cr3: Optional[int], running: bool, pcpu: Optional[int],
+                      how: str = "running") -> Tuple[Optional[int], str]:
         if not running or arch_cr3 is None or pcpu is None:
             return None, ""
+        what = ("was running this vCPU" if how == "running" else
+                "holds this vCPU's state (per_cpu curr_vcpu: Xen's lazy switch, e.g. idle)")
         for regs in self._cpus():
             if regs.index == pcpu and regs.cr3 is not None and regs.cr4 is not None \
                     and regs.cr3 & _ADDR == arch_cr3 & _ADDR:
-                return regs.cr4, (f"{regs.origin or f'pCPU {pcpu}'}: that pCPU was running "
-                                  f"this vCPU (its CR3 {regs.cr3:#x} is v->arch.cr3)")
+                return regs.cr4, (f"{regs.origin or f'pCPU {pcpu}'}: that pCPU {what} "
+                                  f"(its CR3 {regs.cr3:#x} is v->arch.cr3)")
         return None, ""
+
+    def _held_by(self) -> Dict[int, int]:
+        """``struct vcpu`` address -> the pCPU whose state it is (``per_cpu(curr_vcpu)``, fact
+        ``curr_vcpu``), for the pCPUs the source has registers of; empty without xen-syms."""
+        if self._curr is not None:
+            return self._curr
+        self._curr = {}
+        layout = self.layout
+        if not (isinstance(layout, XenSyms) and layout.has_symbol("per_cpu__curr_vcpu")
+                and layout.has_symbol("__per_cpu_offset")):
+            return self._curr
+        var, offsets = layout.symbol("per_cpu__curr_vcpu"), layout.symbol("__per_cpu_offset")
+        for regs in self._cpus():
+            try:
+                v = self._u((var + self._u(offsets + 8 * regs.index)) & (1 << 64) - 1)
+            except UnreadableMemory:
+                continue
+            if v:
+                self._curr[v] = regs.index
+        return self._curr
 
     def tables_of(self, cr3: Optional[int], domains: Sequence[HostDomain]) -> str:
         """Whose page tables a pCPU's CR3 holds: ``"d2v0"`` (a vCPU's ``arch.cr3``; ``user``
@@ -654,6 +719,20 @@ class DomainVcpuSource(PhysSource):
         """Close the host source and the xen-syms file."""
         self._host.layout.close()
         self._src.close()
+
+    def __enter__(self):
+        self._held = self._src.hold()
+        self._held.__enter__()  # a live host: PhyMemMode on for the whole walk
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            held, self._held = getattr(self, "_held", None), None
+            if held is not None:
+                held.__exit__(*exc)
+        finally:
+            self.close()
+        return False
 
 
 def _stage2(entry: P2mEntry) -> Optional[Stage2]:

@@ -18,7 +18,7 @@ structure, member or symbol the build does not have.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Optional, Tuple
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -263,6 +263,19 @@ class XenSyms:
                     signed = enc is not None and enc.value in (5, 6, 13)
                     kind = "int"
         return Field(offset, size, count, signed, kind, bits)
+
+    def build_id_note(self) -> Optional[Tuple[int, bytes]]:
+        """``(VA, bytes)`` of the linked ``.note.gnu.build-id`` (Xen keeps it in its image, in
+        read-only data, for livepatch and ``xen_build_id``), or None if this build has none."""
+        syms = self._load_symbols()
+        start, end = syms.get("__note_gnu_build_id_start"), syms.get("__note_gnu_build_id_end")
+        if start is None or end is None or not 16 < end - start <= 4096:
+            return None
+        for section in self._elf.iter_sections():  # the linker put it inside another section
+            base, size = section["sh_addr"], section["sh_size"]
+            if base and section["sh_type"] != "SHT_NOBITS" and base <= start and end <= base + size:
+                return start, section.data()[start - base:end - base]
+        return None
 
     def close(self) -> None:
         self._fh.close()

@@ -20,6 +20,7 @@ CLAIMED = {
     "Load it into gdb": "tests/gdb/test_readme.py",
     "Live QEMU": "tests/live/test_gdblive.py",
     "A Xen host under QEMU": "tests/live/test_xen_dom0.py",
+    "Every domain of a Xen host": "tests/live/test_xen_host_live.py",
     "A QEMU dump": "tests/gdb/test_readme.py",
     "An `xl dump-core` file": "tests/gdb/test_readme.py",
     "Batch, many dumps": "tests/batch/test_readme_batch.py",

@@ -219,6 +219,8 @@ class XenCr4Command(XenPteCommand):
             try:
                 source = open_source(args)
             except XenpteError:
+                if args.domid is not None:
+                    raise  # the live Xen host's own answer (no xen-syms, no such domain ...)
                 raise OptionError("no CR4 to explain: give VALUE, --core FILE, or connect to a "
                                   "target") from None
         with source:

@@ -106,11 +106,14 @@ def open_source(args: argparse.Namespace) -> PhysSource:
     if args.raw:
         from ..sources.raw import RawSource, parse_raw_spec
         return RawSource(*parse_raw_spec(args.raw))
+    if getattr(args, "domid", None) is not None and args.direct_map is not None:
+        raise OptionError("--domid reads Xen's structures in machine memory: not with "
+                          "--direct-map (the live target's physical reads are needed)")
     src = open_live_source(direct_map=args.direct_map, domain=first_given(
         args.domain, params.value("domain")), fast=bool(params.value("fast-path")), pkru=None)
     thread = gdb.selected_thread()
     src.current_vcpu = thread.num - 1 if thread is not None else 0
-    return src
+    return host_view(args, src)  # --domid: that vCPU of the live Xen host
 
 
 # Options that a `set xen-pte` parameter backs: (option attribute, parameter name).

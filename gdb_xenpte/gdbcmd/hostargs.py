@@ -1,6 +1,6 @@
-"""Options that pick one domain's vCPU of a Xen host dump: ``--domid N`` (with ``--vcpu M``) and
-``--xen-syms FILE``; shared by ``xen-pte-walk``, ``xen-pte-check``, ``xen-cr4`` and
-``xen-domains``.
+"""Options that pick one domain's vCPU of a Xen host — live under QEMU's gdbstub or dumped:
+``--domid N`` (with ``--vcpu M``) and ``--xen-syms FILE``; shared by ``xen-pte-walk``,
+``xen-pte-check``, ``xen-cr4`` and ``xen-domains``.
 
 The lookup is the engine's (:mod:`gdb_xenpte.xen_host`); :func:`host_view` only wraps the opened
 source so the session sees that vCPU's registers, as Xen recorded them, with their origin.
@@ -23,14 +23,16 @@ __all__ = ["add_host_options", "host_view", "xen_syms_path"]
 
 def add_host_options(p: GdbArgumentParser, domid: bool = True) -> None:
     """Add ``--xen-syms FILE`` and (``domid``) ``--domid N`` to a parser."""
-    g = p.add_argument_group("Xen host dumps (kexec crash vmcore, makedumpfile copy)")
+    g = p.add_argument_group("Xen hosts (live under QEMU's gdbstub, a kexec crash vmcore or its "
+                             "makedumpfile copy, a QEMU dump of the host)")
     if domid:
         g.add_argument("--domid", metavar="N", type=int_in(0, 0x7FEF),
                        help="walk domain N's vCPU (--vcpu M, default 0) with the page tables and "
                             "CR4 Xen recorded for it, instead of a pCPU's")
     g.add_argument("--xen-syms", metavar="FILE",
-                   help="the xen-syms (with DWARF) of the crashed Xen: every domain's vCPU state "
-                        "(default: gdb's symbol file if it is one, else the dump's VMCOREINFO_XEN)")
+                   help="the xen-syms (with DWARF) of that Xen: every domain's vCPU state "
+                        "(default: gdb's symbol file if it is one, else a crash dump's "
+                        "VMCOREINFO_XEN)")
 
 
 def xen_syms_path(args: argparse.Namespace) -> Optional[str]:
@@ -56,12 +58,13 @@ def host_view(args: argparse.Namespace, source: PhysSource) -> PhysSource:
     try:
         syms = xen_syms_path(args)
         if getattr(source, "host", None) is None and syms is None:
-            raise OptionError(f"--domid needs a Xen host crash dump (kexec vmcore or its "
-                              f"makedumpfile copy) or --xen-syms; {source.name} is neither")
+            raise OptionError(f"--domid needs the running Xen's xen-syms (--xen-syms FILE, or "
+                              f"gdb's symbol file) on {source.name}: it has no Xen crash notes")
         from ..xen_host import DomainVcpuSource, open_host
-        host = open_host(source, syms)
-        dom, vcpu = host.find(domid, getattr(args, "vcpu", None) or 0)
-        return DomainVcpuSource(host, dom, vcpu)
+        with source.hold():  # a live host: one PhyMemMode session for all of Xen's structures
+            host = open_host(source, syms)
+            dom, vcpu = host.find(domid, getattr(args, "vcpu", None) or 0)
+            return DomainVcpuSource(host, dom, vcpu)
     except BaseException:
         source.close()
         raise

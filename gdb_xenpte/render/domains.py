@@ -54,16 +54,21 @@ def domain_records(pcpus: Sequence, domains: Sequence, crashing: Optional[int],
 
 def domains_text(source_line: str, layout_name: str, pcpus: Sequence, domains: Sequence,
                  crashing: Optional[int], crashing_why: str, notes: Sequence[str] = (),
-                 tables: Sequence[str] = ()) -> List[str]:
-    """The ``xen-domains`` text: header, pCPU table, vCPU table, notes."""
+                 tables: Sequence[str] = (), pcpu_from: str = "Xen crash notes") -> List[str]:
+    """The ``xen-domains`` text: header, pCPU table, vCPU table, notes.
+
+    :param pcpu_from: where the pCPUs' registers come from (a live host: the CPUs' own; then
+        no "crashed" line unless a crashing pCPU is known).
+    """
     tables = list(tables) + [""] * (len(pcpus) - len(tables))
-    out = [f"source: {source_line}", f"layout: {layout_name}",
-           "crashed: " + (f"pCPU {crashing} ({crashing_why})" if crashing is not None
-                          else "unknown")]
+    out = [f"source: {source_line}", f"layout: {layout_name}"]
+    if crashing is not None or pcpu_from == "Xen crash notes":
+        out.append("crashed: " + (f"pCPU {crashing} ({crashing_why})" if crashing is not None
+                                  else "unknown"))
     if pcpus:
         rows = [[str(r.index), "yes" if r.online else "no", _h(r.cr3), t or "-", _h(r.cr4),
                  _h(r.cs), "*" if r.index == crashing else ""] for r, t in zip(pcpus, tables)]
-        out += ["", "pCPUs (Xen crash notes):"] + _table(rows, ["pcpu", "saved", "cr3",
+        out += ["", f"pCPUs ({pcpu_from}):"] + _table(rows, ["pcpu", "saved", "cr3",
                                                                  "tables", "cr4", "cs",
                                                                  "crashed"])
     rows = []
@@ -80,8 +85,10 @@ def domains_text(source_line: str, layout_name: str, pcpus: Sequence, domains: S
                "hw_cr4"])
     out += [f"note: {n}" for n in notes]
     if any(v.hw_cr4 is not None for d in domains for v in d.vcpus):
-        out.append("note: hw_cr4 is observed (the CR4 of the pCPU running that vCPU when it saved "
-                   "its crash notes); elsewhere the walk derives it from Xen's policy")
+        out.append("note: hw_cr4 is observed (the CR4 of the pCPU running that vCPU or holding "
+                   "its state, as " + ("it saved it in its crash notes" if pcpu_from ==
+                                       "Xen crash notes" else "read from it") +
+                   "); elsewhere the walk derives it from Xen's policy")
     return out
 
 

@@ -12,6 +12,7 @@ the target or the file.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -96,6 +97,11 @@ class PhysSource:
 
     def close(self) -> None:
         """Release files and restore any target state the source changed."""
+
+    def hold(self):
+        """A context manager keeping per-read target state (a live gdbstub's PhyMemMode) on
+        across many reads without closing the source; a no-op for files."""
+        return contextlib.nullcontext(self)
 
     def __enter__(self):
         return self

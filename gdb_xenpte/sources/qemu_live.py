@@ -269,6 +269,10 @@ class QemuLiveSource(PhysSource):
         return f"{self.name}, reads via PhyMemMode ({self.fallback_reason})"
 
     # -- PhyMemMode session ----------------------------------------------------------------
+    def hold(self):
+        """This source as the session context manager (PhyMemMode on until the outermost exit)."""
+        return self
+
     def __enter__(self):
         self._depth += 1
         return self

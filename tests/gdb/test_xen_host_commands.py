@@ -51,20 +51,25 @@ def test_pcpu_walk_uses_the_crash_notes(host_vmcore):
 
 
 @pytest.mark.parametrize("command, expected", [
-    ("xen-domains", "xen-domains: the following arguments are required: --core"),
+    ("xen-domains", "xen-domains: no live target: connect with 'target remote HOST:PORT', "
+                    "or give --core FILE"),
+    ("xen-pte-walk --domid 1 0", "xen-pte-walk: no live target: connect with 'target remote "
+                                 "HOST:PORT', or give --core FILE"),
     ("xen-pte-walk --core {host} --domid 99999", "xen-pte-walk: argument --domid: 99999 is not "
                                                  "in 0..32751"),
     ("xen-pte-walk --core {host} --domid 1 --xen-syms /nonexistent 0",
      "xen-pte-walk: /nonexistent: cannot open xen-syms: No such file or directory"),
     ("xen-pte-walk --core {host} --domid 1 --xen-syms /etc/hostname 0",
      "xen-pte-walk: /etc/hostname: not a readable ELF xen-syms"),
-    ("xen-pte-walk --core {qemu} --domid 1 0", "xen-pte-walk: --domid needs a Xen host crash "
-                                               "dump (kexec vmcore or its makedumpfile copy) or "
-                                               "--xen-syms; QEMU ELF dump guest.elf is neither"),
+    ("xen-pte-walk --core {qemu} --domid 1 0", "xen-pte-walk: --domid needs the running Xen's "
+                                               "xen-syms (--xen-syms FILE, or gdb's symbol "
+                                               "file) on QEMU ELF dump guest.elf: it has no Xen "
+                                               "crash notes"),
     ("xen-pte-p2m --core {host} 0x1000", "xen-pte-p2m: give --domid N: the HVM/PVH domain "
                                          "whose address to trace"),
-    ("xen-domains --core {qemu}", "xen-domains: QEMU ELF dump guest.elf is not a Xen host crash "
-                                  "dump (no Xen crash notes): give --xen-syms"),
+    ("xen-domains --core {qemu}", "xen-domains: QEMU ELF dump guest.elf has no Xen crash notes: "
+                                  "give the running Xen's xen-syms (--xen-syms FILE, or load it "
+                                  "as gdb's symbol file)"),
 ])
 def test_bad_input_is_one_line(host_vmcore, tmp_path, command, expected):
     qemu = tmp_path / "guest.elf"

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from gdb_xenpte.errors import SourceError, UnreadableMemory
-from gdb_xenpte.sources.base import VcpuRegs
+from gdb_xenpte.sources.base import PhysSource, VcpuRegs
 from gdb_xenpte.sources.directmap import DirectMapSource
 from gdb_xenpte.xen import M2P_PV64
 from gdb_xenpte.sources.procpeer import find_peer_pid
@@ -131,6 +131,29 @@ def test_phymem_session_switches_once_and_restores():
     assert stub.mode == "0"
     assert stub.packets == ["qqemu.PhyMemMode", "Qqemu.PhyMemMode:1", "Qqemu.PhyMemMode:0"]
     assert src.path == "PhyMemMode" and "fast path off (xen-pte fast-path)" in src.describe()
+
+
+def test_hold_is_one_phymem_session_and_closes_nothing():
+    """hold(): what a Xen host's many small reads (domains, vCPUs, then the walk) run under: one
+    mode switch for all of them, restored at the end; the source stays usable afterwards."""
+    stub = FakeStub()
+    src = QemuLiveSource(stub, fast=False)
+    with src.hold():
+        for addr in range(0, 0x4000, 0x100):
+            src.read(addr, 8)
+    assert stub.packets == ["qqemu.PhyMemMode", "Qqemu.PhyMemMode:1", "Qqemu.PhyMemMode:0"]
+    assert src.read(0, 8) == bytes(stub.mem[:8])  # not closed
+
+    class Closing(PhysSource):
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    other = Closing()
+    with other.hold() as held:
+        assert held is other
+    assert not other.closed
 
 
 def test_a_read_outside_a_session_restores_at_once():

@@ -310,24 +310,77 @@ def test_crashing_pcpu_from_xen_syms(tmp_path, gdb_layout):
         assert open_host(src).crashing_pcpu() == (None, "")
 
 
+def _build_id_note():
+    """(VA, bytes) of xen-syms' GNU build-id note, read with pyelftools (its section)."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(xen_syms(), "rb") as f:
+        section = ELFFile(f).get_section_by_name(".note.gnu.build-id")
+        return section["sh_addr"], section.data()
+
+
+def _qemu_dump_of(host, path, build_id=True, flip=False, cr4=0x3526E0, cr3=None):
+    """The host as QEMU's dump-guest-memory would have it: no crash notes, one CPU in Xen with
+    idle_pg_table (or ``cr3``) loaded; Xen's build-id note in its image unless not ``build_id``
+    (``flip``: one byte of it changed, another build's)."""
+    pages = host.build()
+    host.mem = {k: bytearray(v) for k, v in pages.items()}
+    va, note = _build_id_note()
+    if build_id:
+        host.put(host.m_image(va), note[:-1] + bytes([note[-1] ^ (0xFF if flip else 0)]))
+    if cr3 is None:
+        cr3 = host.m_image(host.lay["idle_pg_table"])
+    host.mem.setdefault(cr3, bytearray(PAGE))  # another CR3: an L4 mapping nothing
+    write_qemu_elf(path, {k: bytes(v) for k, v in host.mem.items()},
+                   [dict(cr3=cr3, cr4=cr4, cr0=0x80050033, cs_flags=1 << 21)])
+    return path
+
+
 def test_qemu_dump_of_a_xen_host(tmp_path, gdb_layout):
     """No crash notes (QEMU dump-guest-memory of a Xen host): xen_phys_start is found by walking
-    idle_pg_table's VA through a CPU's CR3 (Xen's image is in every L4), then the same domains."""
+    idle_pg_table's VA through a CPU's CR3 (Xen's image is in every L4), the xen-syms' build-id is
+    where it says in memory, then the same domains."""
     host = Host(gdb_layout)
-    pages = host.build()
-    path = tmp_path / "xenhost.elf"
-    idle_maddr = host.m_image(gdb_layout["idle_pg_table"])
-    write_qemu_elf(path, pages, [dict(cr3=idle_maddr, cr4=0x3526E0, cr0=0x80050033,
-                                      cs_flags=1 << 21)])
+    path = _qemu_dump_of(host, tmp_path / "xenhost.elf")
     with open_dump(str(path)) as src:
         xh = open_host(src, xen_syms())
         assert xh.xen_phys_start == PHYS_START
         assert any("found by walking idle_pg_table" in n for n in xh.notes)
+        va, note = _build_id_note()
+        assert f"matches: build-id {note[16:].hex()} found at machine address " \
+               f"{host.m_image(va):#x}" in " ".join(xh.notes)
         assert [(d.domid, d.kind) for d in xh.domains()] == [(0, "pv64"), (1, "pv64"),
                                                               (2, "hvm")]
         dom, v = xh.find(1, 0)
         s = prepare(DomainVcpuSource(xh, dom, v), Options(vcpu=0))
         assert s.walker().trace(0x7F0000000000).mapping.pa == 0x300000
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("other build", r"xen-syms \S+ is not the Xen running in QEMU ELF dump xenhost\.elf: its "
+                    r"build-id note at VA 0x[0-9a-f]+ \(machine address 0x[0-9a-f]+\) reads "
+                    r"[0-9a-f]{40} there, the file has [0-9a-f]{40}"),
+    ("no note there", r"xen-syms \S+ does not fit QEMU ELF dump xenhost\.elf: with "
+                      r"xen_phys_start 0x1000000 \(derived through a CPU's CR3\) its build-id "
+                      r"note is unreadable \(.*\)"),
+    ("not a Xen host", r"QEMU ELF dump xenhost\.elf: xen_phys_start unknown \(no Xen CRASH_INFO "
+                       r"note, and no CPU's CR3 maps Xen's image\)"),
+    ("5-level paging", r"QEMU ELF dump xenhost\.elf: xen_phys_start unknown \(no Xen CRASH_INFO "
+                       r"note, and no CPU's CR3 maps Xen's image\)"),
+])
+def test_a_host_that_is_not_this_xen_is_one_line(tmp_path, gdb_layout, case, expected):
+    """A xen-syms of another build (same symbols, other build-id), a derived load address where
+    the image is not, a guest with no Xen in its address space (an empty L4), a CPU in 5-level
+    paging (which Xen 4.17 never uses): one line naming the file, the source and the values."""
+    host = Host(gdb_layout)
+    kwargs = {"other build": dict(flip=True), "no note there": dict(build_id=False),
+              "not a Xen host": dict(cr3=0x00F05000),
+              "5-level paging": dict(cr4=0x3526E0 | 1 << 12)}[case]
+    path = _qemu_dump_of(host, tmp_path / "xenhost.elf", **kwargs)
+    with open_dump(str(path)) as src:
+        with pytest.raises(OptionError) as err:
+            open_host(src, xen_syms())
+    assert re.fullmatch(expected, str(err.value)), str(err.value)
 
 
 @pytest.mark.parametrize("eptp", [0, 0x70001E], ids=["npt", "ept"])

@@ -38,14 +38,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import packages
 from .initramfs import READY_MARKER, write_busybox_initramfs
 from .packages import TargetSetupError
 from .qemu import Qemu
 
-__all__ = ["XEN_CPU_MODEL", "XenGuest", "boot_xen", "xen_command_line"]
+__all__ = ["XEN_CPU_MODEL", "XenGuest", "boot_xen", "xen_command_line", "xen_qemu_args"]
 
 # See the module docstring: SMAP hidden from Xen because of QEMU 7.2's CPL3 iretq SMAP check.
 XEN_CPU_MODEL = "max,-smap"
@@ -64,7 +64,7 @@ class XenGuest:
     :param xen_cmdline: Xen's command line; :param dom0_mem: dom0's memory as given to Xen.
     """
 
-    vm: Qemu
+    vm: Optional[Qemu]
     boot_seconds: float
     xen: Path
     kernel: Path
@@ -110,15 +110,26 @@ def boot_xen(workdir: Path, *, memory: str = "2048M", dom0_mem: str = "256M",
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    xen = Path(xen) if xen is not None else packages.xen_hypervisor()
-    kernel = packages.linux_kernel()
     if initramfs is None:
         initramfs = write_busybox_initramfs(workdir / "dom0-initramfs.cpio.gz",
                                             packages.busybox_static(), init_script, extra_files)
+    args, guest = xen_qemu_args(initramfs, dom0_mem=dom0_mem, extra_args=extra_args,
+                                xen_args=xen_args, dom0_args=dom0_args, xen=xen)
+    with Qemu(args, memory=memory, cpu=XEN_CPU_MODEL, workdir=workdir) as vm:
+        vm.wait_for_serial(ready, timeout=timeout)
+        guest.vm, guest.boot_seconds = vm, time.monotonic() - vm.started_at
+        yield guest
+
+
+def xen_qemu_args(initramfs: Path, *, dom0_mem: str = "256M", extra_args: Sequence[str] = (),
+                  xen_args: Sequence[str] = (), dom0_args: str = "",
+                  xen: Optional[Path] = None) -> Tuple[List[str], XenGuest]:
+    """QEMU's arguments (besides memory and CPU model) that boot Xen with dom0, and the
+    :class:`XenGuest` to fill in (``vm`` None, ``boot_seconds`` 0): what :func:`boot_xen` runs,
+    and what a machine restored from a migration stream of it must be started with."""
+    xen = Path(xen) if xen is not None else packages.xen_hypervisor()
+    kernel = packages.linux_kernel()
     cmdline = xen_command_line(dom0_mem, xen_args)
     modules = ",".join([_module(kernel, f"{DOM0_BASE_ARGS} {dom0_args}"), _module(initramfs)])
     args = ["-kernel", str(xen), "-append", cmdline, "-initrd", modules, *extra_args]
-    with Qemu(args, memory=memory, cpu=XEN_CPU_MODEL, workdir=workdir) as vm:
-        vm.wait_for_serial(ready, timeout=timeout)
-        yield XenGuest(vm, time.monotonic() - vm.started_at, xen, kernel, Path(initramfs),
-                       cmdline, dom0_mem)
+    return args, XenGuest(None, 0.0, xen, kernel, Path(initramfs), cmdline, dom0_mem)

@@ -99,7 +99,7 @@ from .xen import boot_xen
 
 __all__ = ["FORMAT", "artefacts", "build_dom0_initramfs", "cache_key", "domains",
            "dump_core_ctrlregs", "find_pages", "generate", "load", "marker_page",
-           "parse_debug_key_d", "parse_debug_key_q", "parse_p2m"]
+           "parse_debug_key_d", "parse_debug_key_q", "parse_marker_line", "parse_p2m"]
 
 HERE = Path(__file__).resolve().parent / "xencrash"
 SCRIPTS = ("dom0-init.sh", "domu-init.sh", "crash-init.sh", "marker.c")
@@ -126,6 +126,9 @@ PVH_OPT_IN = "XENPTE_XENCRASH_PVH"
 DUMPCORE = ("paused",)
 KINDS = {"pv": "pv64", "pvh": "pvh"}
 DOMU_MEMORY_MB = 128
+# The live-host target's domUs (tests/targets/xen_live.py): less, for a faster `xl create`,
+# xen-mfndump and QEMU dump.
+LIVE_DOMU_MEMORY_MB = 96
 DOMU_PCPU = 1
 KEXEC_PACKAGE = "kexec-tools"
 MAKEDUMPFILE_PACKAGE = "makedumpfile"
@@ -240,11 +243,11 @@ def _gcc_marker(workdir: Path) -> Path:
     return out
 
 
-def _domu_config(tag: str, name: str, kind: str) -> str:
+def _domu_config(tag: str, name: str, kind: str, memory_mb: int = DOMU_MEMORY_MB) -> str:
     return "\n".join([
         f'name = "{name}"', f'type = "{kind}"', 'kernel = "/boot/vmlinuz"',
         'ramdisk = "/boot/domu-initrd.cpio"',
-        f'extra = "console=hvc0 panic=-1 xenpte_tag={tag}"', f"memory = {DOMU_MEMORY_MB}",
+        f'extra = "console=hvc0 panic=-1 xenpte_tag={tag}"', f"memory = {memory_mb}",
         "vcpus = 1", f'cpus = "{DOMU_PCPU}"',
         # PVH under Xen's SVM on QEMU TCG (as in xl_dumpcore.domu_config): no RDTSCP, no PKU
         *(['cpuid = "host,rdtscp=0,pku=0"'] if kind == "pvh" else []),
@@ -264,8 +267,14 @@ def _crash_initramfs(busybox: Path, modules_dir: Path) -> bytes:
     return gzip.compress(archive.finish(), compresslevel=6, mtime=0)
 
 
-def build_dom0_initramfs(workdir: Path, pvh: Optional[bool] = None) -> Path:
-    """Write dom0's initramfs (uncompressed cpio): toolstack, kexec, domU and crash images."""
+def build_dom0_initramfs(workdir: Path, pvh: Optional[bool] = None, live: bool = False) -> Path:
+    """Write dom0's initramfs (uncompressed cpio): toolstack, kexec, domU and crash images.
+
+    :param live: for the live-host target (tests/targets/xen_live.py): dom0's init runs in
+        ``MODE=live`` (no crash kernel, no ``xl dump-core``; every domU created before waiting
+        for the first; idles once the records are on the only virtio disk, ``/dev/vda``), the
+        domUs get :data:`LIVE_DOMU_MEMORY_MB`.
+    """
     roots = {name: packages.unpack(name) for name in xl_dumpcore.TOOLSTACK_PACKAGES}
     kexec = packages.unpack(KEXEC_PACKAGE) / "sbin" / "kexec"
     bin_dir = roots["xen-utils-4.17"] / xl_dumpcore.XEN_BIN.lstrip("/")
@@ -310,12 +319,16 @@ def build_dom0_initramfs(workdir: Path, pvh: Optional[bool] = None) -> Path:
     tree.file("/etc/xenpte-modules.txt", ("\n".join(guest_modules) + "\n").encode())
     tree.file("/boot/vmlinuz", kernel.read_bytes())
     tree.file("/boot/domu-initrd.cpio", domu.finish())
-    tree.file("/boot/crash-initrd.cpio.gz", _crash_initramfs(busybox, modules_dir))
+    if not live:
+        tree.file("/boot/crash-initrd.cpio.gz", _crash_initramfs(busybox, modules_dir))
     for tag, name, _state, kind in domains(pvh):
-        tree.file(f"/etc/xen/{tag}.cfg", _domu_config(tag, name, kind).encode())
+        memory = LIVE_DOMU_MEMORY_MB if live else DOMU_MEMORY_MB
+        tree.file(f"/etc/xen/{tag}.cfg", _domu_config(tag, name, kind, memory).encode())
     words = " ".join(f"{tag}:{name}:{state}" for tag, name, state, _kind in domains(pvh))
-    conf = (f"XEN_BIN={xl_dumpcore.XEN_BIN}\nRESULTS_DISK=/dev/vdb\n"
-            f"CRASH_APPEND='{CRASH_APPEND}'\nDOMAINS='{words}'\nDUMPCORE='{' '.join(DUMPCORE)}'\n")
+    conf = (f"XEN_BIN={xl_dumpcore.XEN_BIN}\nRESULTS_DISK=/dev/vd{'a' if live else 'b'}\n"
+            f"CRASH_APPEND='{CRASH_APPEND}'\nDOMAINS='{words}'\n"
+            f"DUMPCORE='{'' if live else ' '.join(DUMPCORE)}'\n"
+            f"MODE={'live' if live else 'crash'}\n")
     tree.file("/etc/xenpte.conf", conf.encode())
     path = workdir / "dom0-initramfs.cpio"
     path.write_bytes(tree.archive.finish())
@@ -365,6 +378,20 @@ def parse_debug_key_q(text: str) -> Dict[int, Dict[str, object]]:
             vcpus[int(m.group(1))] = {"pcpu": int(m.group(2)), "has": m.group(3) == "T",
                                       "pause_count": int(m.group(4))}
     return domains
+
+
+def parse_marker_line(console: str, tag: str, where: str) -> Tuple[int, int]:
+    """Return ``(va, pfn)`` from the marker line domU ``tag`` printed (marker.c) in ``console``.
+
+    :raises QemuError: if there is none, or its head is not :func:`marker_page` of ``tag``.
+    """
+    line = re.search(r"XENPTE-XENCRASH-MARKER tag=(\S+) va=0x([0-9a-f]+) pfn=0x([0-9a-f]+) "
+                     r"head=([0-9a-f]+)", console)
+    if line is None or line.group(1) != tag:
+        raise QemuError(f"no marker line of domU {tag} in {where}")
+    if bytes.fromhex(line.group(4)) != marker_page(tag)[:32]:
+        raise QemuError(f"{where}: marker head {line.group(4)} is not marker_page({tag!r})")
+    return int(line.group(2), 16), int(line.group(3), 16)
 
 
 def parse_p2m(text: str) -> Dict[int, Dict[str, object]]:
@@ -539,14 +566,9 @@ def _manifest(workdir: Path, serial: str, trigger: int, cmdline: str, build, ker
         domid = int(read(f"{tag}-domid"))
         ctx = xl_dumpcore.parse_xenctx(read(f"{tag}-xenctx.txt"))
         p2m = parse_p2m(read(f"{tag}-p2m.txt"))
-        line = re.search(r"XENPTE-XENCRASH-MARKER tag=(\S+) va=0x([0-9a-f]+) pfn=0x([0-9a-f]+) "
-                         r"head=([0-9a-f]+)", read(f"{tag}-console.log"))
-        if line is None or line.group(1) != tag:
-            raise QemuError(f"no marker line of {name} in {texts.get(f'{tag}-console.log')}")
-        va, pfn = int(line.group(2), 16), int(line.group(3), 16)
+        va, pfn = parse_marker_line(read(f"{tag}-console.log"), tag,
+                                    str(texts.get(f"{tag}-console.log")))
         content = marker_page(tag)
-        if bytes.fromhex(line.group(4)) != content[:32]:
-            raise QemuError(f"{name}'s marker head {line.group(4)} is not marker_page({tag!r})")
         found = find_pages(workdir / "vmcore.elf", content)
         if xl_type == "pv":
             if pfn not in p2m:

@@ -4,7 +4,9 @@
 # tools say about them, write that as a tar onto the second virtio disk, then crash Xen with
 # `xl debug-keys C`. /etc/xenpte.conf (written by tests/targets/xen_crash.py) sets XEN_BIN,
 # RESULTS_DISK, CRASH_APPEND, DOMAINS ("tag:name:state" words in creation order; state "paused":
-# paused once its marker is up) and DUMPCORE (the tags to `xl dump-core` while paused).
+# paused once its marker is up), DUMPCORE (the tags to `xl dump-core` while paused) and MODE:
+# "crash" as above, or "live" (tests/targets/xen_live.py): no crash kernel; after the results are
+# written, print XENPTE-XENLIVE-READY and idle, so the host can be stopped under gdb as it runs.
 /bin/busybox --install -s /bin
 . /etc/xenpte.conf
 export PATH=$XEN_BIN:/usr/bin:/bin:/sbin:/usr/sbin LD_LIBRARY_PATH=/lib/x86_64-linux-gnu
@@ -69,9 +71,11 @@ run mount -t xenfs xenfs /proc/xen
 
 # The crash kernel goes into the region Xen reserved (crashkernel=); kexec-tools talks to Xen
 # through libxenctrl (it sees /proc/xen/capabilities say control_d).
-say "kexec -p: $CRASH_APPEND"
-kexec -p /boot/vmlinuz --initrd=/boot/crash-initrd.cpio.gz --append="$CRASH_APPEND" \
-    > /out/kexec-load.txt 2>&1 || { cat /out/kexec-load.txt; fail "kexec -p (exit $?)"; }
+if [ "$MODE" != live ]; then
+    say "kexec -p: $CRASH_APPEND"
+    kexec -p /boot/vmlinuz --initrd=/boot/crash-initrd.cpio.gz --append="$CRASH_APPEND" \
+        > /out/kexec-load.txt 2>&1 || { cat /out/kexec-load.txt; fail "kexec -p (exit $?)"; }
+fi
 
 run oxenstored --pid-file /run/xen/xenstored.pid
 wait_for 30 xenstore-read /
@@ -80,16 +84,25 @@ run xenconsoled --log=guest --log-dir=/var/log/xen/console --pid-file=/run/xen/x
 
 # "tag:name:state" -> $tag $name $state
 split() { tag=${1%%:*} rest=${1#*:}; name=${rest%%:*} state=${rest#*:}; }
-for entry in $DOMAINS; do
-    split "$entry"
-    run xl create "/etc/xen/$tag.cfg"
+# Wait for the marker of $name, note its domid, pause it if its state says so.
+settle() {
     say "waiting for the marker of $name"
     wait_for 480 domu_marker "$name"  # a PVH domU under TCG SVM boots slowly
     domid=$(xl domid "$name") || fail "xl domid $name"
     echo "$domid" > "/out/$tag-domid"
     say "$name is domain $domid"
     [ "$state" = paused ] && run xl pause "$domid"
+}
+# crash: one domU at a time; live: every `xl create` first (dom0's work overlaps the first
+# domU's boot), then each marker in creation order.
+for entry in $DOMAINS; do
+    split "$entry"
+    run xl create "/etc/xen/$tag.cfg"
+    [ "$MODE" = live ] || settle
 done
+if [ "$MODE" = live ]; then
+    for entry in $DOMAINS; do split "$entry"; settle; done
+fi
 
 # Xen's and libxc's views of every domU, taken before the crash: the vCPU context (xenctx -a:
 # XEN_DOMCTL_getvcpucontext), 512 bytes at the marker VA through libxc's own page walk, the p2m
@@ -133,6 +146,10 @@ wait_for 30 test -b "$RESULTS_DISK"
 (cd /out && tar -cf "$RESULTS_DISK" .) || fail "tar to $RESULTS_DISK"
 sync
 say "results written"
+if [ "$MODE" = live ]; then
+    echo "XENPTE-XENLIVE-READY"
+    while true; do sleep 60; done
+fi
 echo "XENPTE-XENCRASH-TRIGGER"
 xl debug-keys C
 sleep 10
