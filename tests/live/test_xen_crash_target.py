@@ -200,14 +200,16 @@ def test_running_domus_pcpu_crashed_in_its_address_space(xen_crash):
     hits = [cr3 for cr3 in cr3s if (cr3 >> 12) in pinned]
     assert len(hits) == 1, [hex(c) for c in cr3s]
     # ...and it is the marker process's: its kernel L4 (xenctx) if the crash NMI caught the vCPU
-    # in its kernel (a tick) or Xen, else its user L4, which debug-key d showed just before with
-    # the vCPU in user mode
+    # in its kernel (a tick) or Xen, else its user L4, which debug-key d showed just before when
+    # it caught the vCPU in user mode
     (rec,) = [r for r in parse_debug_key_d(_text(xen_crash, "xl-debug-keys.txt"))
               if r["domid"] == running["domid"]]
+    # (CPL3 in its kernel too: a 64-bit PV kernel runs in ring 3, so CS cannot tell which.)
     assert rec["pcpu"] in running["pcpu_affinity"] and rec["cs"] & 3 == 3
     kernel_l4 = running["vcpus"][0]["cr3"]
-    assert rec["cr3"] != kernel_l4 and (rec["cr3"] >> 12) in pinned
-    assert hits[0] in (kernel_l4, rec["cr3"])
+    assert (rec["cr3"] >> 12) in pinned
+    if rec["cr3"] != kernel_l4:  # debug-key d caught it in user mode: its user L4 is known
+        assert hits[0] in (kernel_l4, rec["cr3"])
 
 
 # ---- what Xen's tools said, and the marker pages --------------------------------------------
