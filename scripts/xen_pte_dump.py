@@ -18,6 +18,10 @@ Examples::
     xen-pte-dump --core dom1.xc --check --what-if pke --what-if xen=4.6
     xen-pte-dump --remote localhost:1234 --faults --format csv -o live.csv
     xen-pte-dump --scheduler tcp://sched:8786 --core '/shared/*.elf' -o out/ --summary
+    xen-pte-dump --core vmcore --xen-syms xen-syms --vcpu all -o host.jsonl --summary
+
+A crashed Xen host's dump (``--domid N``, or ``--vcpu all`` with ``--xen-syms``) is walked per
+pCPU and per domain vCPU as Xen recorded it; those records carry ``domid`` too.
 
 Memory stays flat however large a walk is: gdb writes each run's JSON Lines to a temporary file
 (the command's own ``-o``, not MI console records), which is counted and copied line by line.

@@ -153,18 +153,14 @@ def host(tmp_path_factory) -> HostCapture:
             kdump = workdir / "host.kdump"
             vm.monitor(f"dump-guest-memory -z {kdump}", timeout=300)
             cap.seconds["dump_guest_memory_z"] = time.monotonic() - t4
-            cap.dump = _records(gdb.cli(f"xen-domains --core {elf} --xen-syms {syms} --json"))
-            cap.walks["dump"] = {
-                d["domid"]: _records(gdb.cli(f"xen-pte-walk --core {elf} --xen-syms {syms} "
-                                             f"--domid {d['domid']} --json "
-                                             f"{d['marker']['va']:#x}"))
-                for d in live.domains}
-            cap.kdump = _records(gdb.cli(f"xen-domains --core {kdump} --xen-syms {syms} --json"))
-            cap.walks["kdump"] = {
-                d["domid"]: _records(gdb.cli(f"xen-pte-walk --core {kdump} --xen-syms {syms} "
-                                             f"--domid {d['domid']} --json "
-                                             f"{d['marker']['va']:#x}"))
-                for d in live.domains}
+            for name, path in (("dump", elf), ("kdump", kdump)):
+                setattr(cap, name, _records(gdb.cli(f"xen-domains --core {path} --xen-syms "
+                                                    f"{syms} --json")))
+                cap.walks[name] = {
+                    d["domid"]: _records(gdb.cli(f"xen-pte-walk --core {path} --xen-syms {syms} "
+                                                 f"--domid {d['domid']} --json "
+                                                 f"{d['marker']['va']:#x}"))
+                    for d in live.domains}
             cap.text = gdb.cli(f"xen-domains --xen-syms {syms}")
             # the README's block as written, in a folder holding xen-syms; QEMU resolves the
             # dump's relative name in its own folder, so the monitor line gets it absolute
