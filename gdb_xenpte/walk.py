@@ -157,6 +157,9 @@ class Walker:
         self._coalesce = True
         self._phys = False
         self.memo = memo
+        # Subtrees remembered in the memo: those whose top table is above the last level (a
+        # subtree too big to hold is still shared through its own subtrees one level down).
+        self._memo_depth = len(self.rules) - 2
         if root is not None:
             self.root = root
         else:
@@ -627,13 +630,16 @@ class Walker:
                               None, f"next table (frame {rule.frame(raw, False) >> 12:#x}) not "
                                     f"in source")
                 continue
-            if depth == 0 and self.memo is not None and lo <= va and va + span <= hi:
+            memo_here = (depth < self._memo_depth and self.memo is not None and lo <= va
+                         and va + span <= hi)
+            if memo_here:
                 # Below the top table: a subtree another walk of this source has seen.
                 child_ctx = self._child_ctx(ctx, rule, index, table_pa, raw, rsvd, va)
-                hit = self._memo_replay(child_pa, va, child_ctx)
+                hit = self._memo_replay(child_pa, depth + 1, va, child_ctx)
                 if hit is not None:
                     yield from hit
                     continue
+            read_before = self.stats.tables_read
             child = self._table(child_pa, depth + 1)
             if isinstance(child, XenpteError):
                 yield new_run("unreadable", rule, ctx, va, index, table_pa, raw, rsvd, 0, 0,
@@ -661,8 +667,9 @@ class Walker:
                     raws.append(qraw)
                     p += 1
             if len(raws) == 1:
-                if depth == 0 and self.memo is not None and lo <= va and va + span <= hi:
-                    yield from self._memo_walk(child_pa, va, child_ctx, lo, hi)
+                if memo_here:
+                    yield from self._memo_walk(child_pa, depth + 1, va, child_ctx, lo, hi,
+                                               self.stats.tables_read - read_before)
                 else:
                     yield from self._walk_table(child_pa, depth + 1, va, child_ctx, lo, hi)
             else:
@@ -671,10 +678,10 @@ class Walker:
         if li < n_leaf:
             yield from self._leaf_runs(rule, dt, leaf_pos[li:], table_pa, base, ctx)
 
-    def _memo_replay(self, table_pa: int, va: int, ctx: Ctx) -> Optional[List]:
+    def _memo_replay(self, table_pa: int, depth: int, va: int, ctx: Ctx) -> Optional[List]:
         """The items of a subtree below the top table that a walk of this source has seen with
         the same context, as reached now; None when none has."""
-        hit = self.memo.get((table_pa, ctx.key, ctx.rsvd, ctx.notes, ctx.disallowed))
+        hit = self.memo.get((depth, table_pa, ctx.key, ctx.rsvd, ctx.notes, ctx.disallowed))
         if hit is None:
             return None
         base, items, leaves, _entries, unreadable, tables = hit
@@ -687,16 +694,20 @@ class Walker:
         self._check_budget(va)
         return rebase(items, va - base, ctx.path)
 
-    def _memo_walk(self, table_pa: int, va: int, ctx: Ctx, lo: int, hi: int):
-        """A subtree below the top table, walked and remembered for other walks of the source."""
+    def _memo_walk(self, table_pa: int, depth: int, va: int, ctx: Ctx, lo: int, hi: int,
+                   own: int):
+        """A subtree below the top table, walked and remembered for other walks of the source.
+
+        :param own: 1 if the caller has just read the subtree's top table, else 0 (this walk had
+            it already): counted with the subtree's tables either way, as a fresh walk would.
+        """
         memo = self.memo
-        key = (table_pa, ctx.key, ctx.rsvd, ctx.notes, ctx.disallowed)
+        key = (depth, table_pa, ctx.key, ctx.rsvd, ctx.notes, ctx.disallowed)
         stats = self.stats
         leaves0, entries0, unreadable0 = stats.leaves, stats.entries, len(stats.unreadable)
-        # The subtree's own top table was read just before (by the caller): one of its tables.
-        tables0 = stats.tables_read + stats.tables_shared - 1
+        tables0 = stats.tables_read + stats.tables_shared - own
         items: Optional[List] = []
-        for item in self._walk_table(table_pa, 1, va, ctx, lo, hi):
+        for item in self._walk_table(table_pa, depth, va, ctx, lo, hi):
             if items is not None:
                 items.append(item)
                 if len(items) > memo.max_items:
