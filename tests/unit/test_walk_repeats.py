@@ -269,6 +269,35 @@ def test_memo_shares_subtrees_across_walks_of_one_source():
     assert walkers[-1].stats.leaves == walkers[0].stats.leaves
 
 
+def test_memo_shares_the_level_below_a_subtree_too_big_to_hold():
+    """A kernel half bigger than a remembered subtree may be (a 16 GiB direct map: 8,192 PT
+    runs under one PDPT) is still shared, one level down: its PDs are remembered each."""
+    from builder import Builder
+    b = Builder("4level")
+    base = 0xFFFF888000000000
+    for pd in range(3):  # three PDs, each with two PTs of 4 KiB pages of their own rights
+        for pt in range(2):
+            va = base + (pd << 30) + (pt << 21)
+            for k in range(4):
+                b.map(va + k * 0x2000, 0x40000000 + (pd << 24) + (pt << 20) + k * 0x1000,
+                      flags=P | RW | (US if k % 2 else 0))
+    pages = b.image()
+    cr3s = [b.root]
+    for p in range(1, 3):  # two more top tables over the same kernel half
+        pages[0x900000 + p * 0x1000] = pages[b.root]
+        cr3s.append(0x900000 + p * 0x1000)
+    src = MemorySource(pages)
+    cpu = lambda c: CpuState(cr3=c, cr4=CR4.PAE, efer=LM)
+    want = [_json(Walker(src, cpu(c)).iter_mappings()) for c in cr3s]
+    memo = SubtreeMemo(max_items=20)  # the PDPT's subtree (24 runs) is too big, a PD's (8) not
+    walkers = [Walker(src, cpu(c), memo=memo) for c in cr3s]
+    assert [_json(w.iter_mappings()) for w in walkers] == want
+    # Later walks read their top table and the PDPT; the three PDs' subtrees are replayed.
+    assert [w.stats.tables_read for w in walkers[1:]] == [2, 2]
+    assert [w.stats.tables_shared for w in walkers[1:]] == [9, 9]  # 3 PDs + 6 PTs each
+    assert memo.hits == 6
+
+
 def test_no_coalesce_over_a_self_map_of_every_entry_stops_at_the_budget():
     """Issue 19: one page whose 512 entries all point at itself (512**4 aliases)."""
     pages = {0x100000: _page([(i, 0x100000 | P | RW) for i in range(512)])}
