@@ -84,6 +84,12 @@ class WalkStats:
     budget_hit: Optional[str] = None
     seconds: float = 0.0
 
+    @property
+    def tables(self) -> int:
+        """The tables the walk's records rest on, read now or by an earlier walk of the dump:
+        what a fresh walk reads (the summary's ``tables_read``, whatever walked before)."""
+        return self.tables_read + self.tables_shared
+
 
 
 class _BudgetHit(Exception):
@@ -443,9 +449,9 @@ class Walker:
         if self.memo is not None:
             policy = getattr(self.xen_view, "policy", None)
             # A dump opened again by the next command is the same source: bind by identity.
-            self.memo.bind((getattr(self.source, "identity", None) or self.source, self.rules, self.mode_key, policy,
-                            getattr(self.xen_view, "root_is_xen_l4", None), self._expand,
-                            coalesce, phys))
+            self.memo.bind((getattr(self.source, "identity", None) or self.source, self.rules,
+                            self.mode_key, policy, getattr(self.xen_view, "root_is_xen_l4", None),
+                            self._expand, coalesce, phys))
         t0 = time.monotonic()
         self._deadline = t0 + self.time_budget
         root_ctx = Ctx(True, True, False)
@@ -705,7 +711,7 @@ class Walker:
         key = (depth, table_pa, ctx.key, ctx.rsvd, ctx.notes, ctx.disallowed)
         stats = self.stats
         leaves0, entries0, unreadable0 = stats.leaves, stats.entries, len(stats.unreadable)
-        tables0 = stats.tables_read + stats.tables_shared - own
+        tables0 = stats.tables - own
         items: Optional[List] = []
         for item in self._walk_table(table_pa, depth, va, ctx, lo, hi):
             if items is not None:
@@ -716,7 +722,7 @@ class Walker:
         if items is not None:
             memo.put(key, (va, items, stats.leaves - leaves0, stats.entries - entries0,
                            stats.unreadable[unreadable0:],
-                           stats.tables_read + stats.tables_shared - tables0), len(items))
+                           stats.tables - tables0), len(items))
 
     def _repeated(self, table_pa: int, depth: int, va: int, ctx: Ctx, lo: int, hi: int,
                   dim: Dim, span: int):

@@ -92,7 +92,7 @@ def collect_records(args: argparse.Namespace) -> List[dict]:
         hit = (limit is not None and counter.mappings >= limit) or bool(stats.budget_hit)
         return records + [render.summary_record(counter, hit, stats.unreadable,
                                                 budget=stats.budget_hit,
-                                                tables_read=stats.tables_read + stats.tables_shared)]
+                                                tables_read=stats.tables)]
 
 
 def _write_trace(trace, header: dict, as_json: bool) -> None:
@@ -142,8 +142,7 @@ def _write_walk(rows: Iterator[Mapping], walker: Walker, header: dict, as_json: 
         extra = {"error": str(failed)} if failed is not None else {}
         write_lines(pending + [render.dumps(render.summary_record(
             counter, limited or bool(stats.budget_hit), stats.unreadable, interrupted,
-            budget=stats.budget_hit,
-            tables_read=stats.tables_read + stats.tables_shared, **extra))])
+            budget=stats.budget_hit, tables_read=stats.tables, **extra))])
     else:
         write_lines(pending + table.finish()
                     + [render.summary_text(counter, stats, limited, interrupted)])
