@@ -273,9 +273,25 @@ def decode_table(data: bytes, rule: LevelRule) -> DecodedTable:
     return _decode_python(data, rule)
 
 
+# Shared, never written: the index and kind arrays of a full last-level table.
+_POSITIONS = np.arange(1024) if np is not None else None
+_LEAF_KINDS = np.full(1024, KIND_LEAF, dtype=np.int8) if np is not None else None
+if np is not None:
+    _POSITIONS.flags.writeable = False
+    _LEAF_KINDS.flags.writeable = False
+
+
 def _decode_numpy(data: bytes, rule: LevelRule) -> DecodedTable:
-    arr = np.frombuffer(data, dtype="<u8" if rule.entry_size == 8 else "<u4").astype(np.uint64)
-    idx = np.flatnonzero(arr & np.uint64(1))
+    # 8-byte entries: a read-only view of the bytes, no copy (nothing writes a decoded table).
+    arr = np.frombuffer(data, dtype="<u8" if rule.entry_size == 8 else "<u4").astype(
+        np.uint64, copy=False)
+    present = arr & np.uint64(1)
+    if rule.last and np.count_nonzero(present) == len(arr):
+        # A full last-level table (most of a big walk): every entry a leaf, no index to gather.
+        count = len(arr)
+        return DecodedTable(_POSITIONS[:count], arr, _LEAF_KINDS[:count],
+                            arr & np.uint64(rule.leaf_rsvd), arr)
+    idx = np.flatnonzero(present)
     raw = arr[idx]
     if rule.last:
         # Every present entry of a last-level table is a leaf (and PS is not reserved there).

@@ -141,3 +141,48 @@ def test_pure_python_coalescing_equals_numpys(monkeypatch, seed, phys):
     monkeypatch.setattr(walk_mod, "np", None)
     assert _coalesced(pages, root, phys) == fast
     assert len(fast) > 3 and any(not c for *_r, c, _f, _e in fast) != phys
+
+
+def _full_pts():
+    """Three full PTs: like leaves on contiguous frames (A/D mixed), the same with one frame out
+    of step (scattered), and one flag change at entry 100 (two runs): a direct map's shapes."""
+    pml4, pdpt, pd = BASE, BASE + 0x1000, BASE + 0x2000
+    pages = {pml4: (pdpt | 0x7).to_bytes(8, "little") + bytes(4088),
+             pdpt: (pd | 0x7).to_bytes(8, "little") + bytes(4088)}
+    pd_page = bytearray(4096)
+    for t in range(3):
+        pt = BASE + 0x3000 + t * 0x1000
+        pd_page[t * 8:t * 8 + 8] = (pt | 0x7).to_bytes(8, "little")
+        page = bytearray(4096)
+        for i in range(512):
+            frame = 0x1000000 * (t + 1) + i * 4096 + (0x8000 if t == 1 and i >= 300 else 0)
+            # PT 1 read-only: no record merges across tables (coalescing does, where it can).
+            flags = (0x1 if t == 1 else 0x3) | (0x20 if i % 3 == 1 else 0x60) | (
+                1 << 63 if t == 2 and i >= 100 else 0)
+            page[i * 8:i * 8 + 8] = (frame | flags).to_bytes(8, "little")
+        pages[pt] = bytes(page)
+    pages[pd] = bytes(pd_page)
+    return pages, pml4
+
+
+@pytest.mark.parametrize("phys", [False, True], ids=["va", "phys"])
+def test_full_tables_coalesce_as_the_rule_says(monkeypatch, phys):
+    """The fast path for a table of like leaves gives what the rule says, numpy and pure alike:
+    one record per run of equal leaves, A/D only where every page has them, pa_contiguous false
+    for scattered frames (with --phys: split where the frames jump instead)."""
+    pages, root = _full_pts()
+    want = [(0, 0x1000000, 512, True, True),
+            (512, 0x2000000, 300, True, True) if phys else (512, 0x2000000, 512, False, True),
+            (1024, 0x3000000, 100, True, True), (1124, 0x3000000 + 100 * 4096, 412, True, False)]
+    if phys:
+        want.insert(2, (812, 0x2000000 + 300 * 4096 + 0x8000, 212, True, True))
+    want = [(page * 4096, pa, count * 4096, count, contig) + (exec_,)
+            for page, pa, count, contig, exec_ in want]
+    for numpy_on in (True, False):
+        if not numpy_on:
+            monkeypatch.setattr(decode_mod, "np", None)
+            monkeypatch.setattr(walk_mod, "np", None)
+        got = _coalesced(pages, root, phys)
+        assert [(va, pa, size, count, contig, eff[2] == "X")
+                for va, pa, size, count, contig, _flags, eff in got] == want, numpy_on
+        assert all("A" in flags and "D" not in flags for *_r, flags, _e in got)  # A in every page
