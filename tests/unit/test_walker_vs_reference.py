@@ -96,10 +96,9 @@ def test_pure_python_walker_matches_reference(no_numpy, case):
     _compare(*case)
 
 
-def _dense_image(seed: int):
-    """A 4-level space whose PTs hold long runs of like leaves: mostly consecutive frames with
-    some gaps, A/D varying, now and then a flag change or a hole (what coalescing works on)."""
-    rnd = random.Random(seed)
+def _three_pts(leaf):
+    """A 4-level space of one PD over three PTs whose entries ``leaf(t, i)`` gives (None: a
+    hole), called in order; the pages and the root."""
     pml4, pdpt, pd = BASE, BASE + 0x1000, BASE + 0x2000
     pages = {pml4: (pdpt | 0x7).to_bytes(8, "little") + bytes(4088),
              pdpt: (pd | 0x7).to_bytes(8, "little") + bytes(4088)}
@@ -108,19 +107,31 @@ def _dense_image(seed: int):
         pt = BASE + 0x3000 + t * 0x1000
         pd_page[t * 8:t * 8 + 8] = (pt | 0x7).to_bytes(8, "little")
         page = bytearray(4096)
-        frame = rnd.randrange(0x1000, 0x9000) << 12
-        flags = 0x3
         for i in range(512):
-            if rnd.random() < 0.03:
-                continue  # a hole
-            if rnd.random() < 0.03:
-                flags = rnd.choice([0x3, 0x7, 0x1, 0x5]) | rnd.choice([0, 1 << 63])
-            frame += 4096 if rnd.random() > 0.05 else rnd.randrange(2, 9) * 4096
-            ad = rnd.choice([0, 0x20, 0x60])
-            page[i * 8:i * 8 + 8] = (frame | flags | ad).to_bytes(8, "little")
+            value = leaf(t, i)
+            if value is not None:
+                page[i * 8:i * 8 + 8] = value.to_bytes(8, "little")
         pages[pt] = bytes(page)
     pages[pd] = bytes(pd_page)
     return pages, pml4
+
+
+def _dense_image(seed: int):
+    """A 4-level space whose PTs hold long runs of like leaves: mostly consecutive frames with
+    some gaps, A/D varying, now and then a flag change or a hole (what coalescing works on)."""
+    rnd = random.Random(seed)
+    state = {"frame": 0, "flags": 0x3}
+
+    def leaf(t, i):
+        if i == 0:
+            state["frame"], state["flags"] = rnd.randrange(0x1000, 0x9000) << 12, 0x3
+        if rnd.random() < 0.03:
+            return None  # a hole
+        if rnd.random() < 0.03:
+            state["flags"] = rnd.choice([0x3, 0x7, 0x1, 0x5]) | rnd.choice([0, 1 << 63])
+        state["frame"] += 4096 if rnd.random() > 0.05 else rnd.randrange(2, 9) * 4096
+        return state["frame"] | state["flags"] | rnd.choice([0, 0x20, 0x60])
+    return _three_pts(leaf)
 
 
 def _coalesced(pages, root, phys):
@@ -146,23 +157,12 @@ def test_pure_python_coalescing_equals_numpys(monkeypatch, seed, phys):
 def _full_pts():
     """Three full PTs: like leaves on contiguous frames (A/D mixed), the same with one frame out
     of step (scattered), and one flag change at entry 100 (two runs): a direct map's shapes."""
-    pml4, pdpt, pd = BASE, BASE + 0x1000, BASE + 0x2000
-    pages = {pml4: (pdpt | 0x7).to_bytes(8, "little") + bytes(4088),
-             pdpt: (pd | 0x7).to_bytes(8, "little") + bytes(4088)}
-    pd_page = bytearray(4096)
-    for t in range(3):
-        pt = BASE + 0x3000 + t * 0x1000
-        pd_page[t * 8:t * 8 + 8] = (pt | 0x7).to_bytes(8, "little")
-        page = bytearray(4096)
-        for i in range(512):
-            frame = 0x1000000 * (t + 1) + i * 4096 + (0x8000 if t == 1 and i >= 300 else 0)
-            # PT 1 read-only: no record merges across tables (coalescing does, where it can).
-            flags = (0x1 if t == 1 else 0x3) | (0x20 if i % 3 == 1 else 0x60) | (
-                1 << 63 if t == 2 and i >= 100 else 0)
-            page[i * 8:i * 8 + 8] = (frame | flags).to_bytes(8, "little")
-        pages[pt] = bytes(page)
-    pages[pd] = bytes(pd_page)
-    return pages, pml4
+    def leaf(t, i):
+        frame = 0x1000000 * (t + 1) + i * 4096 + (0x8000 if t == 1 and i >= 300 else 0)
+        # PT 1 read-only: no record merges across tables (coalescing does, where it can).
+        return frame | (0x1 if t == 1 else 0x3) | (0x20 if i % 3 == 1 else 0x60) | (
+            1 << 63 if t == 2 and i >= 100 else 0)
+    return _three_pts(leaf)
 
 
 @pytest.mark.parametrize("phys", [False, True], ids=["va", "phys"])
