@@ -16,7 +16,9 @@ host stopped under gdb:
   stated; a xen-syms that is not the running Xen's, and ``--domid`` on the host without any,
   are one-line errors;
 * QEMU's ``dump-guest-memory`` of the same stopped host gives the same domains and walks with
-  ``--core`` (and its ``-z`` kdump-compressed copy the same domains).
+  ``--core`` (and its ``-z`` kdump-compressed copy the same domains);
+* ``xen-pte-check --domid`` finds no pf-loop in a 64-bit PV domain, and the batch tool
+  (``xen-pte-dump --remote --domid N``) walks each domU from xenctx's CR3 to its marker's MFN.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +44,7 @@ from targets.xen_live import boot_live_host
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
 README_BLOCK = "Every domain of a Xen host"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -62,6 +67,10 @@ class HostCapture:
     cr4_text: str = ""                                        # xen-cr4 --domid (running domU)
     readme: Dict[str, str] = field(default_factory=dict)      # README line -> output
     seconds: Dict[str, float] = field(default_factory=dict)
+    check: Dict[int, List[dict]] = field(default_factory=dict)  # domid -> xen-pte-check --json
+    batch: List[dict] = field(default_factory=list)           # xen-pte-dump --remote --domid
+    batch_rc: int = -1
+    batch_err: str = ""
 
 
 def _records(text: str) -> List[dict]:
@@ -121,6 +130,10 @@ def host(tmp_path_factory) -> HostCapture:
                 for d in live.domains}
             running = next(d for d in live.domains if d["state"] == "running")
             cap.cr4_text = gdb.cli(f"xen-cr4 --xen-syms {syms} --domid {running['domid']}")
+            cap.check = {
+                d["domid"]: _records(gdb.cli(f"xen-pte-check --xen-syms {syms} --domid "
+                                             f"{d['domid']} --json"))
+                for d in live.domains}
             cap.seconds["live_commands"] = time.monotonic() - t1
             gdb.cli("set xen-pte fast-path off")
             t2 = time.monotonic()
@@ -177,6 +190,23 @@ def host(tmp_path_factory) -> HostCapture:
                     cap.readme[line] = f"ERROR: {err}"
             # xen-syms as gdb's symbol file (the README loaded it): no --xen-syms needed
             cap.symfile = _records(gdb.cli("xen-domains --json"))
+        # The batch tool on the live host (gdb above has detached): every domU's vCPU 0 at
+        # its marker page, one run each, the guest stopped only while it is read.
+        t5 = time.monotonic()
+        out = workdir / "batch.jsonl"
+        for d in live.domains:
+            va = d["marker"]["va"]
+            res = subprocess.run(
+                [sys.executable, "-m", "scripts.xen_pte_dump", "--remote",
+                 f"127.0.0.1:{vm.gdb_port}", "--domid", str(d["domid"]), "--xen-syms", syms,
+                 "-o", str(out), "--", hex(va), hex(va + 4096)],
+                cwd=ROOT, capture_output=True, text=True, timeout=300)
+            cap.batch_rc = max(cap.batch_rc, res.returncode)
+            cap.batch_err += res.stderr
+            if out.exists():
+                cap.batch += _records(out.read_text())
+                out.unlink()
+        cap.seconds["xen_pte_dump_remote"] = time.monotonic() - t5
         shutil.rmtree(readme)
         for path in (elf, kdump):
             path.unlink()
@@ -313,3 +343,27 @@ def test_readme_block_runs_as_written(host):
     listings = [out for ln, out in host.readme.items() if ln.startswith("xen-domains")]
     assert len(listings) == 2 and all(re.search(r"^\s*2\s+0\s+pv64\s", out, re.M)
                                       for out in listings), listings
+
+
+def test_check_of_a_live_pv64_domain_finds_no_pf_loop(host):
+    """xen-pte-check --domid on the live host: each domU as Xen runs it (a 64-bit PV kernel at
+    CPL3, so no SMEP/SMAP fault can bind it): a header naming the domain, no pf-loop finding."""
+    for d in host.domains:
+        records = host.check[d["domid"]]
+        assert records and records[0]["type"] == "header", records[:2]
+        assert f"domain {d['domid']} vCPU 0 of" in records[0]["source"]
+        assert records[0]["domain"] == "pv64" and records[-1]["type"] == "summary"
+        assert not [r for r in records if r.get("category") == "pf-loop"]
+
+
+def test_xen_pte_dump_on_the_live_host_walks_each_domain(host):
+    """xen-pte-dump --remote --domid N: one run per domU, tagged with its domid, from the CR3
+    xenctx printed, mapping the marker page at the machine frame its p2m gives."""
+    assert host.batch_rc == 0 and "Traceback" not in host.batch_err, host.batch_err
+    for d in host.domains:
+        mine = [r for r in host.batch if r.get("domid") == d["domid"]]
+        head = next(r for r in mine if r["type"] == "header")
+        assert int(head["cr3"], 16) == d["cr3"]  # xenctx -a, before gdb stopped anything
+        pages = [r for r in mine if r["type"] == "mapping"]
+        assert [(int(r["va"], 16), int(r["pa"], 16)) for r in pages] == \
+            [(d["marker"]["va"], d["marker"]["mfn"] << 12)]
