@@ -20,8 +20,9 @@ Examples::
     xen-pte-dump --scheduler tcp://sched:8786 --core '/shared/*.elf' -o out/ --summary
     xen-pte-dump --core vmcore --xen-syms xen-syms --vcpu all -o host.jsonl --summary
 
-A crashed Xen host's dump (``--domid N``, or ``--vcpu all`` with ``--xen-syms``) is walked per
-pCPU and per domain vCPU as Xen recorded it; those records carry ``domid`` too.
+A Xen host's dump (``--domid N``, or ``--vcpu all`` with ``--xen-syms``) is walked per pCPU and
+per domain vCPU as Xen recorded it (a live host: ``--remote`` with ``--domid N``); those records
+carry ``domid`` too.
 
 Memory stays flat however large a walk is: gdb writes each run's JSON Lines to a temporary file
 (the command's own ``-o``, not MI console records), which is counted and copied line by line.
@@ -109,11 +110,12 @@ def build_parser() -> ArgumentParser:
                         "each distinct CR3 (with CR0/CR4/EFER) once; a Xen host dump's vCPUs "
                         "are its pCPUs, and with --xen-syms every domain's vCPUs too")
     t.add_argument("--domid", metavar="N", type=_domid,
-                   help="a Xen host dump: walk domain N's vCPU (--vcpu M, default 0; --vcpu "
-                        "all: each of them) as Xen recorded it, instead of the pCPUs")
+                   help="a Xen host (a dump, or live with --remote): walk domain N's vCPU "
+                        "(--vcpu M, default 0; of a dump also --vcpu all: each of them) as Xen "
+                        "recorded it, instead of the pCPUs")
     t.add_argument("--xen-syms", metavar="FILE",
-                   help="the crashed Xen's xen-syms (with DWARF): every domain's vCPU state; "
-                        "passed to each walk")
+                   help="that Xen's xen-syms (with DWARF): every domain's vCPU state; passed "
+                        "to each walk")
     w = p.add_argument_group("what to run")
     w.add_argument("--check", action="store_true",
                    help="run xen-pte-check (anomalies) instead of xen-pte-walk")
