@@ -536,22 +536,41 @@ class XenHost:
                 self._curr[v] = regs.index
         return self._curr
 
+    def holder(self, cr3: Optional[int],
+               domains: Sequence[HostDomain]) -> Optional[Tuple[HostDomain, HostVcpu]]:
+        """The vCPU whose ``arch.cr3`` (what Xen loads to run it) a pCPU's CR3 is, if any."""
+        if cr3 is None:
+            return None
+        frame = cr3 & _ADDR
+        for d in domains:
+            for v in d.vcpus:
+                if v.hw_cr3 is not None and v.hw_cr3 & _ADDR == frame:
+                    return d, v
+        return None
+
+    @staticmethod
+    def on_kernel_l4(cr3: Optional[int], dom: HostDomain, v: HostVcpu) -> bool:
+        """A PV64 vCPU's kernel L4 (``guest_table``, the root a walk of it starts from) is
+        ``cr3``: a pCPU holding it walks as that vCPU does."""
+        return (dom.kind == "pv64" and cr3 is not None and v.cr3 is not None
+                and cr3 & _ADDR == v.cr3 & _ADDR)
+
     def tables_of(self, cr3: Optional[int], domains: Sequence[HostDomain]) -> str:
         """Whose page tables a pCPU's CR3 holds: ``"d2v0"`` (a vCPU's ``arch.cr3``; ``user``
         or ``kernel`` L4 said for PV64), ``"idle"`` (``idle_pg_table``), else ``""``."""
         if cr3 is None:
             return ""
-        frame = cr3 & _ADDR
-        if frame == self.idle_pg_table & _ADDR:
+        if cr3 & _ADDR == self.idle_pg_table & _ADDR:
             return "idle"
-        for d in domains:
-            for v in d.vcpus:
-                if v.hw_cr3 is not None and v.hw_cr3 & _ADDR == frame:
-                    which = ("user L4" if frame == (v.user_cr3 or -1) else
-                             "kernel L4" if frame == (v.cr3 or -1) else "arch.cr3")
-                    return f"d{v.domid}v{v.vcpu} {which}" if d.kind == "pv64" else \
-                        f"d{v.domid}v{v.vcpu}"
-        return ""
+        held = self.holder(cr3, domains)
+        if held is None:
+            return ""
+        d, v = held
+        if d.kind != "pv64":
+            return f"d{v.domid}v{v.vcpu}"
+        which = ("user L4" if cr3 & _ADDR == (v.user_cr3 or -1) else
+                 "kernel L4" if self.on_kernel_l4(cr3, d, v) else "arch.cr3")
+        return f"d{v.domid}v{v.vcpu} {which}"
 
     def crashing_pcpu(self) -> Tuple[Optional[int], str]:
         """The crashing pCPU: xen-syms' ``crashing_cpu`` if readable, else the notes' inference."""

@@ -243,14 +243,13 @@ def _host_plan(src, job: Job) -> Tuple[Plan, List[Skipped]]:
             return _domain_plan(dom)
         plan: Plan = []
         skipped: List[Skipped] = []
-        kernel_l4 = {v.cr3 & _FRAME: f"d{v.domid}v{v.vcpu}" for d in domains for v in d.vcpus
-                     if d.kind in ("pv64", "pv32") and v.running and v.cr3 is not None}
         cpus = []
         for r in src.vcpus():
-            as_vcpu = kernel_l4.get((r.cr3 or 0) & _FRAME) if r.online else None
-            if as_vcpu is not None:
-                skipped.append(Skipped(r.index, f"its CR3 is {as_vcpu}'s kernel L4: walked as "
-                                                f"{as_vcpu}"))
+            held = host.holder(r.cr3, domains) if r.online else None
+            if held is not None and host.on_kernel_l4(r.cr3, *held):
+                name = f"d{held[1].domid}v{held[1].vcpu}"
+                skipped.append(Skipped(r.index, f"its CR3 is {name}'s kernel L4: walked as "
+                                                f"{name}"))
             else:
                 cpus.append((r.index, r.cr3, r.cr0, r.cr4, r.efer, r.online))
         if cpus:
@@ -263,9 +262,6 @@ def _host_plan(src, job: Job) -> Tuple[Plan, List[Skipped]]:
         return plan, skipped
     finally:
         host.layout.close()
-
-
-_FRAME = 0x000FFFFFFFFFF000
 
 
 def _domain_plan(dom) -> Tuple[Plan, List[Skipped]]:

@@ -104,7 +104,10 @@ def test_espfix_area_is_one_record_that_expands_to_every_copy():
 
 def test_replayed_copies_are_what_walking_each_copy_gives(monkeypatch):
     """Replay (one walk of a subtree, shifted) against walking every copy (replay disabled)."""
-    pages, cr3 = espfix_like(copies_per_pt=5, pds=3)
+    _assert_replay_is_walking_each_copy(*espfix_like(copies_per_pt=5, pds=3), monkeypatch)
+
+
+def _assert_replay_is_walking_each_copy(pages, cr3, monkeypatch):
     for kw in ({}, {"coalesce": False}, {"phys": True}):
         replayed = _json(_walker(pages, cr3).iter_mappings(**kw))
         monkeypatch.setattr(walk_mod, "_REPLAY_MAX", 0)
@@ -180,13 +183,7 @@ def test_random_aliases_expand_to_the_plain_walk(seed, phys):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_random_aliases_replay_matches_walking_each_copy(seed, monkeypatch):
-    pages, cr3 = random_aliases(seed)
-    for kw in ({}, {"coalesce": False}, {"phys": True}):
-        replayed = _json(_walker(pages, cr3).iter_mappings(**kw))
-        monkeypatch.setattr(walk_mod, "_REPLAY_MAX", 0)
-        walked = _json(_walker(pages, cr3).iter_mappings(**kw))
-        monkeypatch.undo()
-        assert replayed == walked, kw
+    _assert_replay_is_walking_each_copy(*random_aliases(seed), monkeypatch)
 
 
 def test_pure_python_decoder_gives_the_same_repeats(monkeypatch):
