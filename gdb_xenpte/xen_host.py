@@ -36,6 +36,7 @@ memory the dump lacks.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -414,20 +415,13 @@ class XenHost:
             dom.p2m_root = root << 12
             dom.p2m_format = "ept" if eptp else "pt"
 
-    def p2m_lookup(self, dom: HostDomain, gfn: int) -> Optional[int]:
-        """The MFN backing guest frame ``gfn`` in ``dom``'s host p2m, or None if unmapped.
+    def p2m_entry(self, dom: HostDomain, gfn: int) -> P2mEntry:
+        """The host p2m's view of guest frame ``gfn``: machine frame (None: unmapped), combined
+        rights, type; the one p2m lookup (walks translate their frames through it too).
 
         EPT entries are present when any of R/W/X (bits 2:0) is set, others when P (bit 0) is;
         bit 7 makes an L3/L2 entry a leaf (1 GiB / 2 MiB); frames are bits 51:12 (SDM Vol. 3C
         §29.3.2 for EPT; AMD APM Vol. 2 §15.25 for NPT, which uses the long-mode format).
-        """
-        if dom.p2m_root is None:
-            return None
-        maddr, _why = self._walk(dom.p2m_root, gfn << 12, 7 if dom.p2m_format == "ept" else _P)
-        return None if maddr is None else maddr >> 12
-
-    def p2m_entry(self, dom: HostDomain, gfn: int) -> P2mEntry:
-        """The host p2m's view of guest frame ``gfn``: machine frame, combined rights, type.
 
         EPT bit positions (r, w, x, sa_p2mt) are read from xen-syms' ``ept_entry_t``; the NPT
         (p2m-pt) type is PTE bits 58:52 (``p2m_flags_to_type``: flags >> 12 & 0x7f, flag bit 12 =
@@ -710,8 +704,10 @@ class DomainVcpuSource(PhysSource):
                 raise OptionError(f"domain {dom.domid} ({dom.kind}): no host p2m found, so its "
                                   "guest-physical tables cannot be walked")
             self.domain = "hvm"  # PVH is an HVM container: the guest's own CR4 governs
-            self.translate_frame = lambda gfn: host.p2m_lookup(dom, gfn)
-            self.second_stage = lambda gfn: _stage2(host.p2m_entry(dom, gfn))
+            # The walker asks for a leaf's frame and then its p2m rights: one p2m walk for both.
+            entry = functools.lru_cache(maxsize=4096)(lambda gfn: host.p2m_entry(dom, gfn))
+            self.translate_frame = lambda gfn: entry(gfn).mfn
+            self.second_stage = lambda gfn: _stage2(entry(gfn))
         self.current_vcpu = vcpu.vcpu
         self.name = f"domain {dom.domid} vCPU {vcpu.vcpu} of {self._src.name}"
 

@@ -395,7 +395,7 @@ def test_hvm_walk_through_the_host_p2m(tmp_path, gdb_layout, eptp):
         xh = open_host(src, xen_syms())
         dom, v = xh.find(2, 0)
         assert dom.p2m_format == ("ept" if eptp else "pt")
-        assert xh.p2m_lookup(dom, 0x80) == 0x680 and xh.p2m_lookup(dom, 0x200) is None
+        assert xh.p2m_entry(dom, 0x80).mfn == 0x680 and xh.p2m_entry(dom, 0x200).mfn is None
         s = prepare(DomainVcpuSource(xh, dom, v), Options(vcpu=0))
         assert s.domain == "hvm" and s.cpu.cr3 == 0x1000 and s.regs.efer == 0x500
         m = s.walker().trace(0x400000).mapping
