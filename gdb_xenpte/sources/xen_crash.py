@@ -236,5 +236,7 @@ def _find_crashing(host: HostNotes) -> None:
         host.crashing_why = ("the only pCPU" if len(host.pcpus) == 1 else
                              "the only pCPU that saved its state")
     elif saved:
-        host.remarks += ("which pCPU crashed: the notes do not say (xen-syms' crashing_cpu "
-                         "does: give --xen-syms)",)
+        # (True with or without --xen-syms given: this is what the notes say; xen-domains
+        # reads Xen's crashing_cpu through xen-syms and says which pCPU it was.)
+        host.remarks += ("which pCPU crashed: the notes do not say (Xen's crashing_cpu does: "
+                         "xen-domains with xen-syms)",)
